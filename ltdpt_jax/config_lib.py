@@ -14,7 +14,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = 'b16'           # 'ti16' | 's16' | 'b16' | 'l16'
+  c.model.backbone = 'b16'           # 'ti16' | 's16' | 'b16' | 'l16' | 'custom' (sizes in model.vit)
+  # Sizes used only when backbone == 'custom' (tiny ViTs for the demo and the tests).
+  c.model.vit = ml_collections.ConfigDict(dict(
+      patch_size=4, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128))
   c.model.checkpoint = ''            # path or URL of the official ViT .npz ('' = random init)
   c.model.checkpoint_sha256 = ''     # checked when the checkpoint is downloaded from a URL
   c.model.method = 'fr_br'           # 'vpt' | 'fr' | 'fr_br'
@@ -45,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01
   c.optim.gnm_rho = 0.05             # 0 turns GNM off
   c.optim.gnm_dis_mul = 0.1
+  # Regexes over '/'-joined parameter paths that are frozen (optax.set_to_zero, no gradients).
+  c.optim.frozen_patterns = ('^backbone/',)
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'cifar100_lt'     # 'cifar100_lt' | 'imagenet_lt' | 'places_lt' | 'inat2018' | 'synthetic'
