@@ -1,0 +1,301 @@
+"""grain input pipelines: per-host shards of global batches, deterministic, resumable, padded eval.
+
+Training stream (`make_train_iterator`). With N training images, global batch B, P processes
+(hosts) and per-host batch b = B / P, every epoch e uses the permutation
+`perm_e = np.random.default_rng([seed, 0x5EED, e]).permutation(N)` (seed = config.train.seed),
+and is cut into `steps_per_epoch = N // B` global batches (the last N - steps * B images of each
+epoch's order are dropped). Global step t (epoch e = t // steps, k = t % steps) is the images at
+positions q = k * B + j, j = 0..B-1, of that epoch's order; host h takes j in [h * b, (h + 1) * b).
+Every host computes the same permutation, so the hosts' batches at step t are disjoint and their
+union (concatenated in host order) is exactly global batch t. The augmentation of position q of
+epoch e uses `np.random.default_rng([seed, 0xA06, e, q])`, so a batch depends only on (config,
+step) -- not on the number of hosts or workers, nor on where a run was resumed. The stream is
+infinite (epoch after epoch).
+
+Iterator state is {'step': next global step, plus the seed, N and B as a guard}: `set_state`
+rebuilds the grain pipeline from that step (worker processes included), so a state saved with one
+number of workers or hosts restores with another. The iterator is a `grain.DatasetIterator`, and
+works with orbax through `grain.checkpoint.CheckpointSave` / `CheckpointRestore` (grain's handler
+writes one `process_<i>-of-<n>.json` per host, all holding the same state; to restore onto a
+different host count, read any one of them and call `set_state`).
+
+Evaluation (`make_eval_iterator`): no shuffle, no augmentation randomness; with M eval images,
+global eval batch E (config.data.eval_batch_size) and e = E / P per host, there are
+ceil(M / E) batches on every host; host h's row r of batch k is eval image k * E + h * e + r, or
+padding (zero image, label 0, id -1, mask False) past M. Every eval image is in exactly one row
+with mask True over all hosts, and all hosts run the same number of batches.
+
+Batches: {'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'id': int64 (b,)} (+ 'mask': bool
+for eval); 'id' is the image's index in the train (LT subset) or eval source. Work runs in
+`config.data.num_workers` grain worker processes (0 = in this process with threads; -1 = chosen
+from the CPU count: min(32, cores - 2), 0 on <= 2 cores), NumPy and Pillow only. grain itself
+imports JAX; workers pin it to the CPU platform and never call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from typing import Any
+
+import grain
+import numpy as np
+
+from ltdpt_jax.data import sources as sources_lib
+from ltdpt_jax.data import transforms
+
+_SHUFFLE_TAG = 0x5EED
+_AUGMENT_TAG = 0xA06
+_STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs to know about a dataset (all counts from the training split)."""
+  name: str
+  num_classes: int
+  class_counts: np.ndarray  # int64 (num_classes,): training images per class
+  num_train: int
+  num_eval: int
+  image_size: int
+  eval_split: str = 'test'
+
+
+def get_dataset_info(config) -> DatasetInfo:
+  """DatasetInfo of `config.data` (builds the sources: may scan tfds file names once)."""
+  src = sources_lib.get_sources(config)
+  return DatasetInfo(name=src.name, num_classes=src.num_classes, class_counts=src.class_counts,
+                     num_train=len(src.train), num_eval=len(src.eval),
+                     image_size=int(config.data.image_size), eval_split=src.eval_split)
+
+
+def steps_per_epoch(config, info: DatasetInfo) -> int:
+  """num_train // global batch (drop remainder)."""
+  steps = info.num_train // int(config.data.batch_size)
+  if steps < 1:
+    raise ValueError(f'config.data.batch_size={config.data.batch_size} exceeds the '
+                     f'{info.num_train} training images of {info.name}.')
+  return steps
+
+
+def num_eval_batches(config, info: DatasetInfo) -> int:
+  """Batches every host runs in one evaluation: ceil(num_eval / global eval batch)."""
+  return math.ceil(info.num_eval / int(config.data.eval_batch_size))
+
+
+def num_workers(requested: int) -> int:
+  """Worker processes for `config.data.num_workers` (-1: min(32, cores - 2), 0 on <= 2 cores)."""
+  if requested >= 0:
+    return int(requested)
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:
+    cores = os.cpu_count() or 1
+  return max(0, min(32, cores - 2))
+
+
+def _host_split(global_batch: int, process_index: int | None, process_count: int | None,
+                what: str) -> tuple[int, int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  if global_batch % process_count:
+    raise ValueError(f'{what}={global_batch} must be divisible by the number of processes '
+                     f'({process_count}).')
+  return int(process_index), int(process_count), global_batch // process_count
+
+
+def epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of epoch `epoch`: default_rng([seed, 0x5EED, epoch]).permutation(num_records)."""
+  return np.random.default_rng([seed, _SHUFFLE_TAG, epoch]).permutation(num_records)
+
+
+def augment_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+  """Generator of the augmentation of position `position` of epoch `epoch`."""
+  return np.random.default_rng([seed, _AUGMENT_TAG, epoch, position])
+
+
+class TrainExample:
+  """grain map: host-local stream index -> augmented training example (see module docstring)."""
+
+  def __init__(self, source, *, image_size: int, seed: int, global_batch: int,
+               process_index: int, process_count: int):
+    self.source, self.image_size, self.seed = source, int(image_size), int(seed)
+    self.num_records = len(source)
+    self.global_batch = int(global_batch)
+    self.local_batch = self.global_batch // process_count
+    self.process_index = int(process_index)
+    self.steps_per_epoch = self.num_records // self.global_batch
+    if self.steps_per_epoch < 1:
+      raise ValueError(f'Global batch {global_batch} exceeds the {self.num_records} training '
+                       'images.')
+    self._cached = None  # (epoch, permutation); replaced whole, so threads never mix epochs
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_cached'] = None
+    return state
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    cached = self._cached
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, epoch_permutation(self.num_records, self.seed, epoch))
+      self._cached = cached
+    return cached[1]
+
+  def locate(self, index: int) -> tuple[int, int, int]:
+    """(epoch, position in the epoch's order, record index) of host-local stream element `index`."""
+    step, row = divmod(int(index), self.local_batch)
+    epoch, k = divmod(step, self.steps_per_epoch)
+    position = k * self.global_batch + self.process_index * self.local_batch + row
+    return epoch, position, int(self.permutation(epoch)[position])
+
+  def __call__(self, index: int) -> dict[str, Any]:
+    epoch, position, record = self.locate(index)
+    ex = self.source[record]
+    image = transforms.train_transform(ex['image'], self.image_size,
+                                       augment_rng(self.seed, epoch, position))
+    return {'image': image, 'label': np.int32(ex['label']), 'id': np.int64(ex['id'])}
+
+
+class EvalExample:
+  """grain map: host-local eval index -> eval example or padding, with 'mask'."""
+
+  def __init__(self, source, *, image_size: int, global_batch: int, process_index: int,
+               process_count: int):
+    self.source, self.image_size = source, int(image_size)
+    self.num_records = len(source)
+    self.global_batch = int(global_batch)
+    self.local_batch = self.global_batch // process_count
+    self.process_index = int(process_index)
+
+  def position(self, index: int) -> int:
+    batch, row = divmod(int(index), self.local_batch)
+    return batch * self.global_batch + self.process_index * self.local_batch + row
+
+  def __call__(self, index: int) -> dict[str, Any]:
+    g = self.position(index)
+    if g >= self.num_records:
+      s = self.image_size
+      return {'image': np.zeros((s, s, 3), np.uint8), 'label': np.int32(0), 'id': np.int64(-1),
+              'mask': np.bool_(False)}
+    ex = self.source[g]
+    return {'image': transforms.eval_transform(ex['image'], self.image_size),
+            'label': np.int32(ex['label']), 'id': np.int64(ex['id']), 'mask': np.bool_(True)}
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  """Keeps JAX (which grain imports) off the accelerators in worker processes (grain #820)."""
+  del worker_index, worker_count
+  jax = sys.modules.get('jax')
+  if jax is not None:
+    jax.config.update('jax_platforms', 'cpu')
+
+
+def _to_iter(ds: grain.MapDataset, workers: int) -> grain.IterDataset:
+  if workers > 0:
+    # One batch at a time per worker thread; parallelism comes from the worker processes.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                       per_worker_buffer_size=2),
+                          worker_init_fn=_worker_init)
+  threads = max(1, min(8, os.cpu_count() or 1))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                              prefetch_buffer_size=threads))
+
+
+class TrainIterator(grain.DatasetIterator):
+  """Infinite iterator over this host's slices of the global training batches.
+
+  `get_state()` -> {'step', 'seed', 'num_records', 'global_batch', 'version'}; `set_state`
+  restarts the grain pipeline (and its workers) at that step.
+  """
+
+  def __init__(self, example: TrainExample, workers: int, start_step: int = 0):
+    super().__init__()
+    self._example, self._workers = example, int(workers)
+    self._step = int(start_step)
+    self._it = None
+
+  def _build(self):
+    b = self._example.local_batch
+    ds = grain.MapDataset.range(self._step * b, sys.maxsize).map(self._example)
+    ds = ds.batch(b, drop_remainder=True)
+    return iter(_to_iter(ds, self._workers))
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._assert_not_closed()
+    if self._it is None:
+      self._it = self._build()
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def start_prefetch(self) -> None:
+    if self._it is None:
+      self._it = self._build()
+    self._it.start_prefetch()
+
+  def get_state(self) -> dict[str, Any]:
+    e = self._example
+    return {'version': _STATE_VERSION, 'step': self._step, 'seed': e.seed,
+            'num_records': e.num_records, 'global_batch': e.global_batch}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    e = self._example
+    want = {'seed': e.seed, 'num_records': e.num_records, 'global_batch': e.global_batch}
+    got = {k: state.get(k) for k in want}
+    if got != want:
+      raise ValueError(f'Data iterator state {state} was saved for {got}, but this pipeline has '
+                       f'{want} (config.train.seed, training images, config.data.batch_size); '
+                       'a run can only resume with the same data order.')
+    self._close_inner()
+    self._step = int(state['step'])
+
+  @property
+  def step(self) -> int:
+    """The global step of the next batch."""
+    return self._step
+
+  def _close_inner(self) -> None:
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+  def close(self) -> None:
+    self._close_inner()
+    super().close()
+
+
+def make_train_iterator(config, *, process_index: int | None = None,
+                        process_count: int | None = None) -> TrainIterator:
+  """This host's infinite training iterator (see the module docstring for the exact order)."""
+  src = sources_lib.get_sources(config)
+  h, p, _ = _host_split(int(config.data.batch_size), process_index, process_count,
+                        'config.data.batch_size')
+  example = TrainExample(src.train, image_size=int(config.data.image_size),
+                         seed=int(config.train.seed), global_batch=int(config.data.batch_size),
+                         process_index=h, process_count=p)
+  return TrainIterator(example, num_workers(int(config.data.num_workers)))
+
+
+def make_eval_iterator(config, *, process_index: int | None = None,
+                       process_count: int | None = None) -> grain.IterDataset:
+  """This host's evaluation batches, an iterable (each `iter()` starts a full pass).
+
+  Every host yields ceil(num_eval / config.data.eval_batch_size) batches of
+  eval_batch_size / process_count rows; 'mask' marks real (True) and padding (False) rows.
+  """
+  src = sources_lib.get_sources(config)
+  eval_batch = int(config.data.eval_batch_size)
+  h, p, b = _host_split(eval_batch, process_index, process_count, 'config.data.eval_batch_size')
+  example = EvalExample(src.eval, image_size=int(config.data.image_size),
+                        global_batch=eval_batch, process_index=h, process_count=p)
+  batches = math.ceil(len(src.eval) / eval_batch)
+  ds = grain.MapDataset.range(batches * b).map(example).batch(b, drop_remainder=True)
+  return _to_iter(ds, num_workers(int(config.data.num_workers)))

@@ -1,0 +1,298 @@
+"""Random-access sources of the five datasets, from tfds ArrayRecord data or generated in code.
+
+Every source is a picklable sequence (`len`, `[i]`) whose elements are
+{'image': uint8 HWC, 'label': int, 'id': i}, with the labels of all elements in `.labels`; grain
+reads them in worker processes, so nothing here imports JAX.
+
+| config.data.dataset | tfds dataset (version) | train | eval |
+|---|---|---|---|
+| 'cifar100_lt' | cifar100 (3.0.2) | LDAM subset of `train` | `test` (10,000) |
+| 'imagenet_lt' | imagenet2012 (5.1.0) | ImageNet_LT_train.txt in `train` | ImageNet_LT_test.txt |
+| 'places_lt' | places365_small (2.1.0) | Places_LT_train.txt in `train` | Places_LT_test.txt |
+| 'inat2018' | i_naturalist2018 (1.0.0) | `train` (437,513) | `validation` (24,426) |
+| 'synthetic' | none (synthetic.py) | long-tailed train | balanced test |
+
+(The two OLTR test lists are exactly the tfds `validation` splits: ILSVRC12 val, Places365 val.)
+
+ImageNet-LT and Places-LT evaluate on the OLTR *test* lists by default (as LPT does;
+`config.data.eval_split = 'val'`, optional, selects the 20-per-class / 20-per-class val lists,
+which are drawn from the tfds train split). For iNat2018 the tfds label is used as is (the index
+of the species name in tfds' names file).
+
+The tfds datasets must be prepared once in ArrayRecord format (`tfds.data_source` reads nothing
+else); `open_tfds` explains how when they are not. Joining split files needs each record's file
+name: `scan_fields` reads it for every record with image decoding skipped (about 0.1 ms a record
+plus the I/O of the whole split: minutes for imagenet2012) and caches the result in memory, and on
+disk under `$LTDPT_JAX_CACHE/index` for splits of more than 100,000 records, keyed by the prepared
+dataset's path and dataset_info.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ltdpt_jax.data import cifar_lt
+from ltdpt_jax.data import splits
+from ltdpt_jax.data import synthetic
+from ltdpt_jax.data import transforms
+
+TFDS_NAME = {
+    'cifar100_lt': 'cifar100',
+    'imagenet_lt': 'imagenet2012',
+    'places_lt': 'places365_small',
+    'inat2018': 'i_naturalist2018',
+}
+DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic')
+_FILE_FIELD = {'imagenet2012': 'file_name', 'places365_small': 'filename'}
+_SPLIT_PREFIX = {'imagenet_lt': 'ImageNet_LT', 'places_lt': 'Places_LT'}
+_DISK_CACHE_MIN_RECORDS = 100_000
+_SCAN_CHUNK = 1024
+
+
+def prepare_hint(name: str, data_dir: str) -> str:
+  """How to prepare tfds dataset `name` in ArrayRecord format in `data_dir`."""
+  dd = f' --data_dir={data_dir}' if data_dir else ''
+  manual = {
+      'imagenet2012': ' --manual_dir=DIR_WITH_ILSVRC2012_img_train.tar_AND_ILSVRC2012_img_val.tar',
+  }.get(name, '')
+  pyargs = f"data_dir={data_dir!r}, " if data_dir else ''
+  return (f'Prepare it once (the preparation needs TensorFlow: pip install tensorflow): '
+          f'`tfds build {name}{dd}{manual} --file_format=array_record`, or in Python '
+          f"`tfds.builder({name!r}, {pyargs}file_format='array_record').download_and_prepare()`.")
+
+
+def open_tfds(name: str, split: str, data_dir: str = '', *, decoders: Any = None):
+  """`tfds.data_source(name, split=split, data_dir=data_dir)` with clear errors when unprepared."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(f'tfds could not open dataset {name!r} in data_dir '
+                       f'{data_dir or "(tfds default)"}: {e}') from e
+  where = str(builder.data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'tfds dataset {name!r} (version {builder.version}) is not prepared in {where} '
+        f'(config.data.data_dir={data_dir!r}). {prepare_hint(name, data_dir)}')
+  info = builder.info
+  file_format = str(getattr(info.file_format, 'value', info.file_format) or 'tfrecord')
+  if file_format != 'array_record':
+    raise ValueError(
+        f'tfds dataset {name!r} in {where} is stored as {file_format}; random access needs '
+        f'ArrayRecord. Convert it with `tfds convert_format --dataset_version_dir={where} '
+        f'--out_file_format=array_record` or rebuild it: {prepare_hint(name, data_dir)}')
+  if split not in info.splits:
+    raise ValueError(f'tfds dataset {name!r} in {where} has no split {split!r} '
+                     f'(it has {sorted(info.splits)}).')
+  return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                          decoders=decoders)
+
+
+def _dataset_fingerprint(name: str, data_dir: str) -> tuple[str, str]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  path = pathlib.Path(str(builder.data_dir))
+  info_file = path / 'dataset_info.json'
+  content = info_file.read_bytes() if info_file.exists() else b''
+  return str(path), hashlib.sha1(str(path).encode() + content).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def scan_fields(name: str, split: str, data_dir: str, fields: tuple[str, ...]
+                ) -> dict[str, np.ndarray]:
+  """Reads `fields` (not the image) of every record of a tfds split, in record order.
+
+  Text fields come back as str arrays, the others as int64. Cached in memory, and on disk for
+  splits of more than 100,000 records.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  src = open_tfds(name, split, data_dir, decoders={'image': tfds.decode.SkipDecoding()})
+  n = len(src)
+  cache_file = None
+  if n > _DISK_CACHE_MIN_RECORDS:
+    _, fp = _dataset_fingerprint(name, data_dir)
+    cache_file = (splits.cache_dir() / 'index' /
+                  f'{name}-{split}-{"-".join(fields)}-{fp}.npz')
+    if cache_file.is_file():
+      with np.load(cache_file) as z:
+        out = {k: z[k] for k in fields}
+      if all(len(v) == n for v in out.values()):
+        return out
+  logging.info('Scanning %s of %d records of tfds %s/%s (cached afterwards).', fields, n, name,
+               split)
+  cols: dict[str, list] = {k: [] for k in fields}
+  for start in range(0, n, _SCAN_CHUNK):
+    recs = src.__getitems__(list(range(start, min(start + _SCAN_CHUNK, n))))
+    for r in recs:
+      for k in fields:
+        v = r[k]
+        cols[k].append(v.decode('utf-8') if isinstance(v, bytes) else v)
+  out = {}
+  for k, v in cols.items():
+    out[k] = np.array(v) if v and isinstance(v[0], str) else np.asarray(v, np.int64)
+  if cache_file is not None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f'.tmp{os.getpid()}.npz')
+    np.savez(tmp, **out)
+    os.replace(tmp, cache_file)
+  return out
+
+
+class RecordView:
+  """Records `record_indices` of a tfds source, relabelled: [i] -> {'image', 'label', 'id': i}."""
+
+  def __init__(self, source: Sequence[dict], record_indices: np.ndarray, labels: np.ndarray):
+    if len(record_indices) != len(labels):
+      raise ValueError(f'{len(record_indices)} record indices but {len(labels)} labels.')
+    self.source = source
+    self.record_indices = np.asarray(record_indices, np.int64)
+    self.labels = np.asarray(labels, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    rec = self.source[int(self.record_indices[index])]
+    return {'image': transforms.as_rgb(rec['image']), 'label': int(self.labels[index]),
+            'id': index}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+  """The train and eval sources of one dataset and what the trainer needs to know about them."""
+  name: str
+  train: Any
+  eval: Any
+  num_classes: int
+  eval_split: str  # which split `eval` is, e.g. 'test', 'validation', 'Places_LT_test.txt'
+
+  @property
+  def class_counts(self) -> np.ndarray:
+    return np.bincount(self.train.labels, minlength=self.num_classes).astype(np.int64)
+
+
+def _ids_to_int(ids: np.ndarray, prefix: str) -> np.ndarray:
+  try:
+    out = np.array([int(s[len(prefix):]) for s in ids], np.int64)
+  except ValueError as e:
+    raise ValueError(f'cifar100 ids should look like {prefix}00000, got e.g. {ids[:3]}') from e
+  if len(np.unique(out)) != len(out):
+    raise ValueError('cifar100 has duplicate ids; the prepared dataset is corrupt.')
+  return out
+
+
+def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
+  """CIFAR-100-LT: LDAM's seeded subset of tfds `cifar100` train (original order from `id`).
+
+  The test split is used whole. Train element i is image i of LDAM's IMBALANCECIFAR100 list.
+  """
+  name = 'cifar100'
+  tr = scan_fields(name, 'train', data_dir, ('id', 'label'))
+  order = np.argsort(_ids_to_int(tr['id'], 'train_'), kind='stable')
+  labels_orig = tr['label'][order]
+  keep = cifar_lt.cifar_lt_indices(labels_orig, ratio, seed=seed)
+  train = RecordView(open_tfds(name, 'train', data_dir), order[keep], labels_orig[keep])
+  te = scan_fields(name, 'test', data_dir, ('id', 'label'))
+  te_order = np.argsort(_ids_to_int(te['id'], 'test_'), kind='stable')
+  test = RecordView(open_tfds(name, 'test', data_dir), te_order, te['label'][te_order])
+  return Sources('cifar100_lt', train, test, cifar_lt.CIFAR100_NUM_CLASSES, 'test')
+
+
+def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
+                     ) -> RecordView:
+  name = TFDS_NAME[dataset]
+  path = splits.fetch_split_file(list_name, split_dir=split_dir)
+  entries = splits.read_split_file(path)
+  prefixes = {p.lstrip('/').split('/', 1)[0] for p, _ in entries}
+  if len(prefixes) != 1 or next(iter(prefixes)) not in splits.TFDS_SPLIT_OF_PREFIX:
+    raise ValueError(f'{path}: paths must all start with one of '
+                     f'{sorted(splits.TFDS_SPLIT_OF_PREFIX)}/ '
+                     f'(got first folders {sorted(prefixes)}).')
+  tfds_split = splits.TFDS_SPLIT_OF_PREFIX[next(iter(prefixes))]
+  field = _FILE_FIELD[name]
+  scanned = scan_fields(name, tfds_split, data_dir, (field, 'label'))
+  rec = splits.match_split_entries(entries, scanned[field], scanned['label'],
+                                   what=f'{path} vs tfds {name}/{tfds_split}')
+  labels = np.array([label for _, label in entries], np.int64)
+  return RecordView(open_tfds(name, tfds_split, data_dir), rec, labels)
+
+
+def split_file_sources(dataset: str, data_dir: str, split_dir: str,
+                       eval_split: str = 'test') -> Sources:
+  """ImageNet-LT / Places-LT: OLTR lists joined with imagenet2012 / places365_small."""
+  if eval_split not in ('test', 'val'):
+    raise ValueError(f"config.data.eval_split must be 'test' or 'val', got {eval_split!r}.")
+  prefix = _SPLIT_PREFIX[dataset]
+  train = _split_file_view(dataset, f'{prefix}_train.txt', data_dir, split_dir)
+  ev_name = f'{prefix}_{eval_split}.txt'
+  ev = _split_file_view(dataset, ev_name, data_dir, split_dir)
+  num_classes = {'imagenet_lt': 1000, 'places_lt': 365}[dataset]
+  for what, v in (('train', train), (ev_name, ev)):
+    if v.labels.max() >= num_classes:
+      raise ValueError(f'{dataset} {what} has label {v.labels.max()} >= {num_classes} classes.')
+  return Sources(dataset, train, ev, num_classes, ev_name)
+
+
+def inat2018_sources(data_dir: str) -> Sources:
+  """iNaturalist 2018: tfds `i_naturalist2018` train / validation as they are."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = 'i_naturalist2018'
+  views = []
+  for split in ('train', 'validation'):
+    labels = scan_fields(name, split, data_dir, ('label',))['label']
+    views.append(RecordView(open_tfds(name, split, data_dir), np.arange(len(labels)), labels))
+  num_classes = tfds.builder(name, data_dir=data_dir or None).info.features['label'].num_classes
+  return Sources('inat2018', views[0], views[1], int(num_classes), 'validation')
+
+
+def synthetic_sources(*, num_classes: int, imbalance_ratio: float, num_train_max: int,
+                      num_test_per_class: int, image_size: int, seed: int) -> Sources:
+  kw = dict(num_classes=num_classes, imbalance_ratio=imbalance_ratio,
+            num_train_max=num_train_max, num_test_per_class=num_test_per_class,
+            image_size=image_size, seed=seed)
+  return Sources('synthetic', synthetic.SyntheticLT('train', **kw),
+                 synthetic.SyntheticLT('test', **kw), num_classes, 'test')
+
+
+def _key(config) -> tuple:
+  d = config.data
+  common = (d.dataset, str(d.get('data_dir', '') or ''))
+  if d.dataset == 'cifar100_lt':
+    return common + (float(d.imbalance_ratio), int(d.seed))
+  if d.dataset in ('imagenet_lt', 'places_lt'):
+    return common + (str(d.get('split_dir', '') or ''), str(d.get('eval_split', 'test')))
+  if d.dataset == 'inat2018':
+    return common
+  if d.dataset == 'synthetic':
+    return common + (int(d.num_classes), float(d.imbalance_ratio), int(d.num_train_max),
+                     int(d.num_test_per_class), int(d.image_size), int(d.seed))
+  raise ValueError(f'Unknown config.data.dataset {d.dataset!r}; expected one of {DATASETS}.')
+
+
+@functools.lru_cache(maxsize=8)
+def _sources_for_key(key: tuple) -> Sources:
+  dataset, data_dir = key[0], key[1]
+  if dataset == 'cifar100_lt':
+    return cifar100_lt_sources(data_dir, key[2], key[3])
+  if dataset in ('imagenet_lt', 'places_lt'):
+    return split_file_sources(dataset, data_dir, key[2], key[3])
+  if dataset == 'inat2018':
+    return inat2018_sources(data_dir)
+  _, _, k, ratio, nmax, ntest, size, seed = key
+  return synthetic_sources(num_classes=k, imbalance_ratio=ratio, num_train_max=nmax,
+                           num_test_per_class=ntest, image_size=size, seed=seed)
+
+
+def get_sources(config) -> Sources:
+  """The train / eval sources that `config.data` describes (memoised per process)."""
+  return _sources_for_key(_key(config))

@@ -1,0 +1,228 @@
+"""OLTR split files of ImageNet-LT and Places-LT (Liu et al. 2019): reading, fetching, matching.
+
+A split file has one `<relative/path> <int label>` per line, e.g.
+`train/n01440764/n01440764_762.JPEG 0` (ImageNet) or `train/airfield/00004851.jpg 0` (Places,
+the Places365-Standard "easyformat" layout). OLTR joins the path with a data root (or prepends the
+root when the line starts with '/'); only the basename and the label matter here.
+
+Files (published by the OLTR authors; the same blobs are committed in
+`facebookresearch/classifier-balancing: data/{ImageNet_LT,Places_LT}/`):
+
+| file | lines | classes | per class | drawn from (tfds split) |
+|---|---|---|---|---|
+| ImageNet_LT_train.txt | 115,846 | 1000 | 1280..5 | imagenet2012 `train` |
+| ImageNet_LT_val.txt | 20,000 | 1000 | 20 | imagenet2012 `train` |
+| ImageNet_LT_test.txt | 50,000 | 1000 | 50 | imagenet2012 `validation` (all of it) |
+| Places_LT_train.txt | 62,500 | 365 | 4980..5 | places365_small `train` |
+| Places_LT_val.txt | 7,300 | 365 | 20 | places365_small `train` |
+| Places_LT_test.txt | 36,500 | 365 | 100 | places365_small `validation` (all of it) |
+
+Places-LT train has 131 / 163 / 71 head / medium / tail classes (> 100, 20..100, < 20).
+
+`fetch_split_file` reads a file from a local directory (`config.data.split_dir`, flat or in the
+OLTR layout `<dir>/ImageNet_LT/<file>`), or downloads it once from its public location, checks its
+sha256 and caches it under `$LTDPT_JAX_CACHE/splits` (default `~/.cache/ltdpt_jax/splits`).
+
+`match_split_entries` joins entries with the records of a tfds split: by (basename, label), since
+Places train basenames such as `00000001.jpg` repeat across classes; a listed file that is absent,
+or present only under another label, raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Sequence
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
+import urllib.request
+
+import numpy as np
+
+_COMMIT = '22370c64141cc662f62ead89447c838c4a7977b5'  # facebookresearch/classifier-balancing
+_GITHUB = f'https://raw.githubusercontent.com/facebookresearch/classifier-balancing/{_COMMIT}/data'
+_DRIVE = 'https://drive.google.com/uc?export=download&id='
+
+# file name -> (sha256, mirrors). sha256 of ImageNet_LT_{train,val}.txt as in tfds
+# `imagenet_lt/checksums.tsv` (whose Google Drive URLs are the second mirror); the others computed
+# from the published files.
+SPLIT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    'ImageNet_LT_train.txt': (
+        'efdbdad4f050237c310b2f354cf95a8b1d7c8d57a63c4ea4bb6bf2bcb012f37f',
+        (f'{_GITHUB}/ImageNet_LT/ImageNet_LT_train.txt',
+         f'{_DRIVE}1Sl1cwy6Dei1I1BMS1YKjI35fkaR1UA_7')),
+    'ImageNet_LT_val.txt': (
+        '9af7ba688acf9532ff5845a8fb14a1e97fdc4c51ac48bc72c08ea9c3f7ff142e',
+        (f'{_GITHUB}/ImageNet_LT/ImageNet_LT_val.txt',
+         f'{_DRIVE}1AjYczW4khrQrwPIygXUkHF-Qv4QGEsCF')),
+    'ImageNet_LT_test.txt': (
+        'd1590191cf8a71fada7b1aaedaa2d139a2aea93ff2f1b755319d0bd8dbaa55d5',
+        (f'{_GITHUB}/ImageNet_LT/ImageNet_LT_test.txt',)),
+    'Places_LT_train.txt': (
+        '726c4871dcbf07ce2f857703bfe32e9a83ffbf52d704239f6d95c4f4f4c247f7',
+        (f'{_GITHUB}/Places_LT/Places_LT_train.txt',)),
+    'Places_LT_val.txt': (
+        '719e3cf3766c09134ea28f56f1036c78def511ac1ed2c2532a6beef78f2439ba',
+        (f'{_GITHUB}/Places_LT/Places_LT_val.txt',)),
+    'Places_LT_test.txt': (
+        '44eee8441c8098c59195465abede425721bc35525d75209f9433b161a6eb37bc',
+        (f'{_GITHUB}/Places_LT/Places_LT_test.txt',)),
+}
+
+# tfds split each OLTR list selects from, by the first folder of its paths.
+TFDS_SPLIT_OF_PREFIX = {'train': 'train', 'val': 'validation'}
+
+
+def cache_dir() -> pathlib.Path:
+  """Root of ltdpt_jax's caches: $LTDPT_JAX_CACHE, else ~/.cache/ltdpt_jax."""
+  return pathlib.Path(os.environ.get('LTDPT_JAX_CACHE') or
+                      pathlib.Path.home() / '.cache' / 'ltdpt_jax')
+
+
+def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
+  """Parses an OLTR split file into [(relative_path, label), ...] in file order.
+
+  Blank lines are skipped. A line that is not `<path> <non-negative int>` raises a ValueError
+  naming the file and the 1-based line number.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'Split file {path} does not exist.')
+  entries = []
+  with path.open('r', encoding='utf-8') as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      parts = line.split()
+      ok = len(parts) == 2
+      if ok:
+        try:
+          label = int(parts[1])
+        except ValueError:
+          ok = False
+      if not ok or label < 0:
+        raise ValueError(f'{path}:{lineno}: malformed split-file line {line.rstrip()!r}; '
+                         "expected '<relative/path> <non-negative integer label>'.")
+      entries.append((parts[0], label))
+  if not entries:
+    raise ValueError(f'Split file {path} has no entries.')
+  return entries
+
+
+def class_counts(entries: Sequence[tuple[str, int]], num_classes: int | None = None) -> np.ndarray:
+  """Images per label (int64, length num_classes or max label + 1)."""
+  labels = np.array([label for _, label in entries], np.int64)
+  return np.bincount(labels, minlength=num_classes or 0).astype(np.int64)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
+                     cache: str | os.PathLike | None = None,
+                     urls: Sequence[str] | None = None, sha256: str | None = None,
+                     timeout: float = 60.0) -> pathlib.Path:
+  """Returns a local path of the OLTR split file `name` (e.g. 'Places_LT_train.txt').
+
+  With `split_dir`, the file is taken from `<split_dir>/<name>` or `<split_dir>/<prefix>/<name>`
+  (prefix 'ImageNet_LT' / 'Places_LT', the OLTR layout); a checksum different from the published
+  one is logged, not fatal, so that custom lists can be used. Without it, the file is downloaded
+  once from `urls` (default: the published mirrors), its sha256 verified, and cached.
+  """
+  if name not in SPLIT_FILES and (urls is None or sha256 is None):
+    raise ValueError(f'Unknown split file {name!r}; known: {sorted(SPLIT_FILES)} '
+                     '(or pass urls= and sha256=).')
+  want_sha, mirrors = SPLIT_FILES.get(name, (None, ()))
+  want_sha = sha256 or want_sha
+  mirrors = tuple(urls) if urls is not None else mirrors
+  prefix = name.rsplit('_', 1)[0]
+  if split_dir:
+    split_dir = pathlib.Path(split_dir)
+    for cand in (split_dir / name, split_dir / prefix / name):
+      if cand.is_file():
+        got = sha256_of(cand)
+        if got != want_sha:
+          logging.warning('Split file %s has sha256 %s, not the published %s; using it as given.',
+                          cand, got, want_sha)
+        return cand
+    raise FileNotFoundError(
+        f'Split file {name} not found in config.data.split_dir={str(split_dir)!r} (looked for '
+        f'{split_dir / name} and {split_dir / prefix / name}). Download it from {mirrors[0]} '
+        f"(sha256 {want_sha}) into that directory, or set config.data.split_dir='' to download "
+        'and cache it automatically.')
+  target = pathlib.Path(cache) if cache is not None else cache_dir() / 'splits'
+  path = target / name
+  if path.is_file():
+    if sha256_of(path) == want_sha:
+      return path
+    logging.warning('Cached split file %s has a wrong checksum; downloading it again.', path)
+  target.mkdir(parents=True, exist_ok=True)
+  errors = []
+  for url in mirrors:
+    try:
+      with urllib.request.urlopen(url, timeout=timeout) as r:
+        data = r.read()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f'{url}: {type(e).__name__}: {e}')
+      continue
+    got = hashlib.sha256(data).hexdigest()
+    if got != want_sha:
+      errors.append(f'{url}: sha256 {got} != expected {want_sha}')
+      continue
+    fd, tmp = tempfile.mkstemp(dir=target, prefix=f'.{name}.')
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+    return path
+  raise RuntimeError(
+      f'Could not fetch split file {name} (tried: ' + '; '.join(errors) + '). Download it by hand '
+      f'and point config.data.split_dir at its directory, or place it at {path}.')
+
+
+def match_split_entries(entries: Sequence[tuple[str, int]], file_names: Iterable[str | bytes],
+                        labels: Iterable[int], *, what: str = 'split file') -> np.ndarray:
+  """Record indices of a tfds split that the split-file entries name, in entry order.
+
+  Args:
+    entries: (relative path, label) pairs from `read_split_file`.
+    file_names: per tfds record, its file name or path (`file_name` of imagenet2012, `filename` of
+      places365_small); only the basename is compared.
+    labels: per tfds record, its label.
+    what: how to name the entries in errors (e.g. the split file's name).
+
+  Returns:
+    int64 array, entry k -> index of the record with the same (basename, label).
+  """
+  index: dict[tuple[str, int], int] = {}
+  by_name: dict[str, list[int]] = collections.defaultdict(list)
+  for i, (fname, label) in enumerate(zip(file_names, labels)):
+    if isinstance(fname, bytes):
+      fname = fname.decode('utf-8')
+    base = fname.replace('\\', '/').rsplit('/', 1)[-1]
+    key = (base, int(label))
+    if key in index:
+      raise ValueError(f'Two tfds records share the file name {base!r} and label {int(label)} '
+                       f'(records {index[key]} and {i}); cannot join {what} unambiguously.')
+    index[key] = i
+    by_name[base].append(int(label))
+  out = np.empty(len(entries), np.int64)
+  for k, (path, label) in enumerate(entries):
+    base = path.rsplit('/', 1)[-1]
+    i = index.get((base, label))
+    if i is None:
+      other = by_name.get(base)
+      hint = (f' (a record with that name exists with label(s) {other})' if other else
+              ' (no record has that file name: is this the right tfds dataset/split?)')
+      raise KeyError(f'{what}: entry {k + 1} {path!r} label {label} has no matching tfds '
+                     f'record{hint}.')
+    out[k] = i
+  if len(set(out.tolist())) != len(out):
+    raise ValueError(f'{what} lists the same file twice.')
+  return out

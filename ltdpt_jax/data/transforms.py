@@ -1,0 +1,103 @@
+"""Image transforms of the input pipeline, NumPy + Pillow only (they run in grain workers).
+
+Train (LPT / torchvision defaults, `DongSky/LPT: phase2_test/datasets.py`):
+  RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3)) + horizontal flip with p = 0.5.
+  The crop box is drawn as torchvision's `RandomResizedCrop.get_params` does (10 attempts of an
+  area fraction ~ U(scale) and a log-uniform aspect ratio, box sides rounded, top-left uniform
+  among integer positions; central crop clamped to the ratio range as the fallback), then the box
+  is resized to S x S with Pillow's bilinear filter (`Image.resize(..., BILINEAR, box=...)`, which
+  widens its support when shrinking, i.e. antialiases, like torchvision on PIL images). Small
+  native images (CIFAR 32 px, synthetic) are therefore upsampled from the crop to S.
+Eval: resize the whole image to R x R with R = int(S * 256 / 224) (256 for S = 224; square, as
+  LPT's `Resize((256, 256))`, which changes the aspect ratio of non-square images), Pillow
+  bilinear, then the centre S x S crop (offsets rounded as torchvision's `CenterCrop`).
+
+All randomness comes from the `np.random.Generator` passed in, in this order: per attempt one
+uniform area fraction and one uniform log-ratio, then the top and left offsets (`integers`), then
+one uniform for the flip. Images are HWC uint8 RGB in and out; grayscale (HW or HW1) is expanded to
+three channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+SCALE = (0.08, 1.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+  """HWC uint8 with three channels (grayscale repeated, alpha dropped)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise TypeError(f'Expected a uint8 image, got {image.dtype}.')
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f'Expected an HWC image with 1, 3 or 4 channels, got shape {image.shape}.')
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image[..., :3]
+
+
+def random_resized_crop_params(height: int, width: int, rng: np.random.Generator,
+                               scale: tuple[float, float] = SCALE,
+                               ratio: tuple[float, float] = RATIO) -> tuple[int, int, int, int]:
+  """(top, left, crop_height, crop_width) as torchvision's `RandomResizedCrop.get_params`."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w = width
+    h = int(round(w / min(ratio)))
+  elif in_ratio > max(ratio):
+    h = height
+    w = int(round(h * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_box(image: np.ndarray, size: int, box: tuple[int, int, int, int] | None = None
+               ) -> np.ndarray:
+  """Bilinear (Pillow) resize of `image[top:top+h, left:left+w]` to (size, size); box=(t,l,h,w)."""
+  pil = Image.fromarray(image)
+  pil_box = None if box is None else (box[1], box[0], box[1] + box[3], box[0] + box[2])
+  return np.asarray(pil.resize((size, size), Image.BILINEAR, box=pil_box))
+
+
+def train_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """RandomResizedCrop(size, (0.08, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5."""
+  image = as_rgb(image)
+  box = random_resized_crop_params(image.shape[0], image.shape[1], rng)
+  out = resize_box(image, size, box)
+  if rng.uniform() < 0.5:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
+def eval_resize_size(size: int) -> int:
+  """Side of the square resize before the centre crop: int(size * 256 / 224) (256 for 224)."""
+  return int(size * 256 / 224)
+
+
+def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
+  """Resize to R x R (R = eval_resize_size(size), bilinear), then the centre size x size crop."""
+  image = as_rgb(image)
+  r = eval_resize_size(size)
+  resized = resize_box(image, r)
+  top = int(round((r - size) / 2.0))
+  left = int(round((r - size) / 2.0))
+  return np.ascontiguousarray(resized[top:top + size, left:left + size])
