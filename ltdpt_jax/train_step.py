@@ -1,0 +1,168 @@
+"""The jitted, data-parallel train and eval steps of LT-DPT.
+
+One train step, inside one `jax.jit` over the 1-D mesh ('data',) (batch sharded over devices,
+everything else replicated; XLA inserts the gradient all-reduce):
+
+1. saliency S of the augmented uint8 batch with `jnp.fft` (`saliency.patch_saliency`, Eq. 8-12);
+2. the images normalised with mean = std = 0.5;
+3. the forward pass at the GNM-perturbed trainable parameters, GCL (+ DRW weights once DRW is
+   on) + lambda * orthogonality loss (Eq. 6-7);
+4. the gradient with respect to the trainable partition only (the frozen backbone is a separate,
+   non-differentiated argument, so no backbone weight gradient is ever computed: the step costs
+   about 2x the forward, see `tests/test_train_step.py`);
+5. the optimiser update on the unperturbed parameters (GNM, `optim.GNM`).
+
+The per-step randomness (dropout, GCL's Gaussian cloud) comes from
+`fold_in(key(config.train.seed), step)`, and GNM's key lives in the optimiser state, so a resumed
+run draws exactly what an uninterrupted one draws, and the draws do not depend on the number of
+devices (threefry keys are partitionable).
+
+Why not `jax.pmap`: since JAX 0.8 it is a wrapper over `jit` + `shard_map` in maintenance mode,
+and Orbax cannot save its per-device arrays; `jit` with `NamedSharding` compiles to the same
+all-reduce data parallelism ("pmapped" in the design card means this).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ltdpt_jax import losses
+from ltdpt_jax import optim
+from ltdpt_jax import saliency as saliency_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a checkpoint holds of a run: step, trainable parameters, optimiser (and GNM) state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_train_state(trainable: Any, tx: optim.GNM) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state=tx.init(trainable))
+
+
+def normalize_images(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1] (mean = std = 0.5, as the ViT checkpoints expect)."""
+  return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
+def _patch_size(model) -> int:
+  p = model.patch_size
+  if isinstance(p, (tuple, list)):
+    if p[0] != p[1]:
+      raise ValueError(f'Saliency needs square patches; got {p}.')
+    p = p[0]
+  return int(p)
+
+
+def forward(model, params, images_uint8, *, train: bool, rng=None):
+  """Saliency + normalisation + the model on a uint8 batch; returns the model's output dict."""
+  sal = None
+  if model.method != 'vpt':
+    sal = saliency_lib.patch_saliency(images_uint8, patch_size=_patch_size(model))
+  rngs = {'dropout': rng} if train else None
+  return model.apply({'params': params}, normalize_images(images_uint8), sal, train=train,
+                     rngs=rngs)
+
+
+def make_loss_fn(model, *, config, class_counts, drw_weights):
+  """loss_fn(trainable, frozen, batch, rng, drw_on) -> (loss, metrics): Eq. 7 on one batch."""
+  counts = jnp.asarray(np.asarray(class_counts, np.float32))
+  drw_w = jnp.asarray(drw_weights)
+  lc = config.loss
+
+  def loss_fn(trainable, frozen, batch, rng, drw_on):
+    params = optim.merge_params(trainable, jax.lax.stop_gradient(frozen))
+    k_drop, k_noise = jax.random.split(rng)
+    out = forward(model, params, batch['image'], train=True, rng=k_drop)
+    cosine = out['logits']
+    noise = jax.random.normal(k_noise, cosine.shape, jnp.float32)
+    weights = jnp.where(drw_on, drw_w, jnp.ones_like(drw_w))
+    lt = losses.gcl_loss(cosine, batch['label'], counts, noise=noise, s=lc.s, m=lc.m,
+                         noise_mul=lc.noise_mul, class_weights=weights)
+    if 'br_prompts' in params:
+      orth = losses.orthogonality_loss(params['br_prompts'])
+    else:
+      orth = jnp.zeros((), jnp.float32)
+    loss = losses.total_loss(lt, orth, orth_lambda=lc.orth_lambda)
+    accuracy = jnp.mean((jnp.argmax(cosine, -1) == batch['label']).astype(jnp.float32))
+    return loss, {'loss': loss, 'loss_lt': lt, 'loss_orth': orth, 'train_accuracy': accuracy}
+
+  return loss_fn
+
+
+def make_train_step(model, tx: optim.GNM, *, config, class_counts, drw_start_step: int,
+                    mesh: jax.sharding.Mesh):
+  """The jitted train step: (state, frozen, batch) -> (state, metrics); `state` is donated.
+
+  batch: {'image': uint8 (B, S, S, 3), 'label': int (B,)} sharded over 'data' (extra keys such
+  as 'id' are ignored). DRW (class weights, GNM c = 0.5) switches on at `drw_start_step`.
+  """
+  loss_fn = make_loss_fn(model, config=config, class_counts=class_counts,
+                         drw_weights=losses.drw_weights(class_counts, config.loss.drw_beta))
+  value_and_grad = tx.value_and_grad(loss_fn, has_aux=True)
+  seed = int(config.train.seed)
+
+  def train_step(state: TrainState, frozen, batch):
+    batch = {'image': batch['image'], 'label': batch['label']}
+    drw_on = optim.drw_active(state.step, drw_start_step=drw_start_step)
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    (_, metrics), grads = value_and_grad(state.params, state.opt_state, frozen, batch, rng,
+                                         drw_on, scale=optim.gnm_scale(drw_on))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['drw'] = drw_on.astype(jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P('data'))
+  return jax.jit(train_step, in_shardings=(replicated, replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def make_eval_step(model, *, config, num_classes: int, mesh: jax.sharding.Mesh):
+  """The jitted eval step: (trainable, frozen, batch) -> per-class (correct, count), int32 (C,).
+
+  batch: {'image', 'label', 'mask'}; rows with mask False (padding) count nowhere.
+  """
+  del config
+
+  def eval_step(trainable, frozen, batch):
+    params = optim.merge_params(trainable, frozen)
+    cosine = forward(model, params, batch['image'], train=False)['logits']
+    mask = batch['mask'].astype(jnp.int32)
+    correct = (jnp.argmax(cosine, -1) == batch['label']).astype(jnp.int32) * mask
+    labels = batch['label'].astype(jnp.int32)
+    per_class_correct = jnp.zeros((num_classes,), jnp.int32).at[labels].add(correct)
+    per_class_count = jnp.zeros((num_classes,), jnp.int32).at[labels].add(mask)
+    return per_class_correct, per_class_count
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P('data'))
+  return jax.jit(eval_step, in_shardings=(replicated, replicated, data),
+                 out_shardings=(replicated, replicated))
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs XLA counts for a compiled computation (None where the backend does not say)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])

@@ -1,0 +1,65 @@
+"""Tiny configs and helpers shared by the train-step and train-loop tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+from ltdpt_jax import config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/<name>.py's get_config(arg), loaded from its file like --config does."""
+  path = REPO / 'configs' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr_br',
+                epochs: int = 2, drw_epochs: int = 1):
+  """A few-second LT-DPT run on the synthetic benchmark (patch 4, width 32, 2 blocks)."""
+  c = config_lib.base_config()
+  c.data.dataset = 'synthetic'
+  c.data.num_classes = 6
+  c.data.imbalance_ratio = 5.0
+  c.data.num_train_max = 40
+  c.data.num_test_per_class = 5
+  c.data.image_size = image_size
+  c.data.batch_size = batch_size
+  c.data.eval_batch_size = 16
+  c.data.num_workers = 0
+  c.model.backbone = 'custom'
+  c.model.vit.patch_size = 4
+  c.model.vit.hidden_size = 32
+  c.model.vit.num_layers = 2
+  c.model.vit.num_heads = 2
+  c.model.vit.mlp_dim = 64
+  c.model.method = method
+  c.model.num_fr_prompts = 2
+  c.model.num_br_prompts = 2
+  c.model.num_groups = 4
+  c.model.top_k = 2
+  c.model.num_br_blocks = 1
+  c.optim.lr = 0.05
+  c.train.epochs = epochs
+  c.train.drw_epochs = drw_epochs
+  c.train.eval_every_epochs = 1
+  c.train.checkpoint_every_steps = 3
+  c.train.log_every_steps = 2
+  return c
+
+
+def subprocess_env(num_devices: int | None = None) -> dict[str, str]:
+  """Environment for a child Python: repo on the path, CPU only, optional fake devices."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env['JAX_PLATFORMS'] = 'cpu'
+  env.pop('XLA_FLAGS', None)
+  if num_devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  return env
