@@ -5,13 +5,17 @@ One `ocp.CheckpointManager` under `workdir/checkpoints/` with three items per st
 * `state`: the train state pytree without the frozen backbone (trainable params, optimiser state
   including the GNM RNG key, step). The backbone is reloaded from its `.npz`, so a checkpoint of
   ViT-B/16 LT-DPT is a few MB instead of 340 MB.
-* `data_iter`: the grain iterator state of every process (grain's own checkpoint handler).
+* `data_iter`: the grain iterator state of every process, one `process_<i>-of-<n>.json` each
+  (grain's checkpoint handler). The LT-DPT train iterator's state is the same on every host (the
+  next global step, the seed, the sizes), so a checkpoint written by n processes restores onto any
+  other number: a process whose own file is missing reads process 0's.
 * `meta`: JSON with the config, the epoch, the class counts and evaluation results.
 
 Saves are asynchronous (the train loop goes on while the files are written) and atomic: Orbax
 writes to a temporary directory and renames it when complete, so a killed run never leaves a
 half-written checkpoint that a restart would read. Preservation keeps the last `keep` checkpoints
-plus the best one by evaluation accuracy.
+plus the best one by evaluation accuracy (its metrics are stored with it, so a resumed run still
+knows which one is best).
 
 Restoring onto another device count works because the abstract target carries the shardings of
 the *current* mesh (everything in the state is replicated).
@@ -19,6 +23,8 @@ the *current* mesh (everything in the state is replicated).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
@@ -36,6 +42,45 @@ def _best_metric(metrics: dict[str, Any]) -> float:
   return float(metrics[BEST_METRIC])
 
 
+class IteratorHandler(grain.checkpoint.CheckpointHandler):
+  """grain's iterator handler, restoring onto another process count (see the module docstring).
+
+  Only for iterators whose state does not depend on the process (as `data.TrainIterator`'s);
+  the state itself checks that the data order matches.
+  """
+
+  def restore(self, directory: epath.Path, item: Any = None, args: Any = None) -> Any:
+    item = item or args.item
+    own = directory / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    path = own
+    if not own.exists():
+      found = sorted(directory.glob('process_*-of-*.json'))
+      if not found:
+        raise FileNotFoundError(f'No data-iterator state in {directory}.')
+      path = next((f for f in found if f.name.startswith('process_0-')), found[0])
+      logging.info('Data-iterator state %s restored from %s (written with another process '
+                   'count).', own.name, path.name)
+    state = path.read_text()
+    if isinstance(item, grain.DatasetIterator):
+      item.set_state(json.loads(state))
+    else:
+      item.set_state(state.encode())
+    item.start_prefetch()
+    return item
+
+
+@ocp.args.register_with_handler(IteratorHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(IteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorRestore(ocp.args.CheckpointArgs):
+  item: Any
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the items of an LT-DPT run."""
 
@@ -49,13 +94,17 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
         preservation_policy=policy,
+        # best_fn makes Orbax write each checkpoint's metrics to disk and read them back when a
+        # run restarts; without it the best checkpoint is forgotten (and deleted) on resume.
+        best_fn=_best_metric,
+        best_mode='max',
         read_only=read_only,
         create=not read_only,
         cleanup_tmp_directories=not read_only,
     )
     handlers = {
         'state': ocp.StandardCheckpointHandler(),
-        'data_iter': grain.checkpoint.CheckpointHandler(),
+        'data_iter': IteratorHandler(),
         'meta': ocp.JsonCheckpointHandler(),
     }
     self.manager = ocp.CheckpointManager(
@@ -77,7 +126,7 @@ class Checkpointer:
       return False
     items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
     if data_iter is not None:
-      items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+      items['data_iter'] = IteratorSave(data_iter)
     saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     if saved:
       logging.info('Saving checkpoint of step %d to %s (asynchronously).', step, self.directory)
@@ -98,7 +147,7 @@ class Checkpointer:
           f'No checkpoint of step {step} in {self.directory}; available: {self.all_steps()}.')
     items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     if data_iter is not None:
-      items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+      items['data_iter'] = IteratorRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state'], restored['meta']
 

@@ -2,7 +2,7 @@
 
 Only process 0 writes files. Every record is one JSON object per line in `workdir/metrics.jsonl`
 (`{"step": ..., "split": "train"|"eval", ...}`) and the same scalars go to TensorBoard event files
-in `workdir/tb/` through tensorboardX. `Progress` turns step counts and wall time into steps/s,
+in `workdir/tb/` through tensorboardX (written locally and copied when the workdir is gs://). `Progress` turns step counts and wall time into steps/s,
 images/s and an ETA for the console.
 """
 
@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
+import shutil
+import tempfile
 import time
+import uuid
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 
 def _to_python(value):
@@ -25,24 +30,50 @@ def _to_python(value):
   return value
 
 
-class MetricWriter:
-  """Writes scalars to `metrics.jsonl` and TensorBoard; a no-op on processes other than 0."""
+def is_remote(path: str) -> bool:
+  """gs://, s3://, ...: a file system without append, where files are written whole."""
+  return '://' in str(path)
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+
+class MetricWriter:
+  """Writes scalars to `metrics.jsonl` and TensorBoard; a no-op on processes other than 0.
+
+  A local workdir gets its files directly (JSON lines appended, one per record, so a resumed run
+  continues the same file). A remote workdir (gs://, where Cloud TPU runs put theirs) cannot be
+  appended to: both files are written to a local staging directory and copied to the workdir
+  (`etils.epath`) at most every `sync_every_s` seconds and on `flush`/`close`.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None, sync_every_s: float = 60.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
+    self._workdir = str(workdir)
+    self._staging = None
+    self._sync_every_s = sync_every_s
+    self._last_sync = time.monotonic()
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', buffering=1)
+    if is_remote(self._workdir):
+      self._staging = tempfile.mkdtemp(prefix='ltdpt_metrics_')
+      remote_jsonl = epath.Path(self._workdir) / 'metrics.jsonl'
+      if remote_jsonl.exists():  # a resumed run appends to the records of the earlier ones
+        pathlib.Path(self._staging, 'metrics.jsonl').write_bytes(remote_jsonl.read_bytes())
+      local = self._staging
+    else:
+      os.makedirs(self._workdir, exist_ok=True)
+      local = self._workdir
+    self._jsonl = open(os.path.join(local, 'metrics.jsonl'), 'a', buffering=1)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
+      # The default name (time in seconds + host) can repeat; a repeat would replace a file.
+      self._tb = SummaryWriter(os.path.join(local, 'tb'), flush_secs=30,
+                               filename_suffix=f'.{os.getpid()}.{uuid.uuid4().hex[:8]}')
     except ImportError:  # TensorBoard files are optional; JSON lines always exist.
       logging.warning('tensorboardX not installed: no TensorBoard event files.')
 
   def write(self, step: int, split: str, scalars: Mapping[str, Any]):
+    """One record: JSON gets every value (None as null); TensorBoard the finite numbers."""
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, 'time': time.time()}
@@ -50,20 +81,44 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + '\n')
     if self._tb is not None:
       for k, v in scalars.items():
-        if isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v)):
+        if (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(float(v))):
           self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+    if self._staging and time.monotonic() - self._last_sync > self._sync_every_s:
+      self.flush()
 
   def flush(self):
     if self._tb is not None:
       self._tb.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    self._sync()
+
+  def _sync(self):
+    """Copies the staged files to a remote workdir (whole files; nothing to do when local)."""
+    if not self._staging:
+      return
+    dest = epath.Path(self._workdir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for root, _, files in os.walk(self._staging):
+      rel = os.path.relpath(root, self._staging)
+      target = dest if rel == '.' else dest / rel
+      target.mkdir(parents=True, exist_ok=True)
+      for name in files:
+        (target / name).write_bytes(pathlib.Path(root, name).read_bytes())
+    self._last_sync = time.monotonic()
 
   def close(self):
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._staging:
+      self._sync()
+      shutil.rmtree(self._staging, ignore_errors=True)
+      self._staging = None
 
 
 class Progress:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -91,14 +92,23 @@ def prefetch_to_device(it, sharding: NamedSharding, size: int = 2) -> Iterator[t
 
 
 class _Preemption:
-  """Catches SIGTERM (Cloud TPU preemption, `kill`) so the loop can save and stop cleanly."""
+  """Catches SIGTERM (Cloud TPU preemption, `kill`) so the loop can save and stop cleanly.
+
+  One process: a Python SIGTERM handler sets a flag that the loop reads after every step.
+  Several processes: every process must stop after the same step, or the one still training
+  waits forever in a collective for the one saving. JAX's preemption sync manager (started by
+  `jax.distributed.initialize`) catches SIGTERM on any host, tells all the others through the
+  coordination service and agrees on one step (`multihost_utils.reached_preemption_sync_point`,
+  called after every step); a Python handler would replace its C++ one, so none is installed.
+  """
 
   def __init__(self):
     self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    self._previous = None
+    self._multi = jax.process_count() > 1
+    self._sync_failed = False
+    if not self._multi and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
-    else:
-      self._previous = None
 
   def _handler(self, signum, frame):
     del signum, frame
@@ -106,18 +116,21 @@ class _Preemption:
     self.requested = True
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self._multi and not self._sync_failed:
       try:
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         if multihost_utils.reached_preemption_sync_point(step):
+          logging.warning('Preemption sync point reached at step %d on all processes.', step)
           return True
-      except Exception:  # pylint: disable=broad-except
-        pass
+      except Exception as e:  # pylint: disable=broad-except
+        self._sync_failed = True
+        logging.warning('No preemption sync across processes (%s): SIGTERM is not handled.', e)
     return self.requested
 
   def restore(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def summarize_eval(correct: np.ndarray, count: np.ndarray,
@@ -154,16 +167,67 @@ def run_evaluation(eval_step, state, frozen, config, mesh, num_classes) -> tuple
 
 
 def _write_json(path: str, obj: Any):
+  """Writes JSON atomically (temp file + rename), on process 0 only; local or gs:// paths."""
   if jax.process_index() != 0:
     return
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(obj, indent=1))
+  tmp.replace(path)
+
+
+def _read_json(path: str) -> Any | None:
+  path = epath.Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def _eval_record(step: int, epoch: int, summary: dict[str, Any]) -> dict[str, Any]:
   return {'step': step, 'epoch': epoch, **summary}
+
+
+class SetupError(ValueError):
+  """A problem with the run's inputs found before any training or evaluation step: a dataset that
+  is not prepared, a backbone checkpoint of another architecture, no checkpoint to evaluate, a
+  workdir written by an incompatible config. `main` prints it as one line (exit code 2)."""
+
+
+# What bad inputs raise while setting up (config values, missing files, checkpoint contents).
+_SETUP_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def _setup_or_raise(config, **kwargs) -> 'Setup':
+  try:
+    return Setup(config, **kwargs)
+  except _SETUP_ERRORS as e:
+    raise SetupError(_describe(e)) from e
+
+
+def _describe(e: BaseException) -> str:
+  msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return msg if isinstance(e, (ValueError, SetupError)) else f'{type(e).__name__}: {msg}'
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _check_finite(state, step: int, last_saved: int | None):
+  """Raises FloatingPointError if the trainable parameters or optimiser state hold NaN/inf.
+
+  Called before every checkpoint and evaluation, so no checkpoint of a diverged state is ever
+  written. It waits for the step just dispatched, but only where the checkpoint's own
+  device-to-host copy waits for it anyway (checkpoint and epoch-end steps).
+  """
+  if not bool(_all_finite((state.params, state.opt_state))):
+    kept = (f'the last checkpoint (step {last_saved}) is intact' if last_saved is not None
+            else 'no checkpoint was written')
+    raise FloatingPointError(
+        f'The trainable parameters are not finite (NaN/inf) after step {step}: training diverged. '
+        f'The run stopped without checkpointing this state; {kept}. Lower --config.optim.lr '
+        '(or check the data) and start again.')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +255,7 @@ class Setup:
     self.frozen = jax.device_put(frozen, self.replicated)
     self.tx = optim.make_optimizer(config, total_steps=self.total_steps)
     self.state = jax.device_put(
-        step_lib.init_train_state(trainable, self.tx, seed=config.train.seed), self.replicated)
+        step_lib.init_train_state(trainable, self.tx), self.replicated)
     self.train_step = step_lib.make_train_step(
         self.model, self.tx, config=config, class_counts=self.info.class_counts,
         drw_start_step=self.drw_start_step, mesh=self.mesh)
@@ -218,7 +282,7 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
   report = ltdpt.parameter_report(config, setup.num_classes)
   logging.info('Parameters: %s', ', '.join(f'{k}={v:,}' for k, v in report.items()))
   flops = step_lib.compiled_flops(compiled)
-  per_image = flops / config.data.batch_size if flops else float('nan')
+  per_image = flops / (config.data.batch_size / jax.device_count())  # per-device program if flops else float('nan')
   logging.info('Dataset %s: %d train images, %d classes, %d eval images; %d steps/epoch, %d '
                'steps, DRW from step %d. Train step: %.3g FLOPs (%.3g per image).',
                setup.info.name, setup.info.num_train, setup.num_classes, setup.info.num_eval,
@@ -232,65 +296,104 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results."""
-  setup = Setup(config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  writer = metrics_lib.MetricWriter(workdir)
-  train_iter = data_lib.make_train_iterator(config)
+  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results.
 
-  # --- Resume -------------------------------------------------------------------------------
-  state = setup.state
-  first_step = 0
-  best = None
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    saved = _IteratorState()
-    state, meta = checkpointer.restore(latest, setup.abstract_state(), data_iter=saved)
-    train_iter.set_state(saved.state)
-    first_step = int(jax.device_get(state.step))
-    best = meta.get('best')
-    logging.info('Resumed from the checkpoint of step %d in %s.', first_step, workdir)
-  elif jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-
-  # --- Compile once, report sizes and FLOPs -------------------------------------------------
-  batches = prefetch_to_device(train_iter, setup.batch_sharding)
-  first_batch, first_iter_state = next(batches)
-  compiled = setup.train_step.lower(state, setup.frozen, first_batch).compile()
-  start_info = _log_start(setup, compiled)
-  if jax.process_index() == 0 and first_step == 0:
-    _write_json(os.path.join(workdir, 'run_info.json'), start_info)
-
-  def batch_stream():
-    yield first_batch, first_iter_state
-    yield from batches
-
-  def evaluate(step, state):
-    correct, count = run_evaluation(setup.eval_step, state, setup.frozen, config, setup.mesh,
-                                    setup.num_classes)
-    summary = summarize_eval(correct, count, setup.info.class_counts)
-    epoch = step // setup.steps_per_epoch
-    _write_json(os.path.join(workdir, f'eval_{step}.json'), _eval_record(step, epoch, summary))
-    scalars = {k: v for k, v in summary.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    writer.write(step, 'eval', scalars)
-    logging.info('[eval step %d, epoch %d] top-1 %.2f%% | head %s | medium %s | tail %s', step,
-                 epoch, 100 * summary['accuracy'], *[
-                     'n/a' if summary[f'{g}_accuracy'] is None
-                     else f"{100 * summary[f'{g}_accuracy']:.2f}%"
-                     for g in ('head', 'medium', 'tail')])
-    return summary
-
-  # --- Loop ---------------------------------------------------------------------------------
-  progress = metrics_lib.Progress(setup.total_steps, config.data.batch_size, first_step)
-  preemption = _Preemption()
-  pending = []   # device metrics of steps not yet written
-  last = None
-  step = first_step
-  iter_state = first_iter_state
-  stream = batch_stream()
+  Returns {'last', 'best', 'workdir'} (the eval records of the last and the best evaluation), or
+  {'stopped_at': step} when SIGTERM stopped the run after a checkpoint. A workdir whose run has
+  finished is not trained again: its stored results are returned.
+  Raises SetupError for bad inputs (before any step) and FloatingPointError if training diverges.
+  """
+  preemption = _Preemption()  # early: a SIGTERM during set-up or compilation stops cleanly too
   try:
+    return _train_and_evaluate(config, workdir, preemption)
+  finally:
+    preemption.restore()
+
+
+def _finished_results(workdir: str, meta: dict[str, Any], step: int) -> dict[str, Any]:
+  results = _read_json(os.path.join(workdir, 'results.json'))
+  if results is not None:
+    return results
+  return {'last': _read_json(os.path.join(workdir, f'eval_{step}.json')),
+          'best': meta.get('best'), 'workdir': workdir}
+
+
+def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
+  setup = _setup_or_raise(config)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  writer = None
+  train_iter = None
+  try:
+    # --- Resume -----------------------------------------------------------------------------
+    state = setup.state
+    first_step = 0
+    best = None
+    latest = checkpointer.latest_step()
+    if latest is not None and latest >= setup.total_steps:
+      meta = checkpointer.read_meta(latest)
+      logging.info('The run in %s has finished (checkpoint of step %d of %d); nothing to train. '
+                   'Evaluate it with --mode=eval.', workdir, latest, setup.total_steps)
+      return _finished_results(workdir, meta, latest)
+    train_iter = data_lib.make_train_iterator(config)
+    if latest is not None:
+      saved = _IteratorState()
+      try:
+        state, meta = checkpointer.restore(latest, setup.abstract_state(), data_iter=saved)
+        train_iter.set_state(saved.state)
+      except _SETUP_ERRORS as e:
+        raise SetupError(
+            f'Cannot resume from the checkpoint of step {latest} in {checkpointer.directory}: '
+            f'{_describe(e)} -- Resume with the config that wrote it (see {workdir}/config.json) or '
+            'use a new --workdir.') from e
+      first_step = int(jax.device_get(state.step))
+      best = meta.get('best')
+      logging.info('Resumed from the checkpoint of step %d in %s.', first_step, workdir)
+    else:
+      _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    writer = metrics_lib.MetricWriter(workdir)
+    if preemption.requested:
+      logging.warning('SIGTERM received before the first step: stopping at step %d.', first_step)
+      return {'stopped_at': first_step}
+
+    # --- Compile once, report sizes and FLOPs -----------------------------------------------
+    batches = prefetch_to_device(train_iter, setup.batch_sharding)
+    first_batch, first_iter_state = next(batches)
+    compiled = setup.train_step.lower(state, setup.frozen, first_batch).compile()
+    start_info = _log_start(setup, compiled)
+    if first_step == 0:
+      _write_json(os.path.join(workdir, 'run_info.json'), start_info)
+
+    def batch_stream():
+      yield first_batch, first_iter_state
+      yield from batches
+
+    def evaluate(step, state):
+      correct, count = run_evaluation(setup.eval_step, state, setup.frozen, config, setup.mesh,
+                                      setup.num_classes)
+      summary = summarize_eval(correct, count, setup.info.class_counts)
+      epoch = step // setup.steps_per_epoch
+      _write_json(os.path.join(workdir, f'eval_{step}.json'), _eval_record(step, epoch, summary))
+      # JSON lines get every group (null where a group has no class); TensorBoard the numbers.
+      writer.write(step, 'eval', {k: v for k, v in summary.items() if k != 'per_class_accuracy'})
+      logging.info('[eval step %d, epoch %d] top-1 %.2f%% | head %s | medium %s | tail %s', step,
+                   epoch, 100 * summary['accuracy'], *[
+                       'n/a' if summary[f'{g}_accuracy'] is None
+                       else f"{100 * summary[f'{g}_accuracy']:.2f}%"
+                       for g in ('head', 'medium', 'tail')])
+      return summary
+
+    def save(step, state, iter_state, epoch, metrics=None):
+      _check_finite(state, step, checkpointer.latest_step())
+      checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
+                        meta=setup.meta(epoch, best=best), metrics=metrics)
+
+    # --- Loop -------------------------------------------------------------------------------
+    progress = metrics_lib.Progress(setup.total_steps, config.data.batch_size, first_step)
+    pending = []   # device metrics of steps not yet written
+    last = None
+    step = first_step
+    stream = batch_stream()
     while step < setup.total_steps:
       batch, iter_state = next(stream)
       state, step_metrics = compiled(state, setup.frozen, batch)
@@ -311,25 +414,26 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         epoch = step // setup.steps_per_epoch
         summary = None
         if epoch % config.train.eval_every_epochs == 0 or final:
+          _check_finite(state, step, checkpointer.latest_step())
           t0 = time.perf_counter()
           summary = evaluate(step, state)
           progress.paused += time.perf_counter() - t0
           if best is None or summary['accuracy'] > best['accuracy']:
             best = {'step': step, 'epoch': epoch, 'accuracy': summary['accuracy']}
           last = _eval_record(step, epoch, summary)
-        checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
-                          meta=setup.meta(epoch, best=best),
-                          metrics={'accuracy': summary['accuracy']} if summary else None)
+        save(step, state, iter_state, epoch,
+             metrics={'accuracy': summary['accuracy']} if summary else None)
         saved_this_step = True
       elif step % config.train.checkpoint_every_steps == 0:
-        checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
-                          meta=setup.meta(step // setup.steps_per_epoch, best=best))
+        save(step, state, iter_state, step // setup.steps_per_epoch)
         saved_this_step = True
 
-      if preemption.should_stop(step) and not final:
+      if not final and preemption.should_stop(step):
         if not saved_this_step:
-          checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
-                            meta=setup.meta(step // setup.steps_per_epoch, best=best))
+          save(step, state, iter_state, step // setup.steps_per_epoch)
+        if pending:
+          _write_train_metrics(writer, pending, progress, setup, step)
+          pending = []
         checkpointer.wait()
         logging.warning('Stopped at step %d after a checkpoint; rerun the same command to '
                         'resume.', step)
@@ -338,17 +442,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       _write_train_metrics(writer, pending, progress, setup, step)
       pending = []
   finally:
-    preemption.restore()
     checkpointer.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
+    if train_iter is not None:
+      train_iter.close()
 
   results = {'last': last, 'best': best, 'workdir': workdir}
   if last is not None and best is not None:
     if best['step'] != last['step']:
-      best_eval = os.path.join(workdir, f"eval_{best['step']}.json")
-      if os.path.exists(best_eval):
-        with open(best_eval) as f:
-          results['best'] = json.load(f)
+      best_eval = _read_json(os.path.join(workdir, f"eval_{best['step']}.json"))
+      if best_eval is not None:
+        results['best'] = best_eval
     else:
       results['best'] = last
   _write_json(os.path.join(workdir, 'results.json'), results)
@@ -383,15 +488,30 @@ def _write_train_metrics(writer, ready, progress, setup, step):
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, Any]:
-  """Evaluates the checkpoint of `step` (default latest) and writes `workdir/eval_<step>.json`."""
-  setup = Setup(config, for_training=False)
+  """Evaluates the checkpoint of `step` (default latest) and writes `workdir/eval_<step>.json`.
+
+  The record equals the one the training run wrote for that step (same eval step, data order
+  and padding), whatever the device or process count. Raises SetupError when `workdir` holds
+  no checkpoint (or none of `step`), before anything is built.
+  """
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(
+    available = checkpointer.all_steps()
+    if not available:
+      raise SetupError(
           f'No checkpoint in {checkpointer.directory}: train first with --mode=train and the '
-          'same --workdir.')
-    state, meta = checkpointer.restore(step, setup.abstract_state())
+          'same --workdir (or pass the --workdir of a trained run).')
+    if step is not None and step not in available:
+      raise SetupError(f'No checkpoint of step {step} in {checkpointer.directory}; available '
+                       f'steps: {sorted(available)} (--checkpoint_step).')
+    setup = _setup_or_raise(config, for_training=False)
+    try:
+      state, meta = checkpointer.restore(step, setup.abstract_state())
+    except _SETUP_ERRORS as e:
+      raise SetupError(
+          f'Cannot restore the checkpoint of step {step or max(available)} in '
+          f'{checkpointer.directory} with this config: {_describe(e)} -- Evaluate with the config '
+          f'that wrote it (see {workdir}/config.json).') from e
   finally:
     checkpointer.close()
   step = int(jax.device_get(state.step))

@@ -1,0 +1,180 @@
+"""Helpers for the train-loop, CLI and multi-host tests, and a fault-injecting CLI worker.
+
+As a module: `cli_overrides(config)` turns a config into `--config.a.b=v` flags over
+configs/demo.py (so a subprocess runs exactly `train_utils.tiny_config()` through the real CLI),
+`restore_state(workdir, step)` reads a checkpoint's state with Orbax alone (no `train.Setup`),
+`use_compilation_cache(path)` shares compiled programs between the runs of a test session.
+
+As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax.main` with faults
+injected from the environment, for the tests only:
+  LTDPT_TEST_STEP_DELAY=s        sleep s seconds before each training batch (a slow run to signal)
+  LTDPT_TEST_NAN_AFTER_STEP=k    the state after step k (and later) has NaN parameters (divergence)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sys
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO = 'configs/demo.py'
+
+
+def _leaves(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_leaves(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def cli_overrides(config) -> list[str]:
+  """`--config.x=v` flags that turn configs/demo.py into `config` (every differing leaf)."""
+  import train_utils  # pylint: disable=g-import-not-at-top
+  base = _leaves(train_utils.load_config('demo').to_dict())
+  want = _leaves(config.to_dict())
+  if set(base) != set(want):
+    raise ValueError(f'config keys differ from demo.py: {set(base) ^ set(want)}')
+  flags = []
+  for k, v in sorted(want.items()):
+    if v == base[k] and type(v) is type(base[k]):
+      continue
+    if isinstance(v, (tuple, list)):
+      raise ValueError(f'cannot pass the sequence config.{k}={v!r} as a flag')
+    flags.append(f'--config.{k}={v!r}' if isinstance(v, float) else f'--config.{k}={v}')
+  return flags
+
+
+def cli_command(config, workdir, *extra: str, worker: bool = False) -> list[str]:
+  """The command line that trains/evaluates `config` in `workdir` through the CLI."""
+  head = [sys.executable, str(REPO / 'tests' / 'cli_worker.py')] if worker else [
+      sys.executable, '-m', 'ltdpt_jax.main']
+  return head + [f'--config={REPO / DEMO}', f'--workdir={workdir}', *cli_overrides(config),
+                 *extra]
+
+
+def cache_dir(tmp_path_factory) -> pathlib.Path:
+  """The session's compilation cache: $LTDPT_TEST_XLA_CACHE (kept across sessions) or a new one."""
+  keep = os.environ.get('LTDPT_TEST_XLA_CACHE')
+  return pathlib.Path(keep) if keep else tmp_path_factory.getbasetemp() / 'xla_cache'
+
+
+def use_compilation_cache(path) -> contextlib.AbstractContextManager:
+  """JAX's persistent compilation cache in `path` for this process (restored on exit).
+
+  Every run of a test session compiles the same few programs; from the cache a run starts in
+  seconds instead of a minute on a busy 2-core machine. Subprocesses get JAX_COMPILATION_CACHE_DIR.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+
+  @contextlib.contextmanager
+  def ctx():
+    previous = jax.config.jax_compilation_cache_dir
+    cc.set_cache_dir(str(path))
+    cc.reset_cache()
+    try:
+      yield
+    finally:
+      jax.config.update('jax_compilation_cache_dir', previous)
+      cc.reset_cache()
+  return ctx()
+
+
+def restore_state(workdir, step: int | None = None):
+  """(state pytree of numpy arrays, step) of a checkpoint, read with Orbax alone, on one device.
+
+  The restore target comes from the checkpoint's own array metadata, so this works whatever
+  device or process count wrote it. PRNG key arrays come back as their raw uint32 data.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(workdir) / 'checkpoints'
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+  step = steps[-1] if step is None else step
+  path = root / str(step) / 'state'
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          meta)
+    state = ckptr.restore(path, target)
+  return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x)) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else np.asarray(x), state), step
+
+
+def _inject_faults():
+  """Patches ltdpt_jax.train as the LTDPT_TEST_* variables ask (see the module docstring)."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+
+  delay = float(os.environ.get('LTDPT_TEST_STEP_DELAY', '0'))
+  if delay > 0:
+    prefetch = train.prefetch_to_device
+
+    def slow_prefetch(*args, **kwargs):
+      for item in prefetch(*args, **kwargs):
+        time.sleep(delay)
+        yield item
+    train.prefetch_to_device = slow_prefetch
+
+  nan_after = os.environ.get('LTDPT_TEST_NAN_AFTER_STEP')
+  if nan_after is not None:
+    wrap_train_step_with_nan(train, int(nan_after))
+
+
+def wrap_train_step_with_nan(train_module, nan_after: int):
+  """Makes `train_module.Setup`'s compiled step return NaN parameters from step `nan_after` on
+  (as a learning rate of 1e30 would, without compiling another program)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  setup_cls = train_module.Setup
+  poison = jax.jit(lambda state: state.replace(params=jax.tree.map(
+      lambda p: jnp.where(state.step >= nan_after, jnp.nan, p), state.params)))
+
+  class _Compiled:
+    def __init__(self, compiled):
+      self._compiled = compiled
+
+    def __call__(self, state, frozen, batch):
+      state, metrics = self._compiled(state, frozen, batch)
+      return poison(state), metrics
+
+    def __getattr__(self, name):
+      return getattr(self._compiled, name)
+
+  class _Lowered:
+    def __init__(self, lowered):
+      self._lowered = lowered
+
+    def compile(self):
+      return _Compiled(self._lowered.compile())
+
+  class _Step:
+    def __init__(self, step):
+      self._step = step
+
+    def lower(self, *args):
+      return _Lowered(self._step.lower(*args))
+
+  class NaNSetup(setup_cls):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      self.train_step = _Step(self.train_step)
+
+  train_module.Setup = NaNSetup
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, str(REPO))
+  from ltdpt_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  _inject_faults()
+  main_lib.run()

@@ -1,0 +1,171 @@
+"""The command line (`python -m ltdpt_jax.main`): a run, --mode=eval, and bad input.
+
+Bad input must fail before any work, with exit code 2, one message naming what is wrong and how
+to fix it, no traceback, and no workdir created. A diverging run stops with exit code 3 and keeps
+its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import cli_worker
+import npz_utils
+import train_utils
+
+REPO = train_utils.REPO
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return cli_worker.cache_dir(tmp_path_factory)
+
+
+def _run(args, cache, *, timeout=600, **extra_env):
+  env = train_utils.subprocess_env()
+  env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+  env.update({k: str(v) for k, v in extra_env.items()})
+  t0 = time.perf_counter()
+  out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  out.seconds = time.perf_counter() - t0
+  return out
+
+
+def _main(*flags):
+  return [sys.executable, '-m', 'ltdpt_jax.main', *flags]
+
+
+def _assert_clean_failure(out, workdir, *needles):
+  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith('Error: ')]
+  assert len(errors) == 1, out.stderr[-3000:]
+  for needle in needles:
+    assert needle in errors[0], (needle, errors[0])
+  assert not workdir.exists()
+  return errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------------------------
+
+def test_unknown_config_key(tmp_path, cache):
+  workdir = tmp_path / 'wd'
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   '--config.model.no_such=1'), cache)
+  _assert_clean_failure(out, workdir, '--config.model.no_such', 'config_lib.py')
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   '--config.train.epochs=1', '--config.model.metod=fr'), cache)
+  _assert_clean_failure(out, workdir, '--config.model.metod', "did you mean 'method'")
+
+
+def test_invalid_values(tmp_path, cache):
+  workdir = tmp_path / 'wd'
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   '--config.model.method=xyz'), cache)
+  _assert_clean_failure(out, workdir, "config.model.method='xyz'", "'vpt', 'fr', 'fr_br'")
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   '--config.data.batch_size=abc'), cache)
+  _assert_clean_failure(out, workdir, '--config.data.batch_size=abc')
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   '--config.train.drw_epochs=9'), cache)
+  _assert_clean_failure(out, workdir, 'config.train.drw_epochs=9', 'config.train.epochs=8')
+
+
+def test_missing_tfds_dataset(tmp_path, cache):
+  workdir, data_dir = tmp_path / 'wd', tmp_path / 'empty'
+  data_dir.mkdir()
+  out = _run(_main('--config=configs/cifar100_lt.py', f'--workdir={workdir}',
+                   f'--config.data.data_dir={data_dir}'), cache, timeout=120)
+  _assert_clean_failure(out, workdir, "'cifar100'", str(data_dir), 'tfds build cifar100',
+                        '--file_format=array_record')
+  assert out.seconds < 60, out.seconds
+
+
+def test_backbone_checkpoint_of_another_architecture(tmp_path, cache):
+  workdir, npz = tmp_path / 'wd', tmp_path / 'vit_w48.npz'
+  npz_utils.write_random_checkpoint(npz, patch=4, width=48, depth=4, heads=4, mlp=128, grid=8)
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
+                   f'--config.model.checkpoint={npz}'), cache, timeout=180)
+  _assert_clean_failure(out, workdir, 'width 64', 'width 48', str(npz))
+
+
+def test_eval_of_workdir_without_checkpoint(tmp_path, cache):
+  workdir = tmp_path / 'wd'
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}', '--mode=eval'), cache)
+  _assert_clean_failure(out, workdir, 'No checkpoint in', '--mode=train')
+
+
+# ---------------------------------------------------------------------------------------------
+# A run and its evaluation.
+# ---------------------------------------------------------------------------------------------
+
+def _config():
+  c = train_utils.tiny_config()
+  c.train.keep_checkpoints = 20
+  return c
+
+
+@pytest.fixture(scope='module')
+def cli_run(cache, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('cli') / 'run'
+  out = _run(cli_worker.cli_command(_config(), workdir), cache)
+  assert out.returncode == 0, out.stderr[-4000:]
+  print(f'CLI run: {out.seconds:.1f} s')
+  return workdir, out.stderr
+
+
+def test_cli_run_reports_and_writes(cli_run):
+  workdir, log = cli_run
+  for needle in ('num_groups: 4', '1 process(es), 1 device(s)', 'Parameters: ', 'trainable=',
+                 'frozen=', 'FLOPs', '[eval step 14, epoch 2] top-1', 'head n/a', 'Done.'):
+    assert needle in log, needle
+  assert 'did not provide metrics' not in log
+  for name in ('config.json', 'run_info.json', 'results.json', 'eval_7.json', 'eval_14.json',
+               'metrics.jsonl'):
+    assert (workdir / name).exists(), name
+  with open(workdir / 'config.json') as f:
+    assert json.load(f)['model']['vit']['hidden_size'] == 32
+
+
+def test_cli_eval_of_a_checkpoint_step(cli_run, cache, tmp_path):
+  workdir, _ = cli_run
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  (copy / 'eval_7.json').unlink()
+  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=7'),
+             cache)
+  assert out.returncode == 0, out.stderr[-4000:]
+  with open(copy / 'eval_7.json') as f, open(workdir / 'eval_7.json') as g:
+    assert json.load(f) == json.load(g)
+  assert (copy / 'eval_14.json').read_bytes() == (workdir / 'eval_14.json').read_bytes()
+  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=5'),
+             cache)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert 'No checkpoint of step 5' in out.stderr and '[3, 6, 7, 9, 12, 14]' in out.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
+  """Parameters NaN from step 5 on (as a huge learning rate makes them): the run stops with exit
+  code 3 and one message before checkpointing step 6; checkpoint 3 stays intact and finite."""
+  workdir = tmp_path / 'nan'
+  out = _run(cli_worker.cli_command(_config(), workdir, worker=True), cache,
+             LTDPT_TEST_NAN_AFTER_STEP=5)
+  assert out.returncode == 3, out.stderr[-4000:]
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['3']
+  assert 'Traceback' not in out.stderr
+  errors = [line for line in out.stderr.splitlines() if line.startswith('Error: ')]
+  assert len(errors) == 1 and 'finite' in errors[0] and '--config.optim.lr' in errors[0]
+  state, _ = cli_worker.restore_state(workdir, 3)
+  assert int(state['step']) == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+  assert not (workdir / 'eval_7.json').exists()
