@@ -1,0 +1,187 @@
+"""The benchmark (ltdpt_jax.bench): JSON fields and values, FLOP counts against XLA and
+published ViT-B/16 counts, the synthetic stand-in for a dataset, and the CLI on configs/demo.py."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import train_utils
+from ltdpt_jax import bench
+from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.models import ltdpt
+
+
+# A low XLA CPU optimisation level halves compile times here; FLOP counts (from the HLO) are
+# unchanged, and these tests check values, not speed.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+DEMO_OVERRIDES = ('--config.model.vit.num_layers=2', '--config.data.batch_size=16',
+                  '--config.data.eval_batch_size=50')
+
+
+def _tiny(**kw):
+  c = train_utils.tiny_config(image_size=16, batch_size=16, **kw)
+  c.data.eval_batch_size = 16
+  return c
+
+
+def _cli(*args):
+  env = train_utils.subprocess_env()
+  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
+  return subprocess.run([sys.executable, '-m', 'ltdpt_jax.bench', *args], cwd=train_utils.REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+  """(JSON record, stdout) of the CLI on configs/demo.py (2 blocks, batch 16), few steps, with
+  1 TFLOP/s given as the peak (a CPU has none in the table)."""
+  out = tmp_path_factory.mktemp('bench') / 'bench.json'
+  proc = _cli('--config=configs/demo.py', '--steps=2', '--warmup=1', '--repeats=2',
+              '--peak_tflops=1.0', f'--out={out}', *DEMO_OVERRIDES)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(out.read_text()), proc.stdout
+
+
+def _xla_forward_per_image(config, num_classes):
+  model = ltdpt.build_model(config, num_classes)
+  params = ltdpt.abstract_params(config, num_classes)
+  s, b = config.data.image_size, config.data.batch_size
+  images = jax.ShapeDtypeStruct((b, s, s, 3), np.uint8)
+  compiled = jax.jit(lambda p, i: step_lib.forward(model, p, i, train=False)['logits']).lower(
+      params, images).compile(compiler_options=FAST_COMPILE)
+  return step_lib.compiled_flops(compiled) / b
+
+
+@pytest.mark.slow
+def test_cli_demo_record_has_sane_values(demo):
+  record, stdout = demo
+  json.loads(json.dumps(record))
+  for word in ('train step', 'eval step', 'input pipeline', 'end to end', 'FLOPs per image',
+               'MFU', 'JSON written to'):
+    assert word in stdout, word
+  c = record['config']
+  assert c['file'].endswith('demo.py') and c['batch_size'] == 16 and c['num_classes'] == 20
+  assert c['backbone'].startswith('ViT(patch 4, width 64, depth 2')
+  for part, images in (('train_step', 16), ('eval_step', 50), ('input_pipeline', 16),
+                       ('end_to_end', 16)):
+    r = record[part]
+    assert r['images_per_s'] > 0 and math.isfinite(r['images_per_s']), part
+    if 'step_time_ms' in r:  # images/s and ms/step describe the same rate
+      assert r['images_per_s'] * r['step_time_ms'] / 1e3 == pytest.approx(images), part
+  t = record['train_step']
+  assert len(t['images_per_s_rounds']) == 2
+  assert t['images_per_s'] == pytest.approx(float(np.median(t['images_per_s_rounds'])))
+  f = record['flops']
+  for key in ('train_step_xla_per_image', 'forward_xla_per_image', 'eval_step_xla_per_image',
+              'analytic_forward_per_image', 'analytic_train_per_image'):
+    assert f[key] > 0, key
+  # Frozen backbone: forward + activation-only backward, about 2x the forward.
+  assert 1.5 <= f['step_over_forward_xla'] <= 2.5, f['step_over_forward_xla']
+  assert f['step_over_forward_xla'] == pytest.approx(
+      f['train_step_xla_per_image'] / f['forward_xla_per_image'])
+  assert 1.8 <= f['analytic_train_per_image'] / f['analytic_forward_per_image'] <= 2.3
+  # MFU = achieved FLOP/s / (given peak 1e12 FLOP/s x 1 device).
+  assert record['device']['peak_tflops_per_device'] == 1.0
+  assert record['device']['peak_source'] == 'flag'
+  assert t['achieved_tflops_model'] == pytest.approx(
+      f['analytic_train_per_image'] * t['images_per_s'] / 1e12)
+  assert t['mfu_model'] == pytest.approx(t['achieved_tflops_model'])
+  assert t['mfu_xla'] == pytest.approx(f['train_step_xla_per_image'] * t['images_per_s'] / 1e12)
+  assert 0 < t['mfu_model'] < 1
+  assert record['eval_step']['mfu_model'] == pytest.approx(
+      f['analytic_forward_per_image'] * record['eval_step']['images_per_s'] / 1e12)
+  # CPU: no allocator statistics, but the compiled step's buffer sizes are known.
+  assert record['device']['platform'] == 'cpu'
+  assert record['memory']['peak_bytes_in_use'] == bench.NA
+  assert record['memory']['train_step_compiled']['argument_size_in_bytes'] > 0
+  assert record['input_pipeline']['workers'] == 0  # demo.py: data.num_workers = 0
+  assert record['end_to_end']['bottleneck'] in ('input pipeline', 'device step')
+  assert len(record['host']['before']['loadavg']) == 3
+
+
+def test_synthetic_replaces_a_real_dataset():
+  """A CIFAR-100-LT config -> 100 classes for the model, synthetic images of the config's size
+  for the pipeline, and no dataset is ever opened (none is installed here). Pipeline part only
+  (no compile); on CPU the peak, so the MFU, is n/a."""
+  pipe, info = bench.synthetic_data(train_utils.load_config('cifar100_lt'))
+  assert info.num_classes == 100 and len(info.class_counts) == 100
+  assert info.class_counts[0] == 200 and info.class_counts[-1] == 2  # ratio 100 profile
+  assert pipe.data.dataset == 'synthetic' and pipe.data.image_size == 224
+  assert pipe.data.num_classes == 64
+  c = _tiny()
+  c.data.dataset = 'cifar100_lt'
+  c.data.imbalance_ratio = 100.0  # with num_train_max 40 < 100: raised so no class is empty
+  r = bench.run_benchmark(c, steps=2, warmup=1, repeats=1, synthetic=True, parts=('pipeline',))
+  assert r['config']['num_classes'] == 100 and r['config']['synthetic']
+  assert r['input_pipeline']['images_per_s'] > 0
+  assert 'train_step' not in r and 'end_to_end' not in r and 'eval_step' not in r
+  assert r['flops']['train_step_xla_per_image'] == bench.NA
+  assert r['flops']['analytic_forward_per_image'] > 0
+  assert r['device']['peak_tflops_per_device'] == bench.NA
+  bench.format_table(r)  # copes with the missing parts
+  with pytest.raises(ValueError, match='num_classes'):
+    bench.synthetic_data(_tiny(), num_classes=1)
+  with pytest.raises(ValueError, match='parts'):
+    bench.run_benchmark(_tiny(), parts=('train', 'bogus'))
+
+
+def test_analytic_forward_close_to_xla_for_a_plain_tiny_vit():
+  """No saliency ('vpt'), width 128: XLA counts matmuls plus elementwise ops (LayerNorm, GELU,
+  softmax, adds: O(N D) against the matmuls' O(N D^2)), so it is a few % above the matmuls."""
+  c = train_utils.tiny_config(image_size=32, batch_size=4, method='vpt')
+  c.model.vit.hidden_size, c.model.vit.mlp_dim, c.model.vit.num_heads = 128, 512, 2
+  xla = _xla_forward_per_image(c, 6)
+  analytic = bench.analytic_flops(c, 6)['forward']
+  assert 0.85 <= analytic / xla <= 1.15, analytic / xla
+  assert analytic <= xla  # the elementwise work XLA also counts is not in the analytic count
+
+
+def test_analytic_query_layout_matches_xla_difference():
+  """The rows skipped by `skip_dead_prompt_work` are what the analytic count says they are:
+  XLA's forward FLOPs drop by the analytic difference (within the elementwise overhead)."""
+  c = train_utils.tiny_config(image_size=32, batch_size=4, method='vpt')
+  c.model.vit.hidden_size, c.model.vit.mlp_dim, c.model.vit.num_heads = 128, 512, 2
+  c.model.vit.num_layers = 3
+  c.model.num_fr_prompts = 16
+  full = c.copy_and_resolve_references()
+  full.model.skip_dead_prompt_work = False
+  xla_diff = _xla_forward_per_image(full, 6) - _xla_forward_per_image(c, 6)
+  a_skip, a_full = bench.analytic_flops(c, 6), bench.analytic_flops(full, 6)
+  assert a_full['forward'] == pytest.approx(a_full['dense_forward'] + 2 * 128 * 6)
+  ratio = (a_full['forward'] - a_skip['forward']) / xla_diff
+  assert 0.8 <= ratio <= 1.05, ratio
+  # Last block: CLS + prompts as queries; earlier ones CLS + 64 patches; keys everything.
+  assert a_skip['tokens_per_block_q_k'] == [(65, 81), (65, 81), (17, 81)]
+
+
+@pytest.mark.parametrize('prompts,gmac', [(10, 18.49), (20, 19.41), (50, 22.22)])
+def test_vit_b16_forward_matches_published_counts(prompts, gmac):
+  """ViT-B/16 at 224 with P prompt tokens in every block, all rows computed: perf-anchors.md
+  section 1 (and Kim et al. 2023: 22.2 GMACs at 50 prompts)."""
+  c = train_utils.load_config('cifar100_lt')
+  c.model.method = 'vpt'
+  c.model.num_fr_prompts = prompts
+  c.model.skip_dead_prompt_work = False
+  a = bench.analytic_flops(c, 100)
+  assert a['dense_forward'] / 2e9 == pytest.approx(gmac, abs=0.01)
+  assert a['forward'] == pytest.approx(a['dense_forward'] + 2 * 768 * 100)
+  if prompts == 20:  # forward + activation-only backward: 79.2 GFLOP (perf-anchors table)
+    assert a['train'] / 1e9 == pytest.approx(79.2, abs=0.1)
+
+
+def test_peak_table():
+  assert bench.peak_tflops_for('NVIDIA H200') == 989.4
+  assert bench.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.4
+  assert bench.peak_tflops_for('NVIDIA H100 PCIe') is None
+  assert bench.peak_tflops_for('NVIDIA A100-SXM4-80GB') == 312.0
+  assert bench.peak_tflops_for('TPU v4') == 275.0
+  assert bench.peak_tflops_for('TPU v5 lite') == 197.0
+  assert bench.peak_tflops_for('TPU v5') == 459.0
+  assert bench.peak_tflops_for('TPU v5p') == 459.0
+  assert bench.peak_tflops_for('TPU v6 lite') == 918.0
+  assert bench.peak_tflops_for('cpu') is None
