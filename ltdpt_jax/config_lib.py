@@ -57,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.data_dir = ''               # tfds data_dir ('' = tfds default, $TFDS_DATA_DIR)
   c.data.split_dir = ''              # local directory of OLTR split files ('' = download + cache)
+  c.data.eval_split = 'test'         # ImageNet-LT / Places-LT: 'test' (the paper's) or 'val' lists
   c.data.batch_size = 128            # global
+  c.data.crop_min_scale = 0.08       # RandomResizedCrop area range (crop_min_scale, 1)
   c.data.eval_batch_size = 256       # global
   c.data.num_workers = -1            # grain worker processes (-1 = choose from the core count)
   c.data.seed = 0                    # which CIFAR images are kept / synthetic generation
@@ -150,6 +152,8 @@ def validate(config, *, num_devices: int | None = None, num_processes: int | Non
     if not _get(config, key) >= 0:
       raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
   m = config.model
+  if not 0.0 < config.data.crop_min_scale <= 1.0:
+    raise ValueError(f'config.data.crop_min_scale={config.data.crop_min_scale} must be in (0, 1].')
   if not 0.0 <= m.dropout < 1.0:
     raise ValueError(f'config.model.dropout={m.dropout} must be in [0, 1).')
   if not 0.0 <= config.loss.drw_beta < 1.0:

@@ -124,8 +124,10 @@ class TrainExample:
   """grain map: host-local stream index -> augmented training example (see module docstring)."""
 
   def __init__(self, source, *, image_size: int, seed: int, global_batch: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int,
+               crop_min_scale: float = transforms.SCALE[0]):
     self.source, self.image_size, self.seed = source, int(image_size), int(seed)
+    self.crop_min_scale = float(crop_min_scale)
     self.num_records = len(source)
     self.global_batch = int(global_batch)
     self.local_batch = self.global_batch // process_count
@@ -159,7 +161,8 @@ class TrainExample:
     epoch, position, record = self.locate(index)
     ex = self.source[record]
     image = transforms.train_transform(ex['image'], self.image_size,
-                                       augment_rng(self.seed, epoch, position))
+                                       augment_rng(self.seed, epoch, position),
+                                       min_scale=self.crop_min_scale)
     return {'image': image, 'label': np.int32(ex['label']), 'id': np.int64(ex['id'])}
 
 
@@ -280,7 +283,9 @@ def make_train_iterator(config, *, process_index: int | None = None,
                         'config.data.batch_size')
   example = TrainExample(src.train, image_size=int(config.data.image_size),
                          seed=int(config.train.seed), global_batch=int(config.data.batch_size),
-                         process_index=h, process_count=p)
+                         process_index=h, process_count=p,
+                         crop_min_scale=float(config.data.get('crop_min_scale',
+                                                              transforms.SCALE[0])))
   return TrainIterator(example, num_workers(int(config.data.num_workers)))
 
 

@@ -78,10 +78,12 @@ def resize_box(image: np.ndarray, size: int, box: tuple[int, int, int, int] | No
   return np.asarray(pil.resize((size, size), Image.BILINEAR, box=pil_box))
 
 
-def train_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-  """RandomResizedCrop(size, (0.08, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5."""
+def train_transform(image: np.ndarray, size: int, rng: np.random.Generator, *,
+                    min_scale: float = SCALE[0]) -> np.ndarray:
+  """RandomResizedCrop(size, (min_scale, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5."""
   image = as_rgb(image)
-  box = random_resized_crop_params(image.shape[0], image.shape[1], rng)
+  box = random_resized_crop_params(image.shape[0], image.shape[1], rng,
+                                   scale=(float(min_scale), SCALE[1]))
   out = resize_box(image, size, box)
   if rng.uniform() < 0.5:
     out = out[:, ::-1]
