@@ -5,7 +5,7 @@ imbalance ratio 10, 32 px images; a tiny ViT (patch 4, width 64, 4 blocks) initi
 fixed seed and frozen like any backbone, since no pretrained weights are reachable offline
 (`--config.model.checkpoint=PATH.npz` swaps in a real one, with a matching image size).
 Everything else is the paper's recipe scaled down: FR + BR prompts with the saliency bias, GCL +
-DRW (last 2 of 8 epochs), orthogonality loss, SGD + GNM.
+DRW (last 3 of 12 epochs), orthogonality loss, SGD + GNM.
 
   python -m ltdpt_jax.main --config=configs/demo.py --workdir=runs/demo
 """
@@ -40,9 +40,9 @@ def get_config(arg=None):
   c.data.crop_min_scale = 0.5      # milder crops: 8% of a 32 px image often misses the object
   c.loss.noise_mul = 0.5           # a random backbone's cosines are small; full GCL noise drowns them
   c.optim.lr = 1.0                 # prompts on a random backbone need a larger step than 0.005
-  c.train.epochs = 8
-  c.train.drw_epochs = 2
-  c.train.eval_every_epochs = 2
+  c.train.epochs = 12
+  c.train.drw_epochs = 3
+  c.train.eval_every_epochs = 3
   c.train.checkpoint_every_steps = 50
   c.train.log_every_steps = 10
   return c

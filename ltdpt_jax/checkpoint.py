@@ -86,6 +86,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
+    if '://' not in str(workdir):  # Orbax needs absolute paths; users type relative ones.
+      workdir = os.path.abspath(workdir)
     self.directory = epath.Path(workdir) / 'checkpoints'
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(keep),
