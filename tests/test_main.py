@@ -77,8 +77,8 @@ def test_invalid_values(tmp_path, cache):
                    '--config.data.batch_size=abc'), cache)
   _assert_clean_failure(out, workdir, '--config.data.batch_size=abc')
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.train.drw_epochs=9'), cache)
-  _assert_clean_failure(out, workdir, 'config.train.drw_epochs=9', 'config.train.epochs=8')
+                   '--config.train.epochs=4', '--config.train.drw_epochs=9'), cache)
+  _assert_clean_failure(out, workdir, 'config.train.drw_epochs=9', 'config.train.epochs=4')
 
 
 def test_missing_tfds_dataset(tmp_path, cache):
