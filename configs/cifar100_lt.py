@@ -1,8 +1,9 @@
 r"""LT-DPT on CIFAR-100-LT (paper Section 5, Tables 1 and 4-7).
 
-Settings (Section 5.3): ViT-B/16 pre-trained on ImageNet-21k, frozen; n_f = n_b = 10 prompts,
-G = 20 groups, top-k 2, H = 6 BR blocks, lambda = 0.5; GCL (s 25, m 0.1) with DRW on the last 10
-of 70 epochs; SGD momentum 0.9, lr 0.005 at batch 128, weight decay 0.01, cosine decay; GNM.
+Settings (Section 5.3, all of them `config_lib.base_config()`'s): ViT-B/16 pre-trained on
+ImageNet-21k, frozen; n_f = n_b = 10 prompts, G = 20 groups, top-k 2, H = 6 BR blocks,
+lambda = 0.5; GCL (s 25, m 0.1) with DRW on the last 10 of 70 epochs; SGD momentum 0.9, lr 0.005
+at batch 128, weight decay 0.01, cosine decay; GNM. 224 px inputs.
 
 Expected top-1 (Table 1, LT-DPT): ratio 200: 89.0, 100: 90.4, 50: 91.0, 10: 91.6.
 
@@ -18,13 +19,6 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, ratio=100)
   if arg.ratio not in (200, 100, 50, 10):
     raise ValueError(f'ratio must be one of 200, 100, 50, 10 (got {arg.ratio}).')
-  c = config_lib.base_config()
-  c.data.dataset = 'cifar100_lt'
+  c = config_lib.base_config()  # its dataset is CIFAR-100-LT
   c.data.imbalance_ratio = float(arg.ratio)
-  c.data.image_size = 224
-  c.data.batch_size = 128
-  c.model.backbone = 'b16'
-  c.model.checkpoint = config_lib.CHECKPOINTS['b16']
-  c.train.epochs = 70
-  c.train.drw_epochs = 10
   return c

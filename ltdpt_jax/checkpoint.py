@@ -35,12 +35,7 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
-BEST_METRIC = 'accuracy'
-
-
-def _best_metric(metrics: dict[str, Any]) -> float:
-  return float(metrics[BEST_METRIC])
-
+from ltdpt_jax import fetch
 
 class IteratorHandler(grain.checkpoint.CheckpointHandler):
   """grain's iterator handler, restoring onto another process count (see the module docstring).
@@ -84,21 +79,24 @@ class IteratorRestore(ocp.args.CheckpointArgs):
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the items of an LT-DPT run."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
-    if '://' not in str(workdir):  # Orbax needs absolute paths; users type relative ones.
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'accuracy',
+               async_save: bool = True, read_only: bool = False):
+    """`best_metric`: the key of the `metrics` given to `save` that ranks checkpoints (higher
+    is better); checkpoints saved without metrics are never the best."""
+    if not fetch.is_remote(workdir):  # Orbax needs absolute paths; users type relative ones.
       workdir = os.path.abspath(workdir)
     self.directory = epath.Path(workdir) / 'checkpoints'
+    best_fn = lambda metrics: float(metrics[best_metric])  # pylint: disable=unnecessary-lambda-assignment
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(keep),
-        cm.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+        cm.BestN(get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
         preservation_policy=policy,
         # best_fn makes Orbax write each checkpoint's metrics to disk and read them back when a
         # run restarts; without it the best checkpoint is forgotten (and deleted) on resume.
-        best_fn=_best_metric,
+        best_fn=best_fn,
         best_mode='max',
         read_only=read_only,
         create=not read_only,
@@ -170,8 +168,3 @@ def replicated_abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree` with `sharding` attached (a restore target)."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def has_checkpoint(workdir: str) -> bool:
-  path = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))

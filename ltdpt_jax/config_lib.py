@@ -1,16 +1,30 @@
 """Defaults and validation shared by every experiment config in `configs/`.
 
-Each file in `configs/` calls `base_config()` and overrides what its experiment needs. The field
-names are fixed by SPEC.md ("Config names"); add fields here, rename none.
+Each file in `configs/` calls `base_config()` and sets only what its experiment changes. The
+field names are fixed by SPEC.md ("Config names"); add fields here, rename none. One section per
+part, and each part reads only its own: `model` (`ltdpt.build_model`), `data` (the input
+pipeline, plus `train.seed` for the order), `loss` (the train step), `optim` (the optimiser,
+plus the total steps and the global batch), `evals` (the evaluators), `train` (the loop).
+
+`validate` checks every field before any work: the enumerated values against the declarations
+of the parts that read them (`vit.BACKBONES`, `ltdpt.METHODS`, ..., `data.DATASETS`,
+`evaluators.REGISTRY`), the model section by building the model, and the bounds below.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from ltdpt_jax import data as data_lib
+from ltdpt_jax import evaluators
+from ltdpt_jax import optim
+from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import vit
+
 
 def base_config() -> ml_collections.ConfigDict:
-  """The paper's defaults for ViT-B/16 (Section 5.3), as one ConfigDict."""
+  """The paper's defaults (Section 5.3), as one ConfigDict: ViT-B/16 pretrained on ImageNet-21k,
+  CIFAR-100-LT at ratio 100, batch 128, 70 epochs with DRW on the last 10."""
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
@@ -18,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sizes used only when backbone == 'custom' (tiny ViTs for the demo and the tests).
   c.model.vit = ml_collections.ConfigDict(dict(
       patch_size=4, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128))
-  c.model.checkpoint = ''            # path or URL of the official ViT .npz ('' = random init)
+  c.model.checkpoint = CHECKPOINTS['b16']  # path or URL of the official ViT .npz ('' = random init)
   c.model.checkpoint_sha256 = ''     # checked when the checkpoint is downloaded from a URL
   c.model.method = 'fr_br'           # 'vpt' | 'fr' | 'fr_br'
   c.model.num_fr_prompts = 10        # n_f
@@ -49,10 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.gnm_rho = 0.05             # 0 turns GNM off
   c.optim.gnm_dis_mul = 0.1
   # Regexes over '/'-joined parameter paths that are frozen (optax.set_to_zero, no gradients).
-  c.optim.frozen_patterns = ('^backbone/',)
+  c.optim.frozen_patterns = optim.FROZEN_PATTERNS
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'cifar100_lt'     # 'cifar100_lt' | 'imagenet_lt' | 'places_lt' | 'inat2018' | 'synthetic'
+  c.data.dataset = 'cifar100_lt'     # data.DATASETS: 'cifar100_lt' | 'imagenet_lt' | 'places_lt' | 'inat2018' | 'synthetic'
   c.data.imbalance_ratio = 100.0
   c.data.image_size = 224
   c.data.data_dir = ''               # tfds data_dir ('' = tfds default, $TFDS_DATA_DIR)
@@ -67,6 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_train_max = 200         # synthetic only: images of the largest class
   c.data.num_test_per_class = 20     # synthetic only
 
+  # Evaluators by name (the prefix of their metrics and files); see ltdpt_jax/evaluators.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.eval = ml_collections.ConfigDict()
+  c.evals.eval.type = 'longtail'     # top-1, head/medium/tail, per class -> eval_<step>.json
+  c.evals.eval.every_epochs = 0      # 0: every config.train.eval_every_epochs
+
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 70
   c.train.drw_epochs = 10
@@ -74,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 1000
   c.train.keep_checkpoints = 3
   c.train.log_every_steps = 50
+  c.train.best_metric = 'eval/accuracy'  # '<evaluator>/<metric>': best checkpoint, results.json
   c.train.seed = 0
   return c
 
@@ -115,21 +136,26 @@ def parse_arg(arg: str | None, **defaults):
   return out
 
 
-_CHOICES = {
-    'model.backbone': ('ti16', 's16', 'b16', 'l16', 'custom'),
-    'model.method': ('vpt', 'fr', 'fr_br'),
-    'model.feature': ('cls_prompt_mean', 'cls'),
-    'model.prompt_mode': ('replace', 'carry'),
-    'model.dtype': ('float32', 'bfloat16'),
-    'data.dataset': ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic'),
-}
-_POSITIVE = ('model.num_fr_prompts', 'model.num_groups', 'model.top_k', 'data.image_size',
-             'data.batch_size', 'data.eval_batch_size', 'train.epochs', 'loss.s',
-             'optim.lr', 'train.checkpoint_every_steps', 'train.log_every_steps',
-             'train.eval_every_epochs', 'train.keep_checkpoints')
-_NON_NEGATIVE = ('model.num_br_prompts', 'model.num_br_blocks', 'model.dropout', 'loss.m',
-                 'loss.noise_mul', 'loss.orth_lambda', 'optim.momentum', 'optim.weight_decay',
-                 'optim.gnm_rho', 'optim.gnm_dis_mul', 'train.drw_epochs')
+def _choices() -> dict[str, tuple]:
+  """The enumerated fields and the values they accept, as the parts that read them declare."""
+  return {
+      'model.backbone': vit.BACKBONES,
+      'model.method': ltdpt.METHODS,
+      'model.feature': ltdpt.FEATURES,
+      'model.prompt_mode': ltdpt.PROMPT_MODES,
+      'model.dtype': tuple(ltdpt.DTYPES),
+      'data.dataset': data_lib.DATASETS,
+      'data.eval_split': data_lib.EVAL_SPLITS,
+  }
+
+
+# Bounds of the other numeric fields outside config.model (whose values `ltdpt.build_model`
+# checks, with the architecture).
+_POSITIVE = ('data.image_size', 'data.batch_size', 'data.eval_batch_size', 'loss.s', 'optim.lr',
+             'optim.lr_base_batch', 'train.epochs', 'train.checkpoint_every_steps',
+             'train.log_every_steps', 'train.eval_every_epochs', 'train.keep_checkpoints')
+_NON_NEGATIVE = ('loss.m', 'loss.noise_mul', 'loss.orth_lambda', 'optim.momentum',
+                 'optim.weight_decay', 'optim.gnm_rho', 'optim.gnm_dis_mul', 'train.drw_epochs')
 
 
 def _get(config, dotted):
@@ -139,9 +165,43 @@ def _get(config, dotted):
   return node
 
 
+def _validate_model(config):
+  """config.model: choices, the architecture and image size, and LTDPT's own checks."""
+  try:
+    arch = vit.arch_from_config(config.model)
+  except ValueError as e:
+    raise ValueError(f'config.model.vit: {e}') from None
+  try:
+    arch.grid(config.data.image_size)
+  except ValueError as e:
+    raise ValueError(f'config.data.image_size={config.data.image_size}: {e}') from None
+  try:
+    ltdpt.build_model(config.model, num_classes=2)
+  except ValueError as e:
+    raise ValueError(f'config.model: {e}') from None
+
+
+def _validate_evals(config):
+  if not config.evals:
+    raise ValueError('config.evals is empty; the base config has '
+                     "config.evals.eval = {type: 'longtail'}.")
+  for name, section in config.evals.items():
+    if section.get('type') not in evaluators.REGISTRY:
+      raise ValueError(f'config.evals.{name}.type={section.get("type")!r} is not valid; choose '
+                       f'one of {tuple(evaluators.REGISTRY)}.')
+    if not section.get('every_epochs', 0) >= 0:
+      raise ValueError(f'config.evals.{name}.every_epochs={section.every_epochs} must be >= 0 '
+                       '(0: config.train.eval_every_epochs).')
+  name, sep, key = config.train.best_metric.partition('/')
+  if not sep or not key or name not in config.evals:
+    raise ValueError(f'config.train.best_metric={config.train.best_metric!r} must be '
+                     f"'<evaluator>/<metric>' with an evaluator of config.evals "
+                     f'({", ".join(config.evals)}), e.g. \'eval/accuracy\'.')
+
+
 def validate(config, *, num_devices: int | None = None, num_processes: int | None = None):
   """Raises ValueError naming the first invalid config value and what it accepts."""
-  for key, choices in _CHOICES.items():
+  for key, choices in _choices().items():
     value = _get(config, key)
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not valid; choose one of {choices}.')
@@ -151,43 +211,19 @@ def validate(config, *, num_devices: int | None = None, num_processes: int | Non
   for key in _NON_NEGATIVE:
     if not _get(config, key) >= 0:
       raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
-  m = config.model
   if not 0.0 < config.data.crop_min_scale <= 1.0:
     raise ValueError(f'config.data.crop_min_scale={config.data.crop_min_scale} must be in (0, 1].')
-  if not 0.0 <= m.dropout < 1.0:
-    raise ValueError(f'config.model.dropout={m.dropout} must be in [0, 1).')
   if not 0.0 <= config.loss.drw_beta < 1.0:
     raise ValueError(f'config.loss.drw_beta={config.loss.drw_beta} must be in [0, 1).')
   if config.train.drw_epochs > config.train.epochs:
     raise ValueError(f'config.train.drw_epochs={config.train.drw_epochs} exceeds '
                      f'config.train.epochs={config.train.epochs}.')
-  if m.method == 'fr_br':
-    if m.num_br_prompts <= 0 or m.num_br_blocks <= 0:
-      raise ValueError("method 'fr_br' needs config.model.num_br_prompts > 0 and "
-                       'config.model.num_br_blocks > 0 (or use --config.model.method=fr).')
-    if m.top_k > m.num_groups:
-      raise ValueError(f'config.model.top_k={m.top_k} exceeds config.model.num_groups='
-                       f'{m.num_groups}.')
-  if m.backbone == 'custom':
-    v = m.vit
-    if v.hidden_size % v.num_heads:
-      raise ValueError(f'config.model.vit.hidden_size={v.hidden_size} is not divisible by '
-                       f'config.model.vit.num_heads={v.num_heads}.')
-    patch = v.patch_size
-  else:
-    patch = 16
-  if config.data.image_size % patch:
-    raise ValueError(f'config.data.image_size={config.data.image_size} is not a multiple of the '
-                     f'patch size {patch}.')
   if config.data.dataset == 'cifar100_lt' and config.data.imbalance_ratio < 1:
     raise ValueError(f'config.data.imbalance_ratio={config.data.imbalance_ratio} must be >= 1.')
-  if num_devices:
-    for key in ('data.batch_size', 'data.eval_batch_size'):
-      if _get(config, key) % num_devices:
+  _validate_model(config)
+  _validate_evals(config)
+  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
+    for key in ('data.batch_size', 'data.eval_batch_size') if count else ():
+      if _get(config, key) % count:
         raise ValueError(f'config.{key}={_get(config, key)} must be a multiple of the number of '
-                         f'devices ({num_devices}).')
-  if num_processes:
-    for key in ('data.batch_size', 'data.eval_batch_size'):
-      if _get(config, key) % num_processes:
-        raise ValueError(f'config.{key}={_get(config, key)} must be a multiple of the number of '
-                         f'processes ({num_processes}).')
+                         f'{what} ({count}).')

@@ -1,4 +1,5 @@
-"""Metrics a person can plot: JSON lines, TensorBoard event files (no TensorFlow), progress lines.
+"""Metrics a person can plot: JSON lines, TensorBoard event files (no TensorFlow), progress lines,
+and the JSON records of a run (`write_json`, `read_json`).
 
 Only process 0 writes files. Every record is one JSON object per line in `workdir/metrics.jsonl`
 (`{"step": ..., "split": "train"|"eval", ...}`) and the same scalars go to TensorBoard event files
@@ -23,6 +24,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from ltdpt_jax.fetch import is_remote
+
 
 def _to_python(value):
   if isinstance(value, (np.generic, np.ndarray)):
@@ -30,9 +33,20 @@ def _to_python(value):
   return value
 
 
-def is_remote(path: str) -> bool:
-  """gs://, s3://, ...: a file system without append, where files are written whole."""
-  return '://' in str(path)
+def write_json(path: str, obj: Any):
+  """Writes JSON atomically (temp file + rename), on process 0 only; local or gs:// paths."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(path)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(obj, indent=1))
+  tmp.replace(path)
+
+
+def read_json(path: str) -> Any | None:
+  """The JSON in `path`, or None when there is no such file."""
+  path = epath.Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 class MetricWriter:

@@ -18,6 +18,7 @@ Base optimiser (Section 5.3, PyTorch `torch.optim.SGD(momentum=0.9, weight_decay
 semantics): g' = g + wd * theta (coupled decay, on the unperturbed theta); buf = 0.9 * buf + g'
 (buf_1 = g'_1, no dampening, no Nesterov); theta -= lr_t * buf, with lr_t a per-step cosine decay
 from lr = config.optim.lr * global_batch / config.optim.lr_base_batch to 0 over total_steps.
+Everything here reads the config's optim section (`config.optim`) only.
 
 GNM (Gaussian neighbourhood minimisation, GNM-PT `gnm.py`): each step every trainable leaf is
 perturbed by eps = rho * dis_mul * c * clip(N(0, 1) / 3, -1, 1), the gradient is taken at
@@ -30,7 +31,8 @@ random draws; the state keeps the same structure, so checkpoints stay compatible
 
 A train step (loss and aux metrics come from the single gradient evaluation):
 
-    tx = optim.make_optimizer(config, total_steps=total_steps)        # a GNM
+    tx = optim.make_optimizer(config.optim, total_steps=total_steps,  # a GNM
+                              global_batch=config.data.batch_size, seed=config.train.seed)
     labels = optim.param_labels(params, config.optim.frozen_patterns)
     trainable, frozen = optim.split_params(params, labels)
     opt_state = tx.init(trainable)
@@ -61,6 +63,8 @@ import optax
 
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
+# The default of config.optim.frozen_patterns: the whole ViT backbone is frozen.
+FROZEN_PATTERNS = ('^backbone/',)
 # Folded into the seed so the GNM noise stream differs from streams made from the same seed.
 _GNM_STREAM = 0x474E4D  # 'GNM'
 
@@ -93,7 +97,7 @@ def _compile(patterns: str | Sequence[str]) -> list[re.Pattern]:
   return out
 
 
-def param_labels(params: Any, frozen_patterns: str | Sequence[str] = ('^backbone/',)) -> Any:
+def param_labels(params: Any, frozen_patterns: str | Sequence[str] = FROZEN_PATTERNS) -> Any:
   """A tree like `params` whose leaves are 'frozen' (path matches a pattern) or 'trainable'.
 
   Paths are '/'-joined keys ('backbone/Transformer/encoderblock_0/...'); a pattern matches with
@@ -258,17 +262,16 @@ def gnm_scale(drw_on: jax.typing.ArrayLike) -> jax.Array:
 # The optimiser of the paper.
 
 
-def peak_learning_rate(config, global_batch: int | None = None) -> float:
-  """config.optim.lr scaled linearly: lr * global_batch / config.optim.lr_base_batch."""
-  batch = config.data.batch_size if global_batch is None else global_batch
-  return float(config.optim.lr) * float(batch) / float(config.optim.lr_base_batch)
+def peak_learning_rate(optim_config, global_batch: int) -> float:
+  """`optim.lr` scaled linearly: lr * global_batch / optim.lr_base_batch."""
+  return float(optim_config.lr) * float(global_batch) / float(optim_config.lr_base_batch)
 
 
-def learning_rate(config, total_steps: int, global_batch: int | None = None) -> optax.Schedule:
+def learning_rate(optim_config, total_steps: int, global_batch: int) -> optax.Schedule:
   """Per-step cosine decay from the (batch-scaled) lr to 0 over `total_steps`, no warm-up."""
   if total_steps <= 0:
     raise ValueError(f'total_steps must be > 0; got {total_steps}.')
-  return optax.cosine_decay_schedule(peak_learning_rate(config, global_batch),
+  return optax.cosine_decay_schedule(peak_learning_rate(optim_config, global_batch),
                                      decay_steps=int(total_steps), alpha=0.0)
 
 
@@ -280,19 +283,18 @@ def sgd_coupled(lr: optax.ScalarOrSchedule, *, momentum: float = 0.9,
       optax.sgd(lr, momentum=momentum if momentum > 0 else None, nesterov=False))
 
 
-def make_optimizer(config, *, total_steps: int, global_batch: int | None = None) -> GNM:
+def make_optimizer(optim_config, *, total_steps: int, global_batch: int, seed: int) -> GNM:
   """The paper's optimiser: GNM(multi_transform({'trainable': SGD, 'frozen': set_to_zero})).
 
-  Reads config.optim.{lr, lr_base_batch, momentum, weight_decay, gnm_rho, gnm_dis_mul,
-  frozen_patterns}, config.data.batch_size (global batch, unless `global_batch` is given) and
-  config.train.seed. Init and update it on the trainable subtree (see the module docstring).
+  Reads the config's optim section: {lr, lr_base_batch, momentum, weight_decay, gnm_rho,
+  gnm_dis_mul, frozen_patterns}; `global_batch` scales the lr, `seed` (config.train.seed) seeds
+  GNM's noise. Init and update it on the trainable subtree (see the module docstring).
   """
-  o = config.optim
+  o = optim_config
   patterns = tuple(o.frozen_patterns)
   labels_fn = lambda tree: param_labels(tree, patterns)
-  base = sgd_coupled(learning_rate(config, total_steps, global_batch),
+  base = sgd_coupled(learning_rate(o, total_steps, global_batch),
                      momentum=float(o.momentum), weight_decay=float(o.weight_decay))
   tx = optax.multi_transform({TRAINABLE: base, FROZEN: optax.set_to_zero()}, labels_fn)
   trainable_mask = lambda tree: jax.tree.map(lambda l: l == TRAINABLE, labels_fn(tree))
-  return gnm(tx, rho=o.gnm_rho, dis_mul=o.gnm_dis_mul, seed=config.train.seed,
-             mask=trainable_mask)
+  return gnm(tx, rho=o.gnm_rho, dis_mul=o.gnm_dis_mul, seed=seed, mask=trainable_mask)

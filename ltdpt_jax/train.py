@@ -1,59 +1,63 @@
-"""The train loop and the evaluation of LT-DPT, readable top to bottom (big_vision style).
+"""The train loop and the evaluation of a checkpoint, readable top to bottom (big_vision style).
 
-config -> data -> model -> loss -> optimiser -> step -> checkpoint/metrics:
+config -> data -> model -> loss -> optimiser -> step -> checkpoint/metrics/evaluators:
 
-1. Mesh over every device of every host, one axis `data`: batches sharded, state replicated.
-2. Data: per-host grain iterators (each host loads its slice of every global batch).
-3. Model: the frozen ViT backbone from its `.npz` (or a seeded random init) plus the trainable
-   prompts, keys, bias scales and cosine head.
-4. Optimiser: SGD momentum + coupled weight decay + per-step cosine schedule, wrapped by GNM.
-5. Resume from the latest Orbax checkpoint in `workdir` when there is one.
-6. Loop: one compiled step per batch; every `log_every_steps` the metrics of the previous steps
-   are fetched (never the step just dispatched, so the host does not stall the device), printed
-   and written; evaluation every `eval_every_epochs`; checkpoints every `checkpoint_every_steps`,
-   at epoch ends and at the end; SIGTERM (TPU preemption) writes a final checkpoint and exits.
+1. `Setup`: the mesh over every device of every host (one axis `data`: batches sharded, state
+   replicated), the dataset info, the model (`config.model`), the frozen ViT backbone from its
+   `.npz` (or a seeded random init) and the trainable prompts, keys, bias scales and cosine head,
+   the optimiser (`config.optim`), the jitted train step (`config.loss`) and the predict function
+   the evaluators (`config.evals`) run.
+2. Resume from the latest Orbax checkpoint in `workdir` when there is one.
+3. Loop: one compiled step per batch from this host's grain iterator (`config.data`). What runs
+   after a step is decided by `itstime`: the train metrics every `log_every_steps` and at epoch
+   ends (fetched one step late, so the host never stalls the device), each evaluator at its own
+   period, a checkpoint every `checkpoint_every_steps` and at epoch ends; everything at the last
+   step. SIGTERM (TPU preemption) writes a final checkpoint and stops.
+
+`evaluate_checkpoint` (`--mode=eval`) restores a checkpoint and runs the same evaluators.
 """
 
 from __future__ import annotations
 
-import collections
+import itertools
 import json
 import math
-import os
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ltdpt_jax import checkpoint as ckpt_lib
 from ltdpt_jax import data as data_lib
+from ltdpt_jax import evaluators as evaluators_lib
 from ltdpt_jax import metrics as metrics_lib
 from ltdpt_jax import optim
+from ltdpt_jax import sharding
 from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import vit_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
 # Small pieces the loop uses.
 # ---------------------------------------------------------------------------------------------
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh named 'data' over all devices of all processes."""
-  return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+def itstime(step: int, every_n_steps: int, total_steps: int, *, last: bool = True) -> bool:
+  """Whether periodic work with period `every_n_steps` (0: never) is due after `step`; with
+  `last`, it is also due after the final step (big_vision's `itstime`)."""
+  return (every_n_steps > 0 and step % every_n_steps == 0) or (last and step == total_steps)
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Assembles each process's slice of the batch into one global array, sharded over 'data'."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+def best_metric(config) -> tuple[str, str]:
+  """(evaluator name, record key) of `config.train.best_metric`, e.g. ('eval', 'accuracy')."""
+  name, _, key = config.train.best_metric.partition('/')
+  return name, key
 
 
 class _IteratorState:
@@ -70,25 +74,6 @@ class _IteratorState:
 
   def start_prefetch(self):
     pass
-
-
-def prefetch_to_device(it, sharding: NamedSharding, size: int = 2) -> Iterator[tuple[Any, Any]]:
-  """Yields (global device batch, iterator state after it); transfers `size` batches ahead.
-
-  The iterator state is recorded with each batch, so a checkpoint written after training on a
-  batch stores the position right after that batch, not after the prefetched ones.
-  """
-  queue = collections.deque()
-
-  def enqueue():
-    batch = next(it)
-    queue.append((to_global(batch, sharding), it.get_state()))
-
-  for _ in range(size):
-    enqueue()
-  while True:
-    yield queue.popleft()
-    enqueue()
 
 
 class _Preemption:
@@ -131,58 +116,6 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
-
-
-def summarize_eval(correct: np.ndarray, count: np.ndarray,
-                   class_counts: np.ndarray) -> dict[str, Any]:
-  """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class."""
-  correct = np.asarray(correct, np.float64)
-  count = np.asarray(count, np.float64)
-  groups = data_lib.shot_groups(class_counts)
-  out = {'accuracy': float(correct.sum() / max(count.sum(), 1.0)),
-         'num_examples': int(count.sum())}
-  for name in ('head', 'medium', 'tail'):
-    idx = np.asarray(groups[name], np.int64)
-    n = count[idx].sum() if idx.size else 0.0
-    out[f'{name}_accuracy'] = float(correct[idx].sum() / n) if n > 0 else None
-    out[f'{name}_classes'] = int(idx.size)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    per_class = np.where(count > 0, correct / np.maximum(count, 1.0), np.nan)
-  out['per_class_accuracy'] = [None if math.isnan(v) else float(v) for v in per_class]
-  out['mean_per_class_accuracy'] = float(np.nanmean(per_class)) if np.any(count > 0) else None
-  return out
-
-
-def run_evaluation(eval_step, state, frozen, config, mesh, num_classes) -> tuple[np.ndarray,
-                                                                                  np.ndarray]:
-  """Runs the eval step over the whole eval split; returns per-class (correct, count)."""
-  sharding = NamedSharding(mesh, P('data'))
-  correct = jnp.zeros((num_classes,), jnp.int32)
-  count = jnp.zeros((num_classes,), jnp.int32)
-  for batch in data_lib.make_eval_iterator(config):
-    batch = to_global({k: batch[k] for k in ('image', 'label', 'mask')}, sharding)
-    c, n = eval_step(state.params, frozen, batch)
-    correct, count = correct + c, count + n
-  return np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(count))
-
-
-def _write_json(path: str, obj: Any):
-  """Writes JSON atomically (temp file + rename), on process 0 only; local or gs:// paths."""
-  if jax.process_index() != 0:
-    return
-  path = epath.Path(path)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=1))
-  tmp.replace(path)
-
-
-def _read_json(path: str) -> Any | None:
-  path = epath.Path(path)
-  return json.loads(path.read_text()) if path.exists() else None
-
-
-def _eval_record(step: int, epoch: int, summary: dict[str, Any]) -> dict[str, Any]:
-  return {'step': step, 'epoch': epoch, **summary}
 
 
 class SetupError(ValueError):
@@ -231,36 +164,51 @@ def _check_finite(state, step: int, last_saved: int | None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Set-up shared by training and evaluation.
+# Set-up shared by training, evaluation and the benchmark.
 # ---------------------------------------------------------------------------------------------
 
 class Setup:
-  """Everything derived from the config before the first step: data info, model, optimiser."""
+  """Everything derived from the config before the first step: data info, model, optimiser.
 
-  def __init__(self, config, *, for_training: bool = True):
+  Each part reads its own config section. `info` (optional) replaces the dataset's own
+  `DatasetInfo` (the benchmark's synthetic stand-in); `for_training=False` skips the check that
+  the training split holds one global batch (evaluation only).
+  """
+
+  def __init__(self, config, *, info: data_lib.DatasetInfo | None = None,
+               for_training: bool = True):
     self.config = config
-    self.mesh = make_mesh()
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P('data'))
-    self.info = data_lib.get_dataset_info(config)
+    self.mesh = sharding.make_mesh()
+    self.replicated = sharding.replicated(self.mesh)
+    self.batch_sharding = sharding.batch_sharded(self.mesh)
+    self.info = info if info is not None else data_lib.get_dataset_info(config.data)
     self.num_classes = int(self.info.num_classes)
-    self.steps_per_epoch = data_lib.steps_per_epoch(config, self.info) if for_training else 1
+    self.steps_per_epoch = (data_lib.steps_per_epoch(config.data, self.info) if for_training
+                            else 1)
     self.total_steps = self.steps_per_epoch * config.train.epochs
     self.drw_start_step = self.steps_per_epoch * (config.train.epochs - config.train.drw_epochs)
-    self.model = ltdpt.build_model(config, self.num_classes)
-    params = ltdpt.init_params(config, self.num_classes, jax.random.key(config.train.seed),
-                               config.data.image_size)
+    self.image_size = int(config.data.image_size)
+    self.model = ltdpt.build_model(config.model, self.num_classes, self.image_size)
+    backbone = vit_checkpoint.load_backbone(config.model, self.image_size)
+    params = ltdpt.init_params(self.model, jax.random.key(config.train.seed), self.image_size,
+                               backbone=backbone)
     labels = optim.param_labels(params, tuple(config.optim.frozen_patterns))
     trainable, frozen = optim.split_params(params, labels)
     self.frozen = jax.device_put(frozen, self.replicated)
-    self.tx = optim.make_optimizer(config, total_steps=self.total_steps)
-    self.state = jax.device_put(
-        step_lib.init_train_state(trainable, self.tx), self.replicated)
+    self.tx = optim.make_optimizer(config.optim, total_steps=self.total_steps,
+                                   global_batch=int(config.data.batch_size),
+                                   seed=int(config.train.seed))
+    self.state = jax.device_put(step_lib.init_train_state(trainable, self.tx), self.replicated)
     self.train_step = step_lib.make_train_step(
-        self.model, self.tx, config=config, class_counts=self.info.class_counts,
-        drw_start_step=self.drw_start_step, mesh=self.mesh)
-    self.eval_step = step_lib.make_eval_step(self.model, config=config,
-                                             num_classes=self.num_classes, mesh=self.mesh)
+        self.model, self.tx, loss_config=config.loss, seed=int(config.train.seed),
+        class_counts=self.info.class_counts, drw_start_step=self.drw_start_step, mesh=self.mesh)
+    self.predict_fn = step_lib.make_predict_fn(self.model)
+
+  def evaluators(self, workdir: str | None) -> list[evaluators_lib.Scheduled]:
+    """The evaluators of `config.evals`, writing their records into `workdir`."""
+    return evaluators_lib.from_config(
+        self.config, predict_fn=self.predict_fn, frozen=self.frozen, mesh=self.mesh,
+        info=self.info, steps_per_epoch=self.steps_per_epoch, workdir=workdir)
 
   def abstract_state(self):
     return ckpt_lib.replicated_abstract(self.state, self.replicated)
@@ -273,21 +221,26 @@ class Setup:
             'dataset': self.info.name, **extra}
 
 
+def _format(x: float | None) -> str:
+  return 'n/a' if x is None else f'{x:.3g}'
+
+
 def _log_start(setup: Setup, compiled) -> dict[str, Any]:
   config = setup.config
   logging.info('Config:\n%s', config)
   logging.info('JAX %s: %d process(es), %d device(s) [%s], %d local.', jax.__version__,
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind,
                jax.local_device_count())
-  report = ltdpt.parameter_report(config, setup.num_classes)
+  report = ltdpt.parameter_report(setup.model, setup.image_size,
+                                  frozen_patterns=tuple(config.optim.frozen_patterns))
   logging.info('Parameters: %s', ', '.join(f'{k}={v:,}' for k, v in report.items()))
-  flops = step_lib.compiled_flops(compiled)
-  per_image = flops / (config.data.batch_size / jax.device_count())  # per-device program if flops else float('nan')
+  flops = step_lib.compiled_flops(compiled)  # of the per-device program; None if not reported
+  per_image = flops / (config.data.batch_size / jax.device_count()) if flops else None
   logging.info('Dataset %s: %d train images, %d classes, %d eval images; %d steps/epoch, %d '
-               'steps, DRW from step %d. Train step: %.3g FLOPs (%.3g per image).',
+               'steps, DRW from step %d. Train step: %s FLOPs (%s per image).',
                setup.info.name, setup.info.num_train, setup.num_classes, setup.info.num_eval,
-               setup.steps_per_epoch, setup.total_steps, setup.drw_start_step, flops or 0,
-               per_image)
+               setup.steps_per_epoch, setup.total_steps, setup.drw_start_step, _format(flops),
+               _format(per_image))
   return {'parameters': report, 'step_flops': flops}
 
 
@@ -298,10 +251,11 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results.
 
-  Returns {'last', 'best', 'workdir'} (the eval records of the last and the best evaluation), or
-  {'stopped_at': step} when SIGTERM stopped the run after a checkpoint. A workdir whose run has
-  finished is not trained again: its stored results are returned.
-  Raises SetupError for bad inputs (before any step) and FloatingPointError if training diverges.
+  Returns {'last', 'best', 'workdir'} (the records of the last and the best evaluation by
+  `config.train.best_metric`), or {'stopped_at': step} when SIGTERM stopped the run after a
+  checkpoint. A workdir whose run has finished is not trained again: its stored results are
+  returned. Raises SetupError for bad inputs (before any step) and FloatingPointError if
+  training diverges.
   """
   preemption = _Preemption()  # early: a SIGTERM during set-up or compilation stops cleanly too
   try:
@@ -310,156 +264,171 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     preemption.restore()
 
 
-def _finished_results(workdir: str, meta: dict[str, Any], step: int) -> dict[str, Any]:
-  results = _read_json(os.path.join(workdir, 'results.json'))
+class _Best:
+  """The last record of the `config.train.best_metric` evaluator and its best value so far
+  (`best` is {'step', 'epoch', <metric>: value}, stored in the checkpoint metadata)."""
+
+  def __init__(self, config, best: dict[str, Any] | None = None):
+    self.name, self.key = best_metric(config)
+    self.best, self.last = best, None
+
+  def update(self, name: str, record: dict[str, Any], step: int, epoch: int) -> float | None:
+    """Takes an evaluator's record; returns the metric when it is the ranked evaluator's."""
+    if name != self.name:
+      return None
+    value = record[self.key]
+    self.last = record
+    if self.best is None or value > self.best[self.key]:
+      self.best = {'step': step, 'epoch': epoch, self.key: value}
+    return value
+
+  def results(self, workdir: str, primary) -> dict[str, Any]:
+    """results.json: the last record and the full record of the best step."""
+    results = {'last': self.last, 'best': self.best, 'workdir': workdir}
+    if self.last is not None and self.best is not None:
+      if self.best['step'] == self.last['step']:
+        results['best'] = self.last
+      else:
+        best_eval = metrics_lib.read_json(primary.record_path(self.best['step']))
+        if best_eval is not None:
+          results['best'] = best_eval
+    return results
+
+
+def _finished_results(workdir: str, primary, meta: dict[str, Any], step: int) -> dict[str, Any]:
+  results = metrics_lib.read_json(epath.Path(workdir) / 'results.json')
   if results is not None:
     return results
-  return {'last': _read_json(os.path.join(workdir, f'eval_{step}.json')),
-          'best': meta.get('best'), 'workdir': workdir}
+  return {'last': metrics_lib.read_json(primary.record_path(step)), 'best': meta.get('best'),
+          'workdir': workdir}
 
 
 def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
   setup = _setup_or_raise(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  writer = None
-  train_iter = None
+  evaluators = setup.evaluators(workdir)
+  tracker = _Best(config)
+  primary = next(ev.evaluator for ev in evaluators if ev.name == tracker.name)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                       best_metric=tracker.key)
+  writer = train_iter = None
   try:
-    # --- Resume -----------------------------------------------------------------------------
-    state = setup.state
-    first_step = 0
-    best = None
     latest = checkpointer.latest_step()
     if latest is not None and latest >= setup.total_steps:
-      meta = checkpointer.read_meta(latest)
       logging.info('The run in %s has finished (checkpoint of step %d of %d); nothing to train. '
                    'Evaluate it with --mode=eval.', workdir, latest, setup.total_steps)
-      return _finished_results(workdir, meta, latest)
-    train_iter = data_lib.make_train_iterator(config)
-    if latest is not None:
-      saved = _IteratorState()
-      try:
-        state, meta = checkpointer.restore(latest, setup.abstract_state(), data_iter=saved)
-        train_iter.set_state(saved.state)
-      except _SETUP_ERRORS as e:
-        raise SetupError(
-            f'Cannot resume from the checkpoint of step {latest} in {checkpointer.directory}: '
-            f'{_describe(e)} -- Resume with the config that wrote it (see {workdir}/config.json) or '
-            'use a new --workdir.') from e
-      first_step = int(jax.device_get(state.step))
-      best = meta.get('best')
-      logging.info('Resumed from the checkpoint of step %d in %s.', first_step, workdir)
-    else:
-      _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      return _finished_results(workdir, primary, checkpointer.read_meta(latest), latest)
+    train_iter = data_lib.make_train_iterator(config.data, seed=config.train.seed)
+    state = _resume(setup, checkpointer, train_iter, tracker, workdir, latest)
     writer = metrics_lib.MetricWriter(workdir)
     if preemption.requested:
-      logging.warning('SIGTERM received before the first step: stopping at step %d.', first_step)
-      return {'stopped_at': first_step}
-
-    # --- Compile once, report sizes and FLOPs -----------------------------------------------
-    batches = prefetch_to_device(train_iter, setup.batch_sharding)
-    first_batch, first_iter_state = next(batches)
-    compiled = setup.train_step.lower(state, setup.frozen, first_batch).compile()
-    start_info = _log_start(setup, compiled)
-    if first_step == 0:
-      _write_json(os.path.join(workdir, 'run_info.json'), start_info)
-
-    def batch_stream():
-      yield first_batch, first_iter_state
-      yield from batches
-
-    def evaluate(step, state):
-      correct, count = run_evaluation(setup.eval_step, state, setup.frozen, config, setup.mesh,
-                                      setup.num_classes)
-      summary = summarize_eval(correct, count, setup.info.class_counts)
-      epoch = step // setup.steps_per_epoch
-      _write_json(os.path.join(workdir, f'eval_{step}.json'), _eval_record(step, epoch, summary))
-      # JSON lines get every group (null where a group has no class); TensorBoard the numbers.
-      writer.write(step, 'eval', {k: v for k, v in summary.items() if k != 'per_class_accuracy'})
-      logging.info('[eval step %d, epoch %d] top-1 %.2f%% | head %s | medium %s | tail %s', step,
-                   epoch, 100 * summary['accuracy'], *[
-                       'n/a' if summary[f'{g}_accuracy'] is None
-                       else f"{100 * summary[f'{g}_accuracy']:.2f}%"
-                       for g in ('head', 'medium', 'tail')])
-      return summary
-
-    def save(step, state, iter_state, epoch, metrics=None):
-      _check_finite(state, step, checkpointer.latest_step())
-      checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
-                        meta=setup.meta(epoch, best=best), metrics=metrics)
-
-    # --- Loop -------------------------------------------------------------------------------
-    progress = metrics_lib.Progress(setup.total_steps, config.data.batch_size, first_step)
-    pending = []   # device metrics of steps not yet written
-    last = None
-    step = first_step
-    stream = batch_stream()
-    while step < setup.total_steps:
-      batch, iter_state = next(stream)
-      state, step_metrics = compiled(state, setup.frozen, batch)
-      step += 1
-      epoch_end = step % setup.steps_per_epoch == 0
-      final = step == setup.total_steps
-
-      if step % config.train.log_every_steps == 0 or epoch_end or final:
-        # Fetch the metrics of earlier steps (already computed) while this step runs.
-        ready, pending = pending, [step_metrics]
-        if ready:
-          _write_train_metrics(writer, ready, progress, setup, step - 1)
-      else:
-        pending.append(step_metrics)
-
-      saved_this_step = False
-      if epoch_end:
-        epoch = step // setup.steps_per_epoch
-        summary = None
-        if epoch % config.train.eval_every_epochs == 0 or final:
-          _check_finite(state, step, checkpointer.latest_step())
-          t0 = time.perf_counter()
-          summary = evaluate(step, state)
-          progress.paused += time.perf_counter() - t0
-          if best is None or summary['accuracy'] > best['accuracy']:
-            best = {'step': step, 'epoch': epoch, 'accuracy': summary['accuracy']}
-          last = _eval_record(step, epoch, summary)
-        save(step, state, iter_state, epoch,
-             metrics={'accuracy': summary['accuracy']} if summary else None)
-        saved_this_step = True
-      elif step % config.train.checkpoint_every_steps == 0:
-        save(step, state, iter_state, step // setup.steps_per_epoch)
-        saved_this_step = True
-
-      if not final and preemption.should_stop(step):
-        if not saved_this_step:
-          save(step, state, iter_state, step // setup.steps_per_epoch)
-        if pending:
-          _write_train_metrics(writer, pending, progress, setup, step)
-          pending = []
-        checkpointer.wait()
-        logging.warning('Stopped at step %d after a checkpoint; rerun the same command to '
-                        'resume.', step)
-        return {'stopped_at': step}
-    if pending:
-      _write_train_metrics(writer, pending, progress, setup, step)
-      pending = []
+      step = int(jax.device_get(state.step))
+      logging.warning('SIGTERM received before the first step: stopping at step %d.', step)
+      return {'stopped_at': step}
+    stopped_at = _loop(setup, state, train_iter, evaluators, tracker, checkpointer, writer,
+                       preemption, workdir)
+    if stopped_at is not None:
+      return {'stopped_at': stopped_at}
   finally:
     checkpointer.close()
     if writer is not None:
       writer.close()
     if train_iter is not None:
       train_iter.close()
-
-  results = {'last': last, 'best': best, 'workdir': workdir}
-  if last is not None and best is not None:
-    if best['step'] != last['step']:
-      best_eval = _read_json(os.path.join(workdir, f"eval_{best['step']}.json"))
-      if best_eval is not None:
-        results['best'] = best_eval
-    else:
-      results['best'] = last
-  _write_json(os.path.join(workdir, 'results.json'), results)
+  results = tracker.results(workdir, primary)
+  metrics_lib.write_json(epath.Path(workdir) / 'results.json', results)
   logging.info('Done. Metrics: %s/metrics.jsonl (TensorBoard: %s/tb), checkpoints: %s/'
                'checkpoints, results: %s/results.json', workdir, workdir, workdir, workdir)
   return results
+
+
+def _resume(setup: Setup, checkpointer, train_iter, tracker: _Best, workdir: str,
+            latest: int | None):
+  """The train state to start from: the latest checkpoint's (the data iterator and the best
+  metric restored with it), or the initial one (config.json written)."""
+  if latest is None:
+    metrics_lib.write_json(epath.Path(workdir) / 'config.json', setup.config.to_dict())
+    return setup.state
+  saved = _IteratorState()
+  try:
+    state, meta = checkpointer.restore(latest, setup.abstract_state(), data_iter=saved)
+    train_iter.set_state(saved.state)
+  except _SETUP_ERRORS as e:
+    raise SetupError(
+        f'Cannot resume from the checkpoint of step {latest} in {checkpointer.directory}: '
+        f'{_describe(e)} -- Resume with the config that wrote it (see {workdir}/config.json) or '
+        'use a new --workdir.') from e
+  tracker.best = meta.get('best')
+  logging.info('Resumed from the checkpoint of step %d in %s.', int(jax.device_get(state.step)),
+               workdir)
+  return state
+
+
+def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpointer, writer,
+          preemption: _Preemption, workdir: str) -> int | None:
+  """Compiles the step, then trains to the end; returns the step a signal stopped it at, if any.
+
+  After each step `itstime` decides what else runs: train metrics (fetched one step late, so
+  the host does not wait for the step just dispatched), the evaluators due, a checkpoint.
+  """
+  config, tc = setup.config, setup.config.train
+  spe, total = setup.steps_per_epoch, setup.total_steps
+  first_step = step = int(jax.device_get(state.step))
+  batches = sharding.prefetch_to_device(train_iter, setup.batch_sharding)
+  first_batch = next(batches)
+  compiled = setup.train_step.lower(state, setup.frozen, first_batch[0]).compile()
+  start_info = _log_start(setup, compiled)
+  if first_step == 0:
+    metrics_lib.write_json(epath.Path(workdir) / 'run_info.json', start_info)
+
+  def save(step, state, iter_state, metrics=None):
+    _check_finite(state, step, checkpointer.latest_step())
+    checkpointer.save(step, state, data_iter=_IteratorState(iter_state),
+                      meta=setup.meta(step // spe, best=tracker.best), metrics=metrics)
+
+  progress = metrics_lib.Progress(total, config.data.batch_size, first_step)
+  pending = []   # device metrics of steps not yet written
+  for batch, iter_state in itertools.chain([first_batch], batches):
+    state, step_metrics = compiled(state, setup.frozen, batch)
+    step += 1
+    epoch_end = itstime(step, spe, total)
+    if itstime(step, tc.log_every_steps, total) or epoch_end:
+      ready, pending = pending, [step_metrics]  # earlier steps' metrics, while this one runs
+      if ready:
+        _write_train_metrics(writer, ready, progress, setup, step - 1)
+    else:
+      pending.append(step_metrics)
+
+    due = [ev for ev in evaluators if itstime(step, ev.every_steps, total)]
+    best_value = None
+    if due:
+      _check_finite(state, step, checkpointer.latest_step())
+      t0 = time.perf_counter()
+      for ev in due:
+        record = ev.evaluator.run(state.params, step=step, epoch=step // spe)
+        writer.write(step, ev.name, evaluators_lib.scalars(record))
+        value = tracker.update(ev.name, record, step, step // spe)
+        best_value = value if value is not None else best_value
+      progress.paused += time.perf_counter() - t0
+
+    saved = epoch_end or itstime(step, tc.checkpoint_every_steps, total)
+    if saved:
+      save(step, state, iter_state,
+           metrics=None if best_value is None else {tracker.key: best_value})
+    if step == total:
+      break
+    if preemption.should_stop(step):
+      if not saved:
+        save(step, state, iter_state)
+      if pending:
+        _write_train_metrics(writer, pending, progress, setup, step)
+      checkpointer.wait()
+      logging.warning('Stopped at step %d after a checkpoint; rerun the same command to '
+                      'resume.', step)
+      return step
+  if pending:
+    _write_train_metrics(writer, pending, progress, setup, step)
+  return None
 
 
 def _write_train_metrics(writer, ready, progress, setup, step):
@@ -474,8 +443,9 @@ def _write_train_metrics(writer, ready, progress, setup, step):
         '--config.optim.lr or check the data and rerun.')
   rates = progress.report(step)
   epoch = step / setup.steps_per_epoch
-  scalars.update(rates, epoch=epoch, lr=float(optim.learning_rate(setup.config,
-                                                                  setup.total_steps)(step)))
+  lr = optim.learning_rate(setup.config.optim, setup.total_steps,
+                           int(setup.config.data.batch_size))(step)
+  scalars.update(rates, epoch=epoch, lr=float(lr))
   writer.write(step, 'train', scalars)
   logging.info('[step %d/%d, epoch %.2f] loss %.4f | %.1f img/s | %.2f steps/s | ETA %s',
                step, setup.total_steps, epoch, scalars.get('loss', float('nan')),
@@ -488,11 +458,12 @@ def _write_train_metrics(writer, ready, progress, setup, step):
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, Any]:
-  """Evaluates the checkpoint of `step` (default latest) and writes `workdir/eval_<step>.json`.
+  """Runs every evaluator of `config.evals` on the checkpoint of `step` (default latest).
 
-  The record equals the one the training run wrote for that step (same eval step, data order
-  and padding), whatever the device or process count. Raises SetupError when `workdir` holds
-  no checkpoint (or none of `step`), before anything is built.
+  Each writes its record into `workdir` (e.g. `eval_<step>.json`), equal to the one the training
+  run wrote for that step (same eval step, data order and padding), whatever the device or
+  process count. Returns the record of the `config.train.best_metric` evaluator. Raises
+  SetupError when `workdir` holds no checkpoint (or none of `step`), before anything is built.
   """
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
@@ -515,11 +486,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
   finally:
     checkpointer.close()
   step = int(jax.device_get(state.step))
-  correct, count = run_evaluation(setup.eval_step, state, setup.frozen, config, setup.mesh,
-                                  setup.num_classes)
-  summary = summarize_eval(correct, count, setup.info.class_counts)
-  record = _eval_record(step, int(meta.get('epoch', -1)), summary)
-  _write_json(os.path.join(workdir, f'eval_{step}.json'), record)
-  logging.info('Checkpoint of step %d: top-1 %.2f%%; written to %s', step,
-               100 * summary['accuracy'], os.path.join(workdir, f'eval_{step}.json'))
-  return record
+  records = {ev.name: ev.evaluator.run(state.params, step=step, epoch=int(meta.get('epoch', -1)))
+             for ev in setup.evaluators(workdir)}
+  logging.info('Evaluated the checkpoint of step %d in %s with %s.', step, workdir,
+               ', '.join(records))
+  return records[best_metric(config)[0]]

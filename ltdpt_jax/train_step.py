@@ -12,6 +12,8 @@ everything else replicated; XLA inserts the gradient all-reduce):
    about 2x the forward, see `tests/test_train_step.py`);
 5. the optimiser update on the unperturbed parameters (GNM, `optim.GNM`).
 
+`make_predict_fn` is the same forward in eval mode, for the evaluators (`ltdpt_jax.evaluators`).
+
 The per-step randomness (dropout, GCL's Gaussian cloud) comes from
 `fold_in(key(config.train.seed), step)`, and GNM's key lives in the optimiser state, so a resumed
 run draws exactly what an uninterrupted one draws, and the draws do not depend on the number of
@@ -31,12 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ltdpt_jax import losses
 from ltdpt_jax import optim
 from ltdpt_jax import saliency as saliency_lib
+from ltdpt_jax import sharding
 
 
 @flax.struct.dataclass
@@ -57,30 +58,37 @@ def normalize_images(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def _patch_size(model) -> int:
-  p = model.patch_size
-  if isinstance(p, (tuple, list)):
-    if p[0] != p[1]:
-      raise ValueError(f'Saliency needs square patches; got {p}.')
-    p = p[0]
-  return int(p)
-
-
 def forward(model, params, images_uint8, *, train: bool, rng=None):
   """Saliency + normalisation + the model on a uint8 batch; returns the model's output dict."""
   sal = None
   if model.method != 'vpt':
-    sal = saliency_lib.patch_saliency(images_uint8, patch_size=_patch_size(model))
+    ph, pw = model.arch.patch_size
+    if ph != pw:
+      raise ValueError(f'Saliency needs square patches; got {(ph, pw)}.')
+    sal = saliency_lib.patch_saliency(images_uint8, patch_size=ph)
   rngs = {'dropout': rng} if train else None
   return model.apply({'params': params}, normalize_images(images_uint8), sal, train=train,
                      rngs=rngs)
 
 
-def make_loss_fn(model, *, config, class_counts, drw_weights):
-  """loss_fn(trainable, frozen, batch, rng, drw_on) -> (loss, metrics): Eq. 7 on one batch."""
+def make_predict_fn(model):
+  """predict(trainable, frozen, images_uint8) -> the model's output dict (eval mode): what the
+  evaluators (and predictions) run, jitted by them."""
+
+  def predict(trainable, frozen, images_uint8):
+    return forward(model, optim.merge_params(trainable, frozen), images_uint8, train=False)
+
+  return predict
+
+
+def make_loss_fn(model, *, loss_config, class_counts):
+  """loss_fn(trainable, frozen, batch, rng, drw_on) -> (loss, metrics): Eq. 7 on one batch.
+
+  Reads the config's loss section: s, m, noise_mul (GCL), drw_beta (DRW weights), orth_lambda.
+  """
   counts = jnp.asarray(np.asarray(class_counts, np.float32))
-  drw_w = jnp.asarray(drw_weights)
-  lc = config.loss
+  lc = loss_config
+  drw_w = jnp.asarray(losses.drw_weights(class_counts, lc.drw_beta))
 
   def loss_fn(trainable, frozen, batch, rng, drw_on):
     params = optim.merge_params(trainable, jax.lax.stop_gradient(frozen))
@@ -102,17 +110,17 @@ def make_loss_fn(model, *, config, class_counts, drw_weights):
   return loss_fn
 
 
-def make_train_step(model, tx: optim.GNM, *, config, class_counts, drw_start_step: int,
-                    mesh: jax.sharding.Mesh):
+def make_train_step(model, tx: optim.GNM, *, loss_config, seed: int, class_counts,
+                    drw_start_step: int, mesh: jax.sharding.Mesh):
   """The jitted train step: (state, frozen, batch) -> (state, metrics); `state` is donated.
 
   batch: {'image': uint8 (B, S, S, 3), 'label': int (B,)} sharded over 'data' (extra keys such
-  as 'id' are ignored). DRW (class weights, GNM c = 0.5) switches on at `drw_start_step`.
+  as 'id' are ignored). DRW (class weights, GNM c = 0.5) switches on at `drw_start_step`; the
+  per-step randomness comes from `seed` (config.train.seed).
   """
-  loss_fn = make_loss_fn(model, config=config, class_counts=class_counts,
-                         drw_weights=losses.drw_weights(class_counts, config.loss.drw_beta))
+  loss_fn = make_loss_fn(model, loss_config=loss_config, class_counts=class_counts)
   value_and_grad = tx.value_and_grad(loss_fn, has_aux=True)
-  seed = int(config.train.seed)
+  seed = int(seed)
 
   def train_step(state: TrainState, frozen, batch):
     batch = {'image': batch['image'], 'label': batch['label']}
@@ -126,33 +134,9 @@ def make_train_step(model, tx: optim.GNM, *, config, class_counts, drw_start_ste
     metrics['drw'] = drw_on.astype(jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P('data'))
-  return jax.jit(train_step, in_shardings=(replicated, replicated, data),
+  replicated = sharding.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, replicated, sharding.batch_sharded(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
-
-
-def make_eval_step(model, *, config, num_classes: int, mesh: jax.sharding.Mesh):
-  """The jitted eval step: (trainable, frozen, batch) -> per-class (correct, count), int32 (C,).
-
-  batch: {'image', 'label', 'mask'}; rows with mask False (padding) count nowhere.
-  """
-  del config
-
-  def eval_step(trainable, frozen, batch):
-    params = optim.merge_params(trainable, frozen)
-    cosine = forward(model, params, batch['image'], train=False)['logits']
-    mask = batch['mask'].astype(jnp.int32)
-    correct = (jnp.argmax(cosine, -1) == batch['label']).astype(jnp.int32) * mask
-    labels = batch['label'].astype(jnp.int32)
-    per_class_correct = jnp.zeros((num_classes,), jnp.int32).at[labels].add(correct)
-    per_class_count = jnp.zeros((num_classes,), jnp.int32).at[labels].add(mask)
-    return per_class_correct, per_class_count
-
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P('data'))
-  return jax.jit(eval_step, in_shardings=(replicated, replicated, data),
-                 out_shardings=(replicated, replicated))
 
 
 def compiled_flops(compiled) -> float | None:

@@ -110,21 +110,20 @@ def restore_state(workdir, step: int | None = None):
 
 
 def _inject_faults():
-  """Patches ltdpt_jax.train as the LTDPT_TEST_* variables ask (see the module docstring)."""
+  """Patches ltdpt_jax as the LTDPT_TEST_* variables ask (see the module docstring)."""
   import time  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import sharding  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
 
   delay = float(os.environ.get('LTDPT_TEST_STEP_DELAY', '0'))
   if delay > 0:
-    prefetch = train.prefetch_to_device
+    prefetch = sharding.prefetch_to_device
 
     def slow_prefetch(*args, **kwargs):
       for item in prefetch(*args, **kwargs):
         time.sleep(delay)
         yield item
-    train.prefetch_to_device = slow_prefetch
+    sharding.prefetch_to_device = slow_prefetch
 
   nan_after = os.environ.get('LTDPT_TEST_NAN_AFTER_STEP')
   if nan_after is not None:

@@ -12,7 +12,10 @@ import pytest
 
 import train_utils
 from ltdpt_jax import bench
+from ltdpt_jax import bench_parts
+from ltdpt_jax import bench_report
 from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import ltdpt
 
 
@@ -47,9 +50,14 @@ def demo(tmp_path_factory):
   return json.loads(out.read_text()), proc.stdout
 
 
+def _analytic(config, num_classes):
+  model = ltdpt.build_model(config.model, num_classes, config.data.image_size)
+  return flops_lib.analytic_flops(model, config.data.image_size)
+
+
 def _xla_forward_per_image(config, num_classes):
-  model = ltdpt.build_model(config, num_classes)
-  params = ltdpt.abstract_params(config, num_classes)
+  model = ltdpt.build_model(config.model, num_classes, config.data.image_size)
+  params = ltdpt.abstract_params(model, config.data.image_size)
   s, b = config.data.image_size, config.data.batch_size
   images = jax.ShapeDtypeStruct((b, s, s, 3), np.uint8)
   compiled = jax.jit(lambda p, i: step_lib.forward(model, p, i, train=False)['logits']).lower(
@@ -57,10 +65,42 @@ def _xla_forward_per_image(config, num_classes):
   return step_lib.compiled_flops(compiled) / b
 
 
+# The record's fields, which bench/gpu_bench.sh and users read (the order too).
+RECORD_FIELDS = {
+    'config': ['file', 'dataset', 'synthetic', 'backbone', 'method', 'dtype', 'num_fr_prompts',
+               'num_br_prompts', 'num_br_blocks', 'image_size', 'batch_size', 'eval_batch_size',
+               'num_classes', 'checkpoint'],
+    'device': ['platform', 'device_kind', 'num_devices', 'num_processes', 'jax',
+               'peak_tflops_per_device', 'peak_source', 'peak_note'],
+    'host': ['before', 'after'],
+    'timing': ['steps', 'warmup', 'repeats', 'setup_s', 'compile_s'],
+    'train_step': ['images_per_s', 'step_time_ms', 'images_per_s_rounds',
+                   'images_per_s_per_device', 'achieved_tflops_xla', 'achieved_tflops_model',
+                   'mfu_model', 'mfu_xla'],
+    'eval_step': ['images_per_s', 'step_time_ms', 'images_per_s_rounds',
+                  'images_per_s_per_device', 'achieved_tflops_model', 'mfu_model'],
+    'input_pipeline': ['images_per_s', 'workers', 'per', 'source', 'source_ms_per_image'],
+    'end_to_end': ['images_per_s', 'step_time_ms', 'workers', 'images_per_s_per_device',
+                   'mfu_model', 'bottleneck'],
+    'flops': ['train_step_xla_per_image', 'forward_xla_per_image', 'eval_step_xla_per_image',
+              'step_over_forward_xla', 'analytic_forward_per_image', 'analytic_train_per_image',
+              'analytic_dense_vit_forward_per_image', 'analytic_over_xla_forward',
+              'analytic_attention_share', 'analytic_tokens_per_block_q_k', 'analytic_counts',
+              'xla_note'],
+    'memory': ['peak_bytes_in_use', 'bytes_in_use', 'bytes_limit', 'train_step_compiled',
+               'eval_step_compiled'],
+}
+
+
 @pytest.mark.slow
 def test_cli_demo_record_has_sane_values(demo):
   record, stdout = demo
   json.loads(json.dumps(record))
+  assert list(record) == list(RECORD_FIELDS)
+  for section, fields in RECORD_FIELDS.items():
+    assert list(record[section]) == fields, section
+  assert list(record['timing']['compile_s']) == ['train', 'eval', 'forward']
+  assert record['input_pipeline']['source_ms_per_image'] > 0
   for word in ('train step', 'eval step', 'input pipeline', 'end to end', 'FLOPs per image',
                'MFU', 'JSON written to'):
     assert word in stdout, word
@@ -97,7 +137,7 @@ def test_cli_demo_record_has_sane_values(demo):
       f['analytic_forward_per_image'] * record['eval_step']['images_per_s'] / 1e12)
   # CPU: no allocator statistics, but the compiled step's buffer sizes are known.
   assert record['device']['platform'] == 'cpu'
-  assert record['memory']['peak_bytes_in_use'] == bench.NA
+  assert record['memory']['peak_bytes_in_use'] == bench_report.NA
   assert record['memory']['train_step_compiled']['argument_size_in_bytes'] > 0
   assert record['input_pipeline']['workers'] == 0  # demo.py: data.num_workers = 0
   assert record['end_to_end']['bottleneck'] in ('input pipeline', 'device step')
@@ -108,7 +148,7 @@ def test_synthetic_replaces_a_real_dataset():
   """A CIFAR-100-LT config -> 100 classes for the model, synthetic images of the config's size
   for the pipeline, and no dataset is ever opened (none is installed here). Pipeline part only
   (no compile); on CPU the peak, so the MFU, is n/a."""
-  pipe, info = bench.synthetic_data(train_utils.load_config('cifar100_lt'))
+  pipe, info = bench_parts.synthetic_stand_in(train_utils.load_config('cifar100_lt'))
   assert info.num_classes == 100 and len(info.class_counts) == 100
   assert info.class_counts[0] == 200 and info.class_counts[-1] == 2  # ratio 100 profile
   assert pipe.data.dataset == 'synthetic' and pipe.data.image_size == 224
@@ -120,12 +160,12 @@ def test_synthetic_replaces_a_real_dataset():
   assert r['config']['num_classes'] == 100 and r['config']['synthetic']
   assert r['input_pipeline']['images_per_s'] > 0
   assert 'train_step' not in r and 'end_to_end' not in r and 'eval_step' not in r
-  assert r['flops']['train_step_xla_per_image'] == bench.NA
+  assert r['flops']['train_step_xla_per_image'] == bench_report.NA
   assert r['flops']['analytic_forward_per_image'] > 0
-  assert r['device']['peak_tflops_per_device'] == bench.NA
-  bench.format_table(r)  # copes with the missing parts
+  assert r['device']['peak_tflops_per_device'] == bench_report.NA
+  bench_report.format_table(r)  # copes with the missing parts
   with pytest.raises(ValueError, match='num_classes'):
-    bench.synthetic_data(_tiny(), num_classes=1)
+    bench_parts.synthetic_stand_in(_tiny(), num_classes=1)
   with pytest.raises(ValueError, match='parts'):
     bench.run_benchmark(_tiny(), parts=('train', 'bogus'))
 
@@ -136,7 +176,7 @@ def test_analytic_forward_close_to_xla_for_a_plain_tiny_vit():
   c = train_utils.tiny_config(image_size=32, batch_size=4, method='vpt')
   c.model.vit.hidden_size, c.model.vit.mlp_dim, c.model.vit.num_heads = 128, 512, 2
   xla = _xla_forward_per_image(c, 6)
-  analytic = bench.analytic_flops(c, 6)['forward']
+  analytic = _analytic(c, 6)['forward']
   assert 0.85 <= analytic / xla <= 1.15, analytic / xla
   assert analytic <= xla  # the elementwise work XLA also counts is not in the analytic count
 
@@ -151,7 +191,7 @@ def test_analytic_query_layout_matches_xla_difference():
   full = c.copy_and_resolve_references()
   full.model.skip_dead_prompt_work = False
   xla_diff = _xla_forward_per_image(full, 6) - _xla_forward_per_image(c, 6)
-  a_skip, a_full = bench.analytic_flops(c, 6), bench.analytic_flops(full, 6)
+  a_skip, a_full = _analytic(c, 6), _analytic(full, 6)
   assert a_full['forward'] == pytest.approx(a_full['dense_forward'] + 2 * 128 * 6)
   ratio = (a_full['forward'] - a_skip['forward']) / xla_diff
   assert 0.8 <= ratio <= 1.05, ratio
@@ -167,7 +207,7 @@ def test_vit_b16_forward_matches_published_counts(prompts, gmac):
   c.model.method = 'vpt'
   c.model.num_fr_prompts = prompts
   c.model.skip_dead_prompt_work = False
-  a = bench.analytic_flops(c, 100)
+  a = _analytic(c, 100)
   assert a['dense_forward'] / 2e9 == pytest.approx(gmac, abs=0.01)
   assert a['forward'] == pytest.approx(a['dense_forward'] + 2 * 768 * 100)
   if prompts == 20:  # forward + activation-only backward: 79.2 GFLOP (perf-anchors table)
@@ -175,13 +215,13 @@ def test_vit_b16_forward_matches_published_counts(prompts, gmac):
 
 
 def test_peak_table():
-  assert bench.peak_tflops_for('NVIDIA H200') == 989.4
-  assert bench.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.4
-  assert bench.peak_tflops_for('NVIDIA H100 PCIe') is None
-  assert bench.peak_tflops_for('NVIDIA A100-SXM4-80GB') == 312.0
-  assert bench.peak_tflops_for('TPU v4') == 275.0
-  assert bench.peak_tflops_for('TPU v5 lite') == 197.0
-  assert bench.peak_tflops_for('TPU v5') == 459.0
-  assert bench.peak_tflops_for('TPU v5p') == 459.0
-  assert bench.peak_tflops_for('TPU v6 lite') == 918.0
-  assert bench.peak_tflops_for('cpu') is None
+  assert bench_parts.peak_tflops_for('NVIDIA H200') == 989.4
+  assert bench_parts.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.4
+  assert bench_parts.peak_tflops_for('NVIDIA H100 PCIe') is None
+  assert bench_parts.peak_tflops_for('NVIDIA A100-SXM4-80GB') == 312.0
+  assert bench_parts.peak_tflops_for('TPU v4') == 275.0
+  assert bench_parts.peak_tflops_for('TPU v5 lite') == 197.0
+  assert bench_parts.peak_tflops_for('TPU v5') == 459.0
+  assert bench_parts.peak_tflops_for('TPU v5p') == 459.0
+  assert bench_parts.peak_tflops_for('TPU v6 lite') == 918.0
+  assert bench_parts.peak_tflops_for('cpu') is None

@@ -8,6 +8,7 @@ import pytest
 from ltdpt_jax.data import cifar_lt
 from ltdpt_jax.data import longtail
 from ltdpt_jax.data import splits
+from ltdpt_jax.evaluators import longtail as evaluation
 
 
 def ldam_reference(targets, imb_factor, rand_number):
@@ -38,7 +39,7 @@ def test_cifar_lt_counts_and_groups_match_published(ratio):
   assert counts.sum() == total
   assert counts[0] == 500 and counts[-1] == int(500 / ratio)
   assert np.all(np.diff(counts) <= 0)
-  g = longtail.shot_groups(counts)
+  g = evaluation.shot_groups(counts)
   assert (len(g['head']), len(g['medium']), len(g['tail'])) == (head, medium, tail)
   # Groups partition the classes and follow the thresholds, checked class by class.
   assert sorted(np.concatenate(list(g.values())).tolist()) == list(range(100))
@@ -55,19 +56,19 @@ def test_cifar_lt_counts_formula_and_boundaries():
   c200, c100 = cifar_lt.cifar_lt_counts(200), cifar_lt.cifar_lt_counts(100)
   assert c200[30] == 100 and c200[60] == 20 and c100[69] == 20
   assert cifar_lt.cifar_lt_counts(50)[81] == 20 and cifar_lt.cifar_lt_counts(10)[69] == 100
-  g = longtail.shot_groups(c200)
+  g = evaluation.shot_groups(c200)
   assert 30 in g['medium'] and 60 in g['medium'] and 29 in g['head'] and 61 in g['tail']
   assert longtail.exponential_counts(200, 10, 20).tolist() == [
       int(200 * 0.1 ** (i / 19)) for i in range(20)]
 
 
 def test_shot_groups_empty_and_errors():
-  g = longtail.shot_groups([500, 101, 100, 20, 19, 0])
+  g = evaluation.shot_groups([500, 101, 100, 20, 19, 0])
   assert g['head'].tolist() == [0, 1] and g['medium'].tolist() == [2, 3]
   assert g['tail'].tolist() == [4, 5]
-  assert longtail.shot_groups([50, 30])['tail'].size == 0
+  assert evaluation.shot_groups([50, 30])['tail'].size == 0
   with pytest.raises(ValueError, match='1-D'):
-    longtail.shot_groups(np.ones((2, 2)))
+    evaluation.shot_groups(np.ones((2, 2)))
   with pytest.raises(ValueError, match='ratio'):
     longtail.exponential_counts(500, 0.5, 10)
 
@@ -122,7 +123,7 @@ def test_real_split_files(shared_dir, name):
   counts = splits.class_counts(entries)
   assert len(counts) == classes and counts.min() == lo and counts.max() == hi
   if head is not None:
-    g = longtail.shot_groups(counts)
+    g = evaluation.shot_groups(counts)
     assert (len(g['head']), len(g['medium']), len(g['tail'])) == (head, medium, tail)
   assert hashlib.sha256(path.read_bytes()).hexdigest() == splits.SPLIT_FILES[name][0]
   prefix = {'Places_LT_train.txt': 'train/', 'Places_LT_val.txt': 'train/'}.get(name, 'val/')

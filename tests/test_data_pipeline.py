@@ -122,13 +122,13 @@ def test_eval_transform_matches_opencv_and_centre():
 
 def test_info_and_batch_contents():
   c = make_config()
-  info = pipeline.get_dataset_info(c)
+  info = pipeline.get_dataset_info(c.data)
   want = [int(30 * 0.1 ** (i / 9)) for i in range(10)]
   assert info.class_counts.tolist() == want and info.class_counts.dtype == np.int64
   assert (info.num_train, info.num_eval, info.num_classes) == (sum(want), 70, 10)
-  assert pipeline.steps_per_epoch(c, info) == sum(want) // 24
-  src = sources.get_sources(c).train
-  it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  assert pipeline.steps_per_epoch(c.data, info) == sum(want) // 24
+  src = sources.get_sources(c.data).train
+  it = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1)
   batch = next(it)
   assert batch['image'].shape == (24, SIZE, SIZE, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and batch['id'].dtype == np.int64
@@ -144,29 +144,29 @@ def test_info_and_batch_contents():
 
 def test_epochs_reshuffle_drop_remainder_and_determinism():
   c = make_config()
-  info = pipeline.get_dataset_info(c)
-  spe = pipeline.steps_per_epoch(c, info)
-  batches = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), 2 * spe + 1)
+  info = pipeline.get_dataset_info(c.data)
+  spe = pipeline.steps_per_epoch(c.data, info)
+  batches = take(pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1), 2 * spe + 1)
   for e in range(2):
     ids = np.concatenate([b['id'] for b in batches[e * spe:(e + 1) * spe]])
     perm = np.random.default_rng([5, 0x5EED, e]).permutation(info.num_train)
     np.testing.assert_array_equal(ids, perm[:spe * 24])  # remainder of each epoch dropped
     assert len(np.unique(ids)) == spe * 24
   assert not np.array_equal(batches[0]['id'], batches[spe]['id'])
-  again = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), 3)
+  again = take(pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1), 3)
   assert_batches_equal(again, batches[:3])
   c2 = make_config()
   c2.train.seed = 6
-  other = next(pipeline.make_train_iterator(c2, process_index=0, process_count=1))
+  other = next(pipeline.make_train_iterator(c2.data, seed=c2.train.seed, process_index=0, process_count=1))
   assert not np.array_equal(other['id'], batches[0]['id'])
 
 
 def test_host_shards_are_disjoint_slices_of_the_global_batch():
   c = make_config()
-  spe = pipeline.steps_per_epoch(c, pipeline.get_dataset_info(c))
+  spe = pipeline.steps_per_epoch(c.data, pipeline.get_dataset_info(c.data))
   n = spe + 2  # crosses an epoch boundary
-  single = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), n)
-  hosts = [take(pipeline.make_train_iterator(c, process_index=h, process_count=3), n)
+  single = take(pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1), n)
+  hosts = [take(pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=h, process_count=3), n)
            for h in range(3)]
   for t in range(n):
     parts = [hosts[h][t] for h in range(3)]
@@ -176,30 +176,30 @@ def test_host_shards_are_disjoint_slices_of_the_global_batch():
     for k in single[t]:
       np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), single[t][k])
   with pytest.raises(ValueError, match='divisible'):
-    pipeline.make_train_iterator(c, process_index=0, process_count=5)
+    pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=5)
 
 
 def test_resume_from_state_gives_the_same_next_batches():
   c = make_config()
-  it = pipeline.make_train_iterator(c, process_index=1, process_count=3)
+  it = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=1, process_count=3)
   take(it, 4)
   state = it.get_state()
   assert state['step'] == 4
   cont = take(it, 3)
-  fresh = pipeline.make_train_iterator(c, process_index=1, process_count=3)
+  fresh = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=1, process_count=3)
   fresh.set_state(state)
   assert_batches_equal(take(fresh, 3), cont)
   c2 = make_config()
   c2.train.seed = 9
   with pytest.raises(ValueError, match='same data order'):
-    pipeline.make_train_iterator(c2, process_index=1, process_count=3).set_state(state)
+    pipeline.make_train_iterator(c2.data, seed=c2.train.seed, process_index=1, process_count=3).set_state(state)
 
 
 def test_worker_processes_give_the_same_batches_and_resume():
   c = make_config()
-  ref = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), 5)
+  ref = take(pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1), 5)
   cw = make_config(num_workers=2)
-  it = pipeline.make_train_iterator(cw, process_index=0, process_count=1)
+  it = pipeline.make_train_iterator(cw.data, seed=cw.train.seed, process_index=0, process_count=1)
   try:
     it.set_state({**it.get_state(), 'step': 2})  # a state from any worker count restores
     assert_batches_equal(take(it, 3), ref[2:])
@@ -211,14 +211,14 @@ def test_orbax_checkpoint_roundtrip(tmp_path):
   import grain  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   c = make_config()
-  it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1)
   take(it, 3)
   assert isinstance(it, grain.DatasetIterator)
   mngr = ocp.CheckpointManager(tmp_path / 'ckpt')
   mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
   mngr.wait_until_finished()
   cont = take(it, 2)
-  restored = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  restored = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1)
   mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
   assert restored.step == 3
   assert_batches_equal(take(restored, 2), cont)
@@ -230,12 +230,12 @@ def test_orbax_checkpoint_roundtrip(tmp_path):
 @pytest.mark.parametrize('hosts', [1, 3])
 def test_eval_counts_every_example_once(hosts):
   c = make_config(eval_batch_size=12 if hosts == 1 else 9)
-  info = pipeline.get_dataset_info(c)
-  src = sources.get_sources(c).eval
-  per_host = [list(pipeline.make_eval_iterator(c, process_index=h, process_count=hosts))
+  info = pipeline.get_dataset_info(c.data)
+  src = sources.get_sources(c.data).eval
+  per_host = [list(pipeline.make_eval_iterator(c.data, process_index=h, process_count=hosts))
               for h in range(hosts)]
   want_batches = math.ceil(70 / c.data.eval_batch_size)
-  assert pipeline.num_eval_batches(c, info) == want_batches
+  assert pipeline.num_eval_batches(c.data, info) == want_batches
   assert all(len(b) == want_batches for b in per_host)
   seen = []
   for batches in per_host:
@@ -250,7 +250,7 @@ def test_eval_counts_every_example_once(hosts):
         np.testing.assert_array_equal(b['image'][r], transforms.eval_transform(ex['image'], SIZE))
   assert sorted(seen) == list(range(70))
   # Iterating again gives the same batches (an iterable, not a one-shot iterator).
-  again = list(pipeline.make_eval_iterator(c, process_index=0, process_count=hosts))
+  again = list(pipeline.make_eval_iterator(c.data, process_index=0, process_count=hosts))
   assert_batches_equal(again, per_host[0])
 
 
@@ -258,4 +258,4 @@ def test_bad_dataset_name():
   c = make_config()
   c.data.dataset = 'cifar10'
   with pytest.raises(ValueError, match="Unknown config.data.dataset 'cifar10'"):
-    pipeline.get_dataset_info(c)
+    pipeline.get_dataset_info(c.data)

@@ -96,25 +96,25 @@ def test_fake_datasets_are_real_tfds_array_record(fake):
 
 def test_cifar100_lt_selects_ldam_images_in_original_order(fake):
   c = config_for(fake, 'cifar100_lt', imbalance_ratio=10.0, seed=0)
-  info = pipeline.get_dataset_info(c)
+  info = pipeline.get_dataset_info(c.data)
   counts = cifar_lt.cifar_lt_counts(10, max_count=20)  # n_max = len(train) / 100, as LDAM
   np.testing.assert_array_equal(info.class_counts, counts)
   assert (info.num_train, info.num_eval, info.num_classes) == (counts.sum(), 200, 100)
-  src = sources.get_sources(c)
+  src = sources.get_sources(c.data)
   labels = fake['cifar']['train']
   want = ldam_reference(labels.tolist(), 0.1, 0)
   assert colours(src.train) == want.tolist()  # train image i sits at position i of train.bin
   np.testing.assert_array_equal(src.train.labels, labels[want])
   assert colours(src.eval) == [100000 + i for i in range(200)]
   np.testing.assert_array_equal(src.eval.labels, fake['cifar']['test'])
-  other = sources.get_sources(config_for(fake, 'cifar100_lt', imbalance_ratio=10.0, seed=1))
+  other = sources.get_sources(config_for(fake, 'cifar100_lt', imbalance_ratio=10.0, seed=1).data)
   assert colours(other.train) != colours(src.train)
 
 
 @pytest.mark.parametrize('dataset,lists', [('places_lt', 'places_lists'),
                                            ('imagenet_lt', 'imagenet_lists')])
 def test_split_file_datasets_select_the_listed_files(fake, dataset, lists):
-  src = sources.get_sources(config_for(fake, dataset))
+  src = sources.get_sources(config_for(fake, dataset).data)
   entries, want = fake[lists]['train']
   assert colours(src.train) == want
   assert src.train.labels.tolist() == [lab for _, lab in entries]
@@ -123,17 +123,17 @@ def test_split_file_datasets_select_the_listed_files(fake, dataset, lists):
   assert src.eval.labels.tolist() == [lab for _, lab in entries]
   assert [src.train[i]['id'] for i in range(len(src.train))] == list(range(len(src.train)))
   if dataset == 'places_lt':
-    val = sources.get_sources(config_for(fake, dataset, eval_split='val'))
+    val = sources.get_sources(config_for(fake, dataset, eval_split='val').data)
     assert colours(val.eval) == fake[lists]['val'][1]
-    info = pipeline.get_dataset_info(config_for(fake, dataset))
+    info = pipeline.get_dataset_info(config_for(fake, dataset).data)
     assert info.num_classes == 365 and info.class_counts[[0, 1, 8, 9]].tolist() == [3, 1, 1, 1]
 
 
 def test_inat2018_uses_official_splits(fake):
-  info = pipeline.get_dataset_info(config_for(fake, 'inat2018'))
+  info = pipeline.get_dataset_info(config_for(fake, 'inat2018').data)
   assert info.num_classes == 8142 and info.num_train == 10 and info.num_eval == 9
   assert info.class_counts[:4].tolist() == [5, 2, 3, 0] and info.class_counts.sum() == 10
-  src = sources.get_sources(config_for(fake, 'inat2018'))
+  src = sources.get_sources(config_for(fake, 'inat2018').data)
   by_colour = {k: lab for _, lab, k in fake['inat']['validation']}
   assert [by_colour[k] for k in colours(src.eval)] == src.eval.labels.tolist()
 
@@ -141,7 +141,7 @@ def test_inat2018_uses_official_splits(fake):
 def test_train_and_eval_pipelines_read_the_right_images(fake):
   c = config_for(fake, 'places_lt', batch_size=4, eval_batch_size=5)
   entries, want = fake['places_lists']['train']
-  it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1)
   for batch in (next(it), next(it)):
     assert batch['image'].shape == (4, 16, 16, 3)
     for r in range(4):
@@ -150,7 +150,7 @@ def test_train_and_eval_pipelines_read_the_right_images(fake):
       assert batch['label'][r] == entries[batch['id'][r]][1]
   _, want_test = fake['places_lists']['test']
   seen = {}
-  for b in pipeline.make_eval_iterator(c, process_index=0, process_count=1):
+  for b in pipeline.make_eval_iterator(c.data, process_index=0, process_count=1):
     for r in np.flatnonzero(b['mask']):
       assert int(b['id'][r]) not in seen
       seen[int(b['id'][r])] = fake_tfds.index_of_colour(b['image'][r, 0, 0])
@@ -161,7 +161,7 @@ def test_missing_tfds_dataset_error_says_what_where_and_how(tmp_path):
   c = config_for(None, 'cifar100_lt')
   c.data.data_dir = str(tmp_path / 'empty')
   with pytest.raises(FileNotFoundError) as e:
-    pipeline.get_dataset_info(c)
+    pipeline.get_dataset_info(c.data)
   msg = str(e.value)
   assert "'cifar100'" in msg and str(tmp_path / 'empty') in msg
   assert f'tfds build cifar100 --data_dir={tmp_path / "empty"} --file_format=array_record' in msg
@@ -183,11 +183,11 @@ def test_split_file_errors(fake, tmp_path):
   c = config_for(fake, 'places_lt')
   c.data.split_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='Places_LT_train.txt not found'):
-    pipeline.get_dataset_info(c)
+    pipeline.get_dataset_info(c.data)
   (tmp_path / 'Places_LT_train.txt').write_text('train/airfield/00000001.jpg 0\nbroken\n')
   (tmp_path / 'Places_LT_test.txt').write_text('val/airfield/Places365_val_00000003.jpg 0\n')
   with pytest.raises(ValueError, match=r'Places_LT_train\.txt:2: malformed'):
-    pipeline.get_dataset_info(c)
+    pipeline.get_dataset_info(c.data)
   (tmp_path / 'Places_LT_train.txt').write_text('train/airfield/00000099.jpg 0\n')
   with pytest.raises(KeyError, match='00000099.jpg'):
-    pipeline.get_dataset_info(c)
+    pipeline.get_dataset_info(c.data)

@@ -13,7 +13,7 @@ import skimage.transform
 import npz_utils
 from ltdpt_jax import config_lib
 from ltdpt_jax.models import ltdpt
-from ltdpt_jax.models import vit
+from ltdpt_jax.models import vit_checkpoint
 
 TINY = dict(patch=4, width=32, depth=3, heads=2, mlp=64, grid=4)
 NUM_CLASSES = 5
@@ -51,6 +51,26 @@ def tiny_config(checkpoint: str = '', **model):
   return c
 
 
+def build(c, num_classes=NUM_CLASSES, **overrides):
+  return ltdpt.build_model(c.model, num_classes, c.data.image_size, **overrides)
+
+
+def shapes_of(c, num_classes=NUM_CLASSES):
+  return ltdpt.abstract_params(build(c, num_classes), c.data.image_size)
+
+
+def report(c, num_classes=NUM_CLASSES):
+  return ltdpt.parameter_report(build(c, num_classes), c.data.image_size,
+                                frozen_patterns=c.optim.frozen_patterns)
+
+
+def init(c, rng, num_classes=NUM_CLASSES):
+  """What train.Setup does: the backbone of config.model.checkpoint, the rest from rng."""
+  size = c.data.image_size
+  return ltdpt.init_params(build(c, num_classes), rng, size,
+                           backbone=vit_checkpoint.load_backbone(c.model, size))
+
+
 def random_trainable(params, seed=0, alpha=1.3, beta=0.7):
   """Prompts/keys/head at a scale comparable to the tokens, so every part affects the output."""
   rng = np.random.default_rng(seed)
@@ -69,13 +89,13 @@ def random_trainable(params, seed=0, alpha=1.3, beta=0.7):
 
 @functools.lru_cache(maxsize=None)
 def _backbone(ckpt_path):
-  return vit.unflatten({k: jnp.asarray(v) for k, v in np.load(ckpt_path).items()})
+  return vit_checkpoint.unflatten({k: jnp.asarray(v) for k, v in np.load(ckpt_path).items()})
 
 
 def setup_model(ckpt_path, seed=0, **model):
   """Config and params (backbone from the checkpoint, random trainable parts), no init compile."""
   c = tiny_config(ckpt_path, **model)
-  shapes = ltdpt.abstract_params(c, NUM_CLASSES)
+  shapes = shapes_of(c)
   params = {k: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), v)
             for k, v in shapes.items() if k != 'backbone'}
   params['backbone'] = _backbone(ckpt_path)
@@ -189,7 +209,7 @@ def test_matches_numpy_reference(ckpt, model_kw):
   path, arrays = ckpt
   c, params = setup_model(path, **model_kw)
   images, sal = photos(), saliency()
-  out, _ = run(ltdpt.build_model(c, NUM_CLASSES), params, images, sal)
+  out, _ = run(build(c), params, images, sal)
   ref = np_ltdpt(arrays, params, images, sal, c)
   assert rel_err(out['feature'], ref['feature']) < 1e-4
   assert rel_err(out['logits'], ref['logits']) < 1e-4
@@ -214,8 +234,8 @@ def _logit_shapes(inter):
 def test_skipping_dead_work_equals_straightforward_path(ckpt, model_kw):
   c, params = setup_model(ckpt[0], **model_kw)
   images, sal = photos(), saliency()
-  fast = ltdpt.build_model(c, NUM_CLASSES)
-  slow = ltdpt.build_model(c, NUM_CLASSES, skip_dead_prompt_work=False)
+  fast = build(c)
+  slow = build(c, skip_dead_prompt_work=False)
   of, vf = run(fast, params, images, sal)
   os_, vs = run(slow, params, images, sal)
   for k in os_:
@@ -256,7 +276,7 @@ def test_bias_lands_only_on_intended_entries(ckpt, skip):
   c, params = setup_model(ckpt[0], method='fr_br')
   params = dict(params, alpha=jnp.float32(2.5), beta=jnp.float32(-1.7))
   zero = dict(params, alpha=jnp.float32(0.0), beta=jnp.float32(0.0))
-  model = ltdpt.build_model(c, NUM_CLASSES, skip_dead_prompt_work=skip)
+  model = build(c, skip_dead_prompt_work=skip)
   images, sal = photos(), saliency()
   _, v1 = run(model, params, images, sal)
   _, v0 = run(model, zero, images, sal)
@@ -292,7 +312,7 @@ def _mass(v, b, rows, cols):
 
 def test_larger_alpha_beta_raise_mass_on_salient_background_patches(ckpt):
   c, params = setup_model(ckpt[0], method='fr_br')
-  model = ltdpt.build_model(c, NUM_CLASSES)
+  model = build(c)
   images, sal = photos(), saliency(binary=True)
   fr_mass, br_mass = [], []
   for scale in (0.0, 1.0, 4.0):
@@ -313,7 +333,7 @@ def test_br_weights_equal_numpy_eq4_on_embedding(ckpt):
   """With H = L the first BR block's input patch tokens are the embeddings, computed in numpy."""
   path, arrays = ckpt
   c, params = setup_model(path, method='fr_br', num_br_blocks=3, top_k=3)
-  out, v = run(ltdpt.build_model(c, NUM_CLASSES), params, photos(), saliency())
+  out, v = run(build(c), params, photos(), saliency())
   z = npz_utils.np_embed(arrays, photos())[:, 1:]
   np.testing.assert_allclose(v['br_patch_tokens'][0], z, rtol=1e-5, atol=1e-5)
   s = np_group_similarity(z, np.asarray(params['br_keys'], np.float64))
@@ -331,7 +351,7 @@ def test_gradients_reach_keys_selected_groups_and_the_right_scales(ckpt):
   for mode in ('replace', 'carry'):
     c, params = setup_model(ckpt[0], method='fr_br', top_k=2, per_block_scales=True,
                             prompt_mode=mode)
-    model = ltdpt.build_model(c, NUM_CLASSES)
+    model = build(c)
     trainable = {k: v for k, v in params.items() if k != 'backbone'}
 
     def loss(t, model=model, params=params):
@@ -341,7 +361,7 @@ def test_gradients_reach_keys_selected_groups_and_the_right_scales(ckpt):
     g, sel = jax.jit(jax.grad(loss, has_aux=True), compiler_options=QUICK)(trainable)
     grads[mode] = jax.tree.map(lambda x: np.abs(np.asarray(x)), g)
     grads[mode + '_sel'] = np.asarray(sel)
-    grads[mode + '_report'] = ltdpt.parameter_report(c, NUM_CLASSES)
+    grads[mode + '_report'] = report(c)
   g, sel = grads['replace'], grads['replace_sel']
   gp = g['br_prompts'].sum(axis=(1, 2, 3))
   assert (gp[sel] > 0).all() and (gp[np.setdiff1d(np.arange(4), sel)] == 0).all()
@@ -360,7 +380,7 @@ def test_gradients_reach_keys_selected_groups_and_the_right_scales(ckpt):
 def test_parameter_report_table7(h, expected):
   c = config_lib.base_config()  # ViT-B/16 with the SPEC defaults
   c.model.num_br_blocks = h
-  r = ltdpt.parameter_report(c, 100)
+  r = report(c, 100)
   assert r['fr_prompts'] + r['br_prompts'] == expected
   assert r['fr_prompts'] == 12 * 10 * 768 and r['br_prompts'] == 20 * h * 10 * 768
   assert r['br_keys'] == 20 * 768 and r['bias_scales'] == 2 and r['head'] == 768 * 100
@@ -372,8 +392,8 @@ def test_parameter_report_table7(h, expected):
 def test_random_init_tree_matches_report_and_prompt_init(ckpt):
   c = tiny_config(method='fr_br', per_block_scales=True, num_fr_prompts=20, num_groups=8,
                   num_br_prompts=8)
-  params = ltdpt.init_params(c, NUM_CLASSES, jax.random.key(0))
-  r = ltdpt.parameter_report(c, NUM_CLASSES)
+  params = init(c, jax.random.key(0))
+  r = report(c)
   count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
   trainable = {k: v for k, v in params.items() if k != 'backbone'}
   assert set(trainable) == {'fr_prompts', 'br_prompts', 'br_keys', 'alpha', 'beta', 'head'}
@@ -394,21 +414,21 @@ def test_random_init_tree_matches_report_and_prompt_init(ckpt):
   # The same rng with a checkpoint gives the same trainable init and the checkpoint's backbone.
   path, arrays = ckpt
   c.model.checkpoint = path
-  loaded = ltdpt.init_params(c, NUM_CLASSES, jax.random.key(0))
+  loaded = init(c, jax.random.key(0))
   for k in trainable:
     jax.tree.map(np.testing.assert_array_equal, loaded[k], trainable[k])
-  flat = vit.flatten(loaded['backbone'])
+  flat = vit_checkpoint.flatten(loaded['backbone'])
   assert flat.keys() == arrays.keys()
   for k in flat:
     np.testing.assert_array_equal(flat[k], arrays[k])
-  other = ltdpt.init_params(c, NUM_CLASSES, jax.random.key(1))
+  other = init(c, jax.random.key(1))
   assert not np.allclose(other['fr_prompts'], loaded['fr_prompts'])
   # Other methods' trees.
   for method, keys in (('fr', {'fr_prompts', 'alpha', 'head'}), ('vpt', {'fr_prompts', 'head'})):
     c.model.method = method
-    shapes = ltdpt.abstract_params(c, NUM_CLASSES)
+    shapes = shapes_of(c)
     assert set(shapes) - {'backbone'} == keys
-    assert ltdpt.parameter_report(c, NUM_CLASSES)['trainable'] == count(
+    assert report(c)['trainable'] == count(
         {k: shapes[k] for k in keys})
 
 
@@ -417,18 +437,18 @@ def test_init_params_rejects_wrong_architecture(ckpt, tmp_path):
   other = tmp_path / 'wide.npz'
   npz_utils.write_random_checkpoint(other, **dict(TINY, width=48, heads=3), num_classes=None)
   with pytest.raises(ValueError) as e:
-    ltdpt.init_params(tiny_config(str(other)), NUM_CLASSES, jax.random.key(0))
+    init(tiny_config(str(other)), jax.random.key(0))
   msg = str(e.value)
   assert 'width 32' in msg and 'width 48' in msg and "backbone='custom'" in msg
   c = tiny_config(path)
   c.model.backbone = 'b16'  # a preset name with a custom-size file
   with pytest.raises(ValueError, match=r'\[b16\].*width 32'):
-    ltdpt.init_params(c, NUM_CLASSES, jax.random.key(0))
+    init(c, jax.random.key(0))
 
 
 def test_dropout_and_errors(ckpt):
   c, params = setup_model(ckpt[0], method='fr_br')  # dropout 0.1
-  model = ltdpt.build_model(c, NUM_CLASSES)
+  model = build(c)
   images, sal = photos(), saliency()
   ev1, _ = run(model, params, images, sal)
   ev2, _ = run(model, params, images, sal, rng=jax.random.key(5))
@@ -439,9 +459,9 @@ def test_dropout_and_errors(ckpt):
   with pytest.raises(ValueError, match=r'saliency must have shape .*\(3, 16\)'):
     jax.eval_shape(lambda: model.apply({'params': params}, images, sal[:, :15]))
   with pytest.raises(ValueError, match='top_k'):
-    ltdpt.build_model(tiny_config(top_k=5), NUM_CLASSES)
+    build(tiny_config(top_k=5))
   # 'vpt' ignores the saliency.
   cv, pv = setup_model(ckpt[0], method='vpt')
-  mv = ltdpt.build_model(cv, NUM_CLASSES)
+  mv = build(cv)
   np.testing.assert_array_equal(run(mv, pv, images, None)[0]['logits'],
                                 run(mv, pv, images, sal)[0]['logits'])

@@ -31,6 +31,12 @@ def _config(**optim_overrides):
   return c
 
 
+def _make(cfg, total_steps):
+  """The optimiser of a whole config, as train.Setup builds it."""
+  return optim.make_optimizer(cfg.optim, total_steps=total_steps,
+                              global_batch=cfg.data.batch_size, seed=cfg.train.seed)
+
+
 def test_param_labels_from_regexes():
   p = _params()
   labels = optim.param_labels(p)
@@ -66,7 +72,7 @@ def test_sgd_coupled_weight_decay_and_momentum_match_pytorch():
   cfg = _config(gnm_rho=0.0, lr=0.1, weight_decay=0.05, momentum=0.9)
   cfg.data.batch_size = 128
   total = 10
-  tx = optim.make_optimizer(cfg, total_steps=total)
+  tx = _make(cfg, total)
   theta = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.array([0.5])}
   grads = [{'w': jnp.array([0.1, 0.2, -0.3]), 'b': jnp.array([1.0])},
            {'w': jnp.array([-0.4, 0.0, 0.6]), 'b': jnp.array([-2.0])}]
@@ -87,19 +93,19 @@ def test_sgd_coupled_weight_decay_and_momentum_match_pytorch():
 def test_schedule_values_and_batch_scaling():
   cfg = _config()
   cfg.data.batch_size = 256
-  assert optim.peak_learning_rate(cfg) == pytest.approx(0.01)
-  assert optim.peak_learning_rate(cfg, global_batch=64) == pytest.approx(0.0025)
-  sched = optim.learning_rate(cfg, 1000)
+  assert optim.peak_learning_rate(cfg.optim, cfg.data.batch_size) == pytest.approx(0.01)
+  assert optim.peak_learning_rate(cfg.optim, 64) == pytest.approx(0.0025)
+  sched = optim.learning_rate(cfg.optim, 1000, cfg.data.batch_size)
   np.testing.assert_allclose([float(sched(s)) for s in (0, 250, 500, 1000, 1200)],
                              [0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005, 0.0, 0.0],
                              atol=1e-8)
   with pytest.raises(ValueError, match='total_steps'):
-    optim.learning_rate(cfg, 0)
+    optim.learning_rate(cfg.optim, 0, cfg.data.batch_size)
 
 
 def test_frozen_leaves_get_zero_updates_and_no_state():
   p = _params()
-  tx = optim.make_optimizer(_config(gnm_rho=0.05, weight_decay=0.1), total_steps=100)
+  tx = _make(_config(gnm_rho=0.05, weight_decay=0.1), 100)
   state = tx.init(p)
   trainable, _ = optim.split_params(p, optim.param_labels(p))
   n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
@@ -156,8 +162,8 @@ def test_gnm_noise_std_bound_and_scale():
 
 
 def test_gnm_off_with_rho_zero():
-  on = optim.make_optimizer(_config(), total_steps=10)
-  off = optim.make_optimizer(_config(gnm_rho=0.0), total_steps=10)
+  on = _make(_config(), 10)
+  off = _make(_config(gnm_rho=0.0), 10)
   p = {'w': jnp.ones((5,))}
   s_off = off.init(p)
   assert jax.tree.structure(on.init(p)) == jax.tree.structure(s_off)   # same checkpoint layout
@@ -168,7 +174,7 @@ def test_gnm_off_with_rho_zero():
 
 
 def test_gnm_rng_advances_and_restores_from_state():
-  tx = optim.make_optimizer(_config(), total_steps=10)
+  tx = _make(_config(), 10)
   p = {'w': jnp.zeros((64,))}
   s0 = tx.init(p)
   e0 = np.asarray(tx.perturbation(s0, p)['w'])
@@ -186,7 +192,7 @@ def test_gnm_rng_advances_and_restores_from_state():
   assert np.array_equal(np.asarray(tx.perturbation(tx.init(p), p)['w']), e0)
   cfg = _config()
   cfg.train.seed = 1
-  other = optim.make_optimizer(cfg, total_steps=10)
+  other = _make(cfg, 10)
   assert not np.allclose(np.asarray(other.perturbation(other.init(p), p)['w']), e0)
 
 

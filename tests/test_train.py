@@ -25,7 +25,9 @@ import pytest
 
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import sharding
 from ltdpt_jax import train
+from ltdpt_jax.models import ltdpt
 
 import cli_worker
 import train_utils
@@ -121,7 +123,7 @@ def test_resume_mid_epoch_and_across_drw_equals_straight_run(straight, tmp_path,
 
   # Which step's metrics the host fetches, against how many steps it has dispatched.
   fetches, dispatched = [], [0]
-  prefetch, write_metrics = train.prefetch_to_device, train._write_train_metrics
+  prefetch, write_metrics = sharding.prefetch_to_device, train._write_train_metrics
 
   def counting_prefetch(it, *args, **kwargs):
     dispatched[0] = it.step  # resumed runs start at the restored step
@@ -132,7 +134,7 @@ def test_resume_mid_epoch_and_across_drw_equals_straight_run(straight, tmp_path,
   def recording_write(writer, ready, progress, setup, step):
     fetches.append((step, dispatched[0]))
     return write_metrics(writer, ready, progress, setup, step)
-  monkeypatch.setattr(train, 'prefetch_to_device', counting_prefetch)
+  monkeypatch.setattr(sharding, 'prefetch_to_device', counting_prefetch)
   monkeypatch.setattr(train, '_write_train_metrics', recording_write)
 
   assert train.train_and_evaluate(config, workdir) == {'stopped_at': 5}
@@ -169,7 +171,7 @@ def test_rerun_of_finished_run_does_not_train(straight, monkeypatch):
 
   def no_training(*args, **kwargs):
     raise AssertionError('a finished run must not train again')
-  monkeypatch.setattr(train, 'prefetch_to_device', no_training)
+  monkeypatch.setattr(sharding, 'prefetch_to_device', no_training)
   results = train.train_and_evaluate(straight.config, str(straight.workdir))
   assert results == _read_json(straight.workdir / 'results.json')
   assert _steps(straight.workdir) == steps
@@ -227,6 +229,61 @@ def test_evaluate_checkpoint_matches_in_training_eval(straight, tmp_path):
     train.evaluate_checkpoint(straight.config, str(workdir), step=5)
   with pytest.raises(train.SetupError, match='No checkpoint in .*empty.*--mode=train'):
     train.evaluate_checkpoint(straight.config, str(tmp_path / 'empty'))
+
+
+def test_evaluators_with_their_own_periods_in_training_and_eval_mode(straight, tmp_path):
+  """A second evaluator every 2 epochs runs at step 14 only (the end), under its own name, and
+  ranks the checkpoints when it is the best metric; --mode=eval runs both."""
+  config = _config()
+  config.evals.val = {'type': 'longtail', 'every_epochs': 2}
+  config.train.best_metric = 'val/accuracy'
+  workdir = tmp_path / 'two'
+  results = train.train_and_evaluate(config, str(workdir))
+  assert sorted(p.name for p in workdir.glob('*_*.json')) == [
+      'eval_14.json', 'eval_7.json', 'run_info.json', 'val_14.json']
+  val = _read_json(workdir / 'val_14.json')
+  assert val == _read_json(straight.workdir / 'eval_14.json')  # the same evaluation, renamed
+  assert [r['step'] for r in _records(workdir, 'val')] == [14]
+  assert [r['step'] for r in _records(workdir, 'eval')] == list(EVAL_STEPS)
+  assert results['last'] == results['best'] == val
+  for name in ('val_14.json', 'eval_7.json'):
+    (workdir / name).unlink()
+  record = train.evaluate_checkpoint(config, str(workdir), step=14)
+  assert record == val == _read_json(workdir / 'val_14.json')
+  assert _read_json(workdir / 'eval_14.json') == _read_json(straight.workdir / 'eval_14.json')
+  train.evaluate_checkpoint(config, str(workdir), step=7)
+  assert _read_json(workdir / 'eval_7.json') == _read_json(straight.workdir / 'eval_7.json')
+  assert _read_json(workdir / 'val_7.json') == _read_json(workdir / 'eval_7.json')
+
+
+def test_log_start_when_the_backend_reports_no_flops(caplog):
+  """A compiled step whose cost_analysis has no FLOPs (or fails) does not stop training."""
+  config = train_utils.tiny_config()
+  model = ltdpt.build_model(config.model, 6, 16)
+  info = types.SimpleNamespace(name='test', num_train=100, num_eval=30)
+  setup = types.SimpleNamespace(config=config, model=model, image_size=16, info=info,
+                                num_classes=6, steps_per_epoch=6, total_steps=12,
+                                drw_start_step=6)
+
+  class NoFlops:
+    def cost_analysis(self):
+      return [{}]
+
+  class Fails:
+    def cost_analysis(self):
+      raise RuntimeError('not supported by this backend')
+
+  class Flops:
+    def cost_analysis(self):
+      return {'flops': 3.2e9}
+
+  with caplog.at_level('INFO'):
+    for compiled in (NoFlops(), Fails()):
+      out = train._log_start(setup, compiled)  # pylint: disable=protected-access
+      assert out['step_flops'] is None and out['parameters']['head'] == 32 * 6
+    assert 'Train step: n/a FLOPs (n/a per image)' in caplog.text
+    assert train._log_start(setup, Flops())['step_flops'] == 3.2e9  # pylint: disable=protected-access
+    assert 'Train step: 3.2e+09 FLOPs (2e+08 per image)' in caplog.text  # batch 16, 1 device
 
 
 def test_resume_with_another_config_fails_clearly(straight, tmp_path):
@@ -347,7 +404,7 @@ def test_metrics_jsonl_records(straight):
   assert train_records[-1]['eta_s'] == 0.0
   assert [r['step'] for r in eval_records] == list(EVAL_STEPS)
 
-  info = data_lib.get_dataset_info(straight.config)
+  info = data_lib.get_dataset_info(straight.config.data)
   counts = np.asarray(info.class_counts)
   for r in eval_records:
     stored = _read_json(straight.workdir / f"eval_{r['step']}.json")

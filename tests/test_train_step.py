@@ -23,16 +23,26 @@ from ltdpt_jax.models import ltdpt
 import train_utils
 
 
-def _setup(config, num_classes, mesh):
-  model = ltdpt.build_model(config, num_classes)
-  params = ltdpt.init_params(config, num_classes, jax.random.key(0), config.data.image_size)
+def _optimizer(config, total_steps):
+  return optim.make_optimizer(config.optim, total_steps=total_steps,
+                              global_batch=config.data.batch_size, seed=config.train.seed)
+
+
+def _train_step(model, tx, config, counts, drw_start_step, mesh):
+  return step_lib.make_train_step(model, tx, loss_config=config.loss, seed=config.train.seed,
+                                  class_counts=counts, drw_start_step=drw_start_step, mesh=mesh)
+
+
+def _setup(config, num_classes, mesh, drw_start_step=50):
+  size = config.data.image_size
+  model = ltdpt.build_model(config.model, num_classes, size)
+  params = ltdpt.init_params(model, jax.random.key(0), size)
   trainable, frozen = optim.split_params(
       params, optim.param_labels(params, tuple(config.optim.frozen_patterns)))
-  tx = optim.make_optimizer(config, total_steps=100)
+  tx = _optimizer(config, 100)
   state = step_lib.init_train_state(trainable, tx)
   counts = np.linspace(50, 5, num_classes).astype(np.int64)
-  step = step_lib.make_train_step(model, tx, config=config, class_counts=counts,
-                                  drw_start_step=50, mesh=mesh)
+  step = _train_step(model, tx, config, counts, drw_start_step, mesh)
   return model, state, frozen, step, counts
 
 
@@ -58,8 +68,7 @@ def test_step_flops_show_no_backbone_weight_gradients():
   batch = _batch(config, 6)
   step_flops = step_lib.compiled_flops(step.lower(state, frozen, batch).compile())
 
-  loss_fn = step_lib.make_loss_fn(model, config=config, class_counts=counts,
-                                  drw_weights=losses.drw_weights(counts))
+  loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
   rng = jax.random.key(0)
   fwd_flops = step_lib.compiled_flops(jax.jit(
       lambda t, f, b: loss_fn(t, f, b, rng, False)[0]).lower(state.params, frozen, batch).compile())
@@ -86,15 +95,14 @@ def test_step_updates_only_trainable_and_uses_unperturbed_weights():
   mesh = _mesh()
   model, state, frozen, step, counts = _setup(config, 6, mesh)
   batch = _batch(config, 6)
-  tx = optim.make_optimizer(config, total_steps=100)
+  tx = _optimizer(config, 100)
   # Hand-built reference with the same pieces.
-  loss_fn = step_lib.make_loss_fn(model, config=config, class_counts=counts,
-                                  drw_weights=losses.drw_weights(counts))
+  loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
   rng = jax.random.fold_in(jax.random.key(config.train.seed), 0)
   eps = tx.perturbation(state.opt_state, state.params, 1.0)
   perturbed = jax.tree.map(jnp.add, state.params, eps)
   grads = jax.grad(lambda t: loss_fn(t, frozen, batch, rng, False)[0])(perturbed)
-  lr = optim.peak_learning_rate(config)
+  lr = optim.peak_learning_rate(config.optim, config.data.batch_size)
   wd = config.optim.weight_decay
   expected = jax.tree.map(lambda p, g: p - lr * (g + wd * p), state.params, grads)
   new_state, metrics = step(state, frozen, batch)
@@ -119,12 +127,14 @@ _EIGHT_DEVICES = textwrap.dedent('''
     results = []
     for n in (1, 8):
       mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ('data',))
-      model = ltdpt.build_model(config, 6)
-      params = ltdpt.init_params(config, 6, jax.random.key(0), 16)
+      model = ltdpt.build_model(config.model, 6, 16)
+      params = ltdpt.init_params(model, jax.random.key(0), 16)
       tr, fr = optim.split_params(params, optim.param_labels(params))
-      tx = optim.make_optimizer(config, total_steps=10)
+      tx = optim.make_optimizer(config.optim, total_steps=10, global_batch=16,
+                                seed=config.train.seed)
       counts = np.array([40, 30, 20, 10, 5, 3])
-      step = step_lib.make_train_step(model, tx, config=config, class_counts=counts,
+      step = step_lib.make_train_step(model, tx, loss_config=config.loss,
+                                      seed=config.train.seed, class_counts=counts,
                                       drw_start_step=2, mesh=mesh)
       state = step_lib.init_train_state(tr, tx)
       rs = np.random.RandomState(1)
@@ -154,14 +164,14 @@ def test_loss_goes_down_on_synthetic_long_tailed_stream():
   config.data.num_classes = 4
   config.data.num_train_max = 64
   config.optim.lr = 0.2
-  info = data_lib.get_dataset_info(config)
+  info = data_lib.get_dataset_info(config.data)
   mesh = _mesh()
   model, state, frozen, _, _ = _setup(config, info.num_classes, mesh)
-  tx = optim.make_optimizer(config, total_steps=240)
+  tx = _optimizer(config, 240)
   state = step_lib.init_train_state(state.params, tx)
-  step = step_lib.make_train_step(model, tx, config=config, class_counts=info.class_counts,
-                                  drw_start_step=200, mesh=mesh)
-  it = data_lib.make_train_iterator(config, process_index=0, process_count=1)
+  step = _train_step(model, tx, config, info.class_counts, 200, mesh)
+  it = data_lib.make_train_iterator(config.data, seed=config.train.seed, process_index=0,
+                                    process_count=1)
   losses_seen, accs = [], []
   for _ in range(240):
     batch = next(it)
@@ -176,20 +186,64 @@ def test_loss_goes_down_on_synthetic_long_tailed_stream():
   assert last < 0.75 * first, (first, last)
 
 
-def test_eval_step_counts_per_class_with_mask():
+def _np_gcl_drw_orth(cosine, labels, counts, noise, trainable, lc, drw_on):
+  """Eq. 7 in float64 numpy from the notes' formulas: GCL on the cosine logits with its Gaussian
+  cloud, DRW's class weights when on, plus lambda times the orthogonality loss (Eq. 6)."""
+  n = np.maximum(np.asarray(counts, np.float64), 1.0)
+  m_j = np.log(n.max()) - np.log(n)
+  xi = np.clip(np.asarray(noise, np.float64) / 3.0, -1.0, 1.0)
+  x = cosine - lc.noise_mul * np.abs(xi) / m_j.max() * m_j[None, :]
+  x[np.arange(len(labels)), labels] -= lc.m
+  z = lc.s * x
+  logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1,
+                                                                                    keepdims=True))
+  nll = -logp[np.arange(len(labels)), labels]
+  if drw_on:
+    w = (1 - lc.drw_beta) / (1 - lc.drw_beta ** n)
+    w = w / w.sum() * len(n)
+    lt = (w[labels] * nll).sum() / w[labels].sum()
+  else:
+    lt = nll.mean()
+  g = np.asarray(trainable['br_prompts'], np.float64).reshape(
+      trainable['br_prompts'].shape[0], -1)
+  u = g / np.linalg.norm(g, axis=1, keepdims=True)
+  gram = u @ u.T
+  orth = gram.sum() - np.trace(gram)
+  return lt + lc.orth_lambda * orth, lt, orth
+
+
+def test_train_step_loss_is_eq7_in_numpy():
+  """The loss the train step reports, before the DRW switch (step 0) and after it (step 1),
+  equals numpy's Eq. 7 on the model's cosine logits at the step's parameters and the step's
+  Gaussian-cloud draws (dropout 0 and GNM off, so the loss is taken at those parameters)."""
   config = train_utils.tiny_config()
+  config.model.dropout = 0.0
+  config.optim.gnm_rho = 0.0
+  config.loss.orth_lambda = 0.7
+  config.loss.noise_mul = 0.8
   mesh = _mesh()
-  model = ltdpt.build_model(config, 6)
-  params = ltdpt.init_params(config, 6, jax.random.key(0), 16)
-  tr, fr = optim.split_params(params, optim.param_labels(params))
-  eval_step = step_lib.make_eval_step(model, config=config, num_classes=6, mesh=mesh)
-  batch = _batch(config, 6, seed=3)
-  batch['mask'] = np.arange(16) < 11
-  correct, count = eval_step(tr, fr, batch)
-  logits = step_lib.forward(model, params, batch['image'], train=False)['logits']
-  pred = np.asarray(jnp.argmax(logits, -1))
-  want_count = np.bincount(batch['label'][:11], minlength=6)
-  want_correct = np.bincount(batch['label'][:11], weights=(pred == batch['label'])[:11],
-                             minlength=6)
-  np.testing.assert_array_equal(np.asarray(count), want_count)
-  np.testing.assert_array_equal(np.asarray(correct), want_correct)
+  model, state, frozen, step, counts = _setup(config, 6, mesh, drw_start_step=1)
+  batch = _batch(config, 6, seed=5)
+  labels = batch['label']
+  parts = {}
+  for i, drw_on in ((0, False), (1, True)):
+    params = jax.device_get(state.params)
+    cosine = np.asarray(step_lib.forward(model, optim.merge_params(params, frozen),
+                                         batch['image'], train=False)['logits'], np.float64)
+    _, k_noise = jax.random.split(jax.random.fold_in(jax.random.key(config.train.seed), i))
+    noise = np.asarray(jax.random.normal(k_noise, cosine.shape, jnp.float32))
+    want, lt, orth = _np_gcl_drw_orth(cosine, labels, counts, noise, params, config.loss, drw_on)
+    state, metrics = step(state, frozen, batch)
+    assert float(metrics['drw']) == float(drw_on)
+    np.testing.assert_allclose(float(metrics['loss']), want, rtol=2e-5)
+    np.testing.assert_allclose(float(metrics['loss_lt']), lt, rtol=2e-5)
+    np.testing.assert_allclose(float(metrics['loss_orth']), orth, rtol=1e-4, atol=1e-6)
+    parts[i] = (cosine, noise, params)
+  # Not vacuous: without the cloud, or with DRW off at step 1, the numbers are different.
+  cosine, noise, params = parts[1]
+  assert abs(_np_gcl_drw_orth(cosine, labels, counts, noise, params, config.loss, False)[1]
+             - _np_gcl_drw_orth(cosine, labels, counts, noise, params, config.loss, True)[1]
+             ) > 1e-3
+  assert abs(_np_gcl_drw_orth(cosine, labels, counts, 0 * noise, params, config.loss, True)[1]
+             - _np_gcl_drw_orth(cosine, labels, counts, noise, params, config.loss, True)[1]
+             ) > 1e-3

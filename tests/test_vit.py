@@ -14,7 +14,9 @@ import skimage.data
 import skimage.transform
 
 import npz_utils
+from ltdpt_jax import fetch
 from ltdpt_jax.models import vit
+from ltdpt_jax.models import vit_checkpoint
 
 QUICK = {'xla_backend_optimization_level': 0}  # cheap CPU compiles for these tiny programs
 
@@ -39,7 +41,7 @@ def test_b16_parameter_count():
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3),
                                                                               jnp.float32))
   assert vit.count_params(shapes['params']) == 86_567_656
-  assert vit.count_params(vit.backbone_params(shapes['params'])) == 86_567_656 - 769_000
+  assert vit.count_params(vit_checkpoint.backbone_params(shapes['params'])) == 86_567_656 - 769_000
 
 
 def dataclass_values(arch):
@@ -51,7 +53,7 @@ def test_from_npz_matches_numpy_reference_on_photos(tmp_path, representation_siz
   path = tmp_path / 'vit.npz'
   a = npz_utils.write_random_checkpoint(path, patch=8, width=48, depth=3, heads=3, mlp=96, grid=4,
                                         num_classes=7, representation_size=representation_size)
-  model, params = vit.from_npz(str(path))
+  model, params = vit_checkpoint.from_npz(str(path))
   images = photos(32)
   out = jax.jit(model.apply, compiler_options=QUICK)({'params': params}, images)
   ref = npz_utils.np_vit_forward(a, images)
@@ -71,8 +73,8 @@ def test_linen_named_checkpoint_loads_identically(tmp_path):
   kw = dict(patch=8, width=32, depth=2, heads=2, mlp=64, grid=4, num_classes=5, seed=3)
   npz_utils.write_random_checkpoint(tmp_path / 'a.npz', **kw)
   npz_utils.write_random_checkpoint(tmp_path / 'b.npz', linen_names=True, **kw)
-  _, pa = vit.from_npz(str(tmp_path / 'a.npz'))
-  _, pb = vit.from_npz(str(tmp_path / 'b.npz'))
+  _, pa = vit_checkpoint.from_npz(str(tmp_path / 'a.npz'))
+  _, pb = vit_checkpoint.from_npz(str(tmp_path / 'b.npz'))
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
 
 
@@ -84,13 +86,13 @@ def test_linen_named_checkpoint_loads_identically(tmp_path):
 ])
 def test_infer_architecture(kw):
   a = npz_utils.random_vit_arrays(**kw)
-  info = vit.infer_architecture(a)
+  info = vit_checkpoint.infer_architecture(a)
   assert info.arch == vit.ViTArch(kw['patch'], kw['width'], kw['depth'], kw['heads'], kw['mlp'])
   assert info.posemb_grid == (kw['grid'], kw['grid'])
   assert info.num_classes == kw['num_classes']
   assert info.representation_size == kw.get('representation_size')
-  model, params = vit.params_from_flat(a)
-  assert vit.flatten(params).keys() == a.keys()
+  model, params = vit_checkpoint.params_from_flat(a)
+  assert vit_checkpoint.flatten(params).keys() == a.keys()
   assert model.num_classes == kw['num_classes']
 
 
@@ -121,7 +123,7 @@ def test_posemb_resize_keeps_cls_and_matches_bilinear_reference(tmp_path):
   path = tmp_path / 'vit.npz'
   a = npz_utils.write_random_checkpoint(path, patch=8, width=16, depth=1, heads=2, mlp=32, grid=4,
                                         num_classes=None)
-  model, params = vit.from_npz(str(path), image_size=56)  # grid 4 -> 7
+  model, params = vit_checkpoint.from_npz(str(path), image_size=56)  # grid 4 -> 7
   pe = params['Transformer']['posembed_input']['pos_embedding']
   old = a['Transformer/posembed_input/pos_embedding']
   assert pe.shape == (1, 1 + 49, 16)
@@ -132,7 +134,7 @@ def test_posemb_resize_keeps_cls_and_matches_bilinear_reference(tmp_path):
   np.testing.assert_allclose(pe[0, 1:].reshape(7, 7, 16)[::2, ::2], old[0, 1:].reshape(4, 4, 16),
                              rtol=1e-6, atol=1e-6)
   # Downsampling and a non-square grid.
-  down = vit.resize_posemb(old, (3, 2))
+  down = vit_checkpoint.resize_posemb(old, (3, 2))
   ref = np_bilinear_align_corners(old[0, 1:].reshape(4, 4, 16).astype(np.float64), 3, 2)
   np.testing.assert_allclose(down[0, 1:].reshape(3, 2, 16), ref, rtol=1e-6, atol=1e-6)
   # The resized model runs at the new size and equals the numpy forward with the resized posemb.
@@ -149,28 +151,28 @@ def test_missing_and_wrong_shape_errors(tmp_path):
   del b[key]
   np.savez(tmp_path / 'missing.npz', **b)
   with pytest.raises(KeyError, match=key.replace('/', '.') + r".*\(32,\)"):
-    vit.from_npz(str(tmp_path / 'missing.npz'))
+    vit_checkpoint.from_npz(str(tmp_path / 'missing.npz'))
   b = dict(a)
   b['Transformer/encoderblock_0/LayerNorm_2/scale'] = np.zeros(31, np.float32)
   np.savez(tmp_path / 'wrong.npz', **b)
   with pytest.raises(ValueError) as e:
-    vit.from_npz(str(tmp_path / 'wrong.npz'))
+    vit_checkpoint.from_npz(str(tmp_path / 'wrong.npz'))
   msg = str(e.value)
   assert 'encoderblock_0/LayerNorm_2/scale' in msg and '(31,)' in msg and '(32,)' in msg
   b = dict(a, extra=np.zeros(3, np.float32))
   np.savez(tmp_path / 'extra.npz', **b)
   with pytest.raises(ValueError, match='extra'):
-    vit.from_npz(str(tmp_path / 'extra.npz'))
-  vit.from_npz(str(tmp_path / 'extra.npz'), strict=False)
+    vit_checkpoint.from_npz(str(tmp_path / 'extra.npz'))
+  vit_checkpoint.from_npz(str(tmp_path / 'extra.npz'), strict=False)
   with pytest.raises(FileNotFoundError):
-    vit.from_npz(str(tmp_path / 'nope.npz'))
+    vit_checkpoint.from_npz(str(tmp_path / 'nope.npz'))
 
 
 def _tiny_vit(seed=0):
   """(embed, block) jitted functions of a random tiny ViT, and its arrays."""
   a = npz_utils.random_vit_arrays(patch=4, width=32, depth=2, heads=4, mlp=48, grid=4, seed=seed,
                                   num_classes=None)
-  model, params = vit.params_from_flat(a)
+  model, params = vit_checkpoint.params_from_flat(a)
   variables = {'params': params}
   embed = jax.jit(lambda x: model.apply(variables, x, method='embed'), compiler_options=QUICK)
   block = jax.jit(lambda i, q, kv, bias: model.apply(
@@ -211,8 +213,8 @@ def test_bias_matches_numpy_attention_with_subset_queries():
 def test_bfloat16_compute_close_to_float32(tmp_path):
   npz_utils.write_random_checkpoint(tmp_path / 'v.npz', patch=8, width=32, depth=2, heads=2,
                                     mlp=64, grid=4, num_classes=4)
-  m32, p = vit.from_npz(str(tmp_path / 'v.npz'))
-  m16, _ = vit.from_npz(str(tmp_path / 'v.npz'), dtype=jnp.bfloat16)
+  m32, p = vit_checkpoint.from_npz(str(tmp_path / 'v.npz'))
+  m16, _ = vit_checkpoint.from_npz(str(tmp_path / 'v.npz'), dtype=jnp.bfloat16)
   o32 = jax.jit(m32.apply, compiler_options=QUICK)({'params': p}, photos(32))
   o16 = jax.jit(m16.apply, compiler_options=QUICK)({'params': p}, photos(32))
   assert jax.tree.leaves(p)[0].dtype == np.float32
@@ -228,12 +230,12 @@ def test_fetch_checkpoint_file_url_and_local_http(tmp_path):
   digest = hashlib.sha256((src / 'vit.npz').read_bytes()).hexdigest()
   cache = tmp_path / 'cache'
   # file:// URL, checked and cached.
-  p1 = vit.fetch_checkpoint((src / 'vit.npz').as_uri(), sha256=digest, cache_dir=str(cache))
+  p1 = fetch.fetch_checkpoint((src / 'vit.npz').as_uri(), sha256=digest, cache=str(cache))
   assert os.path.dirname(p1) == str(cache)
   assert open(p1, 'rb').read() == (src / 'vit.npz').read_bytes()
-  with pytest.raises(ValueError, match='SHA-256'):
-    vit.fetch_checkpoint((src / 'vit.npz').as_uri(), sha256='0' * 64,
-                         cache_dir=str(tmp_path / 'c2'))
+  with pytest.raises(fetch.FetchError, match='sha256'):
+    fetch.fetch_checkpoint((src / 'vit.npz').as_uri(), sha256='0' * 64,
+                         cache=str(tmp_path / 'c2'))
   assert not list((tmp_path / 'c2').iterdir())  # no partial or bad file left behind
   # Local http server on 127.0.0.1.
   handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
@@ -243,14 +245,27 @@ def test_fetch_checkpoint_file_url_and_local_http(tmp_path):
   thread.start()
   try:
     url = f'http://127.0.0.1:{server.server_address[1]}/vit.npz'
-    p2 = vit.fetch_checkpoint(url, sha256=digest, cache_dir=str(cache))
-    model, params = vit.from_npz(p2)
+    p2 = fetch.fetch_checkpoint(url, sha256=digest, cache=str(cache))
+    model, params = vit_checkpoint.from_npz(p2)
     assert model.hidden_size == 16
-    assert vit.fetch_checkpoint(url, cache_dir=str(cache)) == p2  # served from the cache
+    assert fetch.fetch_checkpoint(url, cache=str(cache)) == p2  # served from the cache
   finally:
     server.shutdown()
     server.server_close()
   # Local path with a digest.
-  assert vit.fetch_checkpoint(str(src / 'vit.npz'), sha256=digest) == str(src / 'vit.npz')
+  assert fetch.fetch_checkpoint(str(src / 'vit.npz'), sha256=digest) == str(src / 'vit.npz')
   with pytest.raises(ValueError, match='SHA-256'):
-    vit.fetch_checkpoint(str(src / 'vit.npz'), sha256='1' * 64)
+    fetch.fetch_checkpoint(str(src / 'vit.npz'), sha256='1' * 64)
+
+
+def test_moved_names_stay_importable_from_vit():
+  """The checkpoint I/O moved to vit_checkpoint.py / fetch.py; the old names still work."""
+  from ltdpt_jax.models.vit import from_npz  # pylint: disable=g-import-not-at-top
+  assert from_npz is vit_checkpoint.from_npz
+  for name in ('load_npz', 'params_from_flat', 'infer_architecture', 'resize_posemb',
+               'CheckpointInfo', 'backbone_params'):
+    assert getattr(vit, name) is getattr(vit_checkpoint, name), name
+  assert vit.fetch_checkpoint is fetch.fetch_checkpoint
+  assert vit.default_cache_dir is fetch.cache_dir
+  with pytest.raises(AttributeError, match='no_such_name'):
+    vit.no_such_name  # pylint: disable=pointless-statement

@@ -34,6 +34,7 @@ def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr
   c.data.eval_batch_size = 16
   c.data.num_workers = 0
   c.model.backbone = 'custom'
+  c.model.checkpoint = ''  # a random frozen backbone
   c.model.vit.patch_size = 4
   c.model.vit.hidden_size = 32
   c.model.vit.num_layers = 2

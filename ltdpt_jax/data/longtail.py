@@ -1,23 +1,15 @@
-"""Long-tailed class profiles and the head / medium / tail grouping (SPEC "Evaluation").
+"""Long-tailed class profiles.
 
 `exponential_counts` is the exponential profile of Cao et al. 2019 (LDAM-DRW,
 `kaidic/LDAM-DRW: imbalance_cifar.py`, `get_img_num_per_cls`):
 n_i = int(n_max * (1 / ratio) ** (i / (K - 1))), computed in Python float64 and truncated towards
-zero, class 0 being the head. `shot_groups` splits classes by their number of *training* images
-with the convention of `facebookresearch/classifier-balancing: utils.py` (`shot_acc`), the one the
-paper states: head > 100, medium 20..100 (both ends included), tail < 20.
+zero, class 0 being the head. (The head / medium / tail grouping of the evaluation is
+`ltdpt_jax.evaluators.longtail.shot_groups`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-
-# Head: more than HEAD_MIN training images; tail: fewer than TAIL_MAX; medium: in between,
-# both boundaries included (a class with exactly 100 or exactly 20 images is medium).
-HEAD_MIN = 100
-TAIL_MAX = 20
 
 
 def exponential_counts(max_count: float, ratio: float, num_classes: int) -> np.ndarray:
@@ -40,25 +32,3 @@ def exponential_counts(max_count: float, ratio: float, num_classes: int) -> np.n
   # Python floats (float64), the same expression and order of operations as LDAM-DRW.
   return np.array([int(max_count * (imb_factor ** (i / (num_classes - 1.0))))
                    for i in range(num_classes)], np.int64)
-
-
-def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEAD_MIN,
-                tail_max: int = TAIL_MAX) -> dict[str, np.ndarray]:
-  """Class indices of the head (> head_min), medium (tail_max..head_min) and tail (< tail_max).
-
-  Groups are always defined by the number of *training* images per class. A group may be empty
-  (CIFAR-100-LT at ratio 10 has no tail class); callers report it as not applicable.
-
-  Returns:
-    {'head': int64 indices, 'medium': ..., 'tail': ...}, each sorted ascending.
-  """
-  counts = np.asarray(class_counts)
-  if counts.ndim != 1:
-    raise ValueError(f'class_counts must be 1-D (one count per class), got shape {counts.shape}.')
-  if head_min < tail_max:
-    raise ValueError(f'head_min ({head_min}) must be >= tail_max ({tail_max}).')
-  return {
-      'head': np.flatnonzero(counts > head_min).astype(np.int64),
-      'medium': np.flatnonzero((counts >= tail_max) & (counts <= head_min)).astype(np.int64),
-      'tail': np.flatnonzero(counts < tail_max).astype(np.int64),
-  }

@@ -2,7 +2,8 @@
 
 Training stream (`make_train_iterator`). With N training images, global batch B, P processes
 (hosts) and per-host batch b = B / P, every epoch e uses the permutation
-`perm_e = np.random.default_rng([seed, 0x5EED, e]).permutation(N)` (seed = config.train.seed),
+`perm_e = np.random.default_rng([seed, 0x5EED, e]).permutation(N)` (seed = config.train.seed,
+the `seed` argument),
 and is cut into `steps_per_epoch = N // B` global batches (the last N - steps * B images of each
 epoch's order are dropped). Global step t (epoch e = t // steps, k = t % steps) is the images at
 positions q = k * B + j, j = 0..B-1, of that epoch's order; host h takes j in [h * b, (h + 1) * b).
@@ -63,26 +64,26 @@ class DatasetInfo:
   eval_split: str = 'test'
 
 
-def get_dataset_info(config) -> DatasetInfo:
-  """DatasetInfo of `config.data` (builds the sources: may scan tfds file names once)."""
-  src = sources_lib.get_sources(config)
+def get_dataset_info(data) -> DatasetInfo:
+  """DatasetInfo of a config's data section (builds the sources: may scan tfds file names once)."""
+  src = sources_lib.get_sources(data)
   return DatasetInfo(name=src.name, num_classes=src.num_classes, class_counts=src.class_counts,
                      num_train=len(src.train), num_eval=len(src.eval),
-                     image_size=int(config.data.image_size), eval_split=src.eval_split)
+                     image_size=int(data.image_size), eval_split=src.eval_split)
 
 
-def steps_per_epoch(config, info: DatasetInfo) -> int:
-  """num_train // global batch (drop remainder)."""
-  steps = info.num_train // int(config.data.batch_size)
+def steps_per_epoch(data, info: DatasetInfo) -> int:
+  """num_train // global batch `data.batch_size` (drop remainder)."""
+  steps = info.num_train // int(data.batch_size)
   if steps < 1:
-    raise ValueError(f'config.data.batch_size={config.data.batch_size} exceeds the '
+    raise ValueError(f'config.data.batch_size={data.batch_size} exceeds the '
                      f'{info.num_train} training images of {info.name}.')
   return steps
 
 
-def num_eval_batches(config, info: DatasetInfo) -> int:
+def num_eval_batches(data, info: DatasetInfo) -> int:
   """Batches every host runs in one evaluation: ceil(num_eval / global eval batch)."""
-  return math.ceil(info.num_eval / int(config.data.eval_batch_size))
+  return math.ceil(info.num_eval / int(data.eval_batch_size))
 
 
 def num_workers(requested: int) -> int:
@@ -275,32 +276,32 @@ class TrainIterator(grain.DatasetIterator):
     super().close()
 
 
-def make_train_iterator(config, *, process_index: int | None = None,
+def make_train_iterator(data, *, seed: int, process_index: int | None = None,
                         process_count: int | None = None) -> TrainIterator:
-  """This host's infinite training iterator (see the module docstring for the exact order)."""
-  src = sources_lib.get_sources(config)
-  h, p, _ = _host_split(int(config.data.batch_size), process_index, process_count,
+  """This host's infinite training iterator over a config's data section, in the order that
+  `seed` (config.train.seed) gives (see the module docstring for the exact order)."""
+  src = sources_lib.get_sources(data)
+  h, p, _ = _host_split(int(data.batch_size), process_index, process_count,
                         'config.data.batch_size')
-  example = TrainExample(src.train, image_size=int(config.data.image_size),
-                         seed=int(config.train.seed), global_batch=int(config.data.batch_size),
-                         process_index=h, process_count=p,
-                         crop_min_scale=float(config.data.get('crop_min_scale',
-                                                              transforms.SCALE[0])))
-  return TrainIterator(example, num_workers(int(config.data.num_workers)))
+  example = TrainExample(src.train, image_size=int(data.image_size), seed=int(seed),
+                         global_batch=int(data.batch_size), process_index=h, process_count=p,
+                         crop_min_scale=float(data.get('crop_min_scale', transforms.SCALE[0])))
+  return TrainIterator(example, num_workers(int(data.num_workers)))
 
 
-def make_eval_iterator(config, *, process_index: int | None = None,
+def make_eval_iterator(data, *, process_index: int | None = None,
                        process_count: int | None = None) -> grain.IterDataset:
-  """This host's evaluation batches, an iterable (each `iter()` starts a full pass).
+  """This host's evaluation batches of a config's data section, an iterable (each `iter()`
+  starts a full pass).
 
-  Every host yields ceil(num_eval / config.data.eval_batch_size) batches of
+  Every host yields ceil(num_eval / data.eval_batch_size) batches of
   eval_batch_size / process_count rows; 'mask' marks real (True) and padding (False) rows.
   """
-  src = sources_lib.get_sources(config)
-  eval_batch = int(config.data.eval_batch_size)
+  src = sources_lib.get_sources(data)
+  eval_batch = int(data.eval_batch_size)
   h, p, b = _host_split(eval_batch, process_index, process_count, 'config.data.eval_batch_size')
-  example = EvalExample(src.eval, image_size=int(config.data.image_size),
+  example = EvalExample(src.eval, image_size=int(data.image_size),
                         global_batch=eval_batch, process_index=h, process_count=p)
   batches = math.ceil(len(src.eval) / eval_batch)
   ds = grain.MapDataset.range(batches * b).map(example).batch(b, drop_remainder=True)
-  return _to_iter(ds, num_workers(int(config.data.num_workers)))
+  return _to_iter(ds, num_workers(int(data.num_workers)))

@@ -23,7 +23,7 @@ The tfds datasets must be prepared once in ArrayRecord format (`tfds.data_source
 else); `open_tfds` explains how when they are not. Joining split files needs each record's file
 name: `scan_fields` reads it for every record with image decoding skipped (about 0.1 ms a record
 plus the I/O of the whole split: minutes for imagenet2012) and caches the result in memory, and on
-disk under `$LTDPT_JAX_CACHE/index` for splits of more than 100,000 records, keyed by the prepared
+disk under `fetch.cache_dir()/index` for splits of more than 100,000 records, keyed by the prepared
 dataset's path and dataset_info.json.
 """
 
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ltdpt_jax import fetch
 from ltdpt_jax.data import cifar_lt
 from ltdpt_jax.data import splits
 from ltdpt_jax.data import synthetic
@@ -51,7 +52,12 @@ TFDS_NAME = {
     'places_lt': 'places365_small',
     'inat2018': 'i_naturalist2018',
 }
+# What config.data.dataset and config.data.eval_split accept (config_lib.validate checks these).
 DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic')
+EVAL_SPLITS = ('test', 'val')
+# Classes of each real dataset.
+NUM_CLASSES = {'cifar100_lt': cifar_lt.CIFAR100_NUM_CLASSES, 'imagenet_lt': 1000,
+               'places_lt': 365, 'inat2018': 8142}
 _FILE_FIELD = {'imagenet2012': 'file_name', 'places365_small': 'filename'}
 _SPLIT_PREFIX = {'imagenet_lt': 'ImageNet_LT', 'places_lt': 'Places_LT'}
 _DISK_CACHE_MIN_RECORDS = 100_000
@@ -120,7 +126,7 @@ def scan_fields(name: str, split: str, data_dir: str, fields: tuple[str, ...]
   cache_file = None
   if n > _DISK_CACHE_MIN_RECORDS:
     _, fp = _dataset_fingerprint(name, data_dir)
-    cache_file = (splits.cache_dir() / 'index' /
+    cache_file = (fetch.cache_dir() / 'index' /
                   f'{name}-{split}-{"-".join(fields)}-{fp}.npz')
     if cache_file.is_file():
       with np.load(cache_file) as z:
@@ -205,7 +211,7 @@ def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
   te = scan_fields(name, 'test', data_dir, ('id', 'label'))
   te_order = np.argsort(_ids_to_int(te['id'], 'test_'), kind='stable')
   test = RecordView(open_tfds(name, 'test', data_dir), te_order, te['label'][te_order])
-  return Sources('cifar100_lt', train, test, cifar_lt.CIFAR100_NUM_CLASSES, 'test')
+  return Sources('cifar100_lt', train, test, NUM_CLASSES['cifar100_lt'], 'test')
 
 
 def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
@@ -230,13 +236,13 @@ def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
 def split_file_sources(dataset: str, data_dir: str, split_dir: str,
                        eval_split: str = 'test') -> Sources:
   """ImageNet-LT / Places-LT: OLTR lists joined with imagenet2012 / places365_small."""
-  if eval_split not in ('test', 'val'):
-    raise ValueError(f"config.data.eval_split must be 'test' or 'val', got {eval_split!r}.")
+  if eval_split not in EVAL_SPLITS:
+    raise ValueError(f'config.data.eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}.')
   prefix = _SPLIT_PREFIX[dataset]
   train = _split_file_view(dataset, f'{prefix}_train.txt', data_dir, split_dir)
   ev_name = f'{prefix}_{eval_split}.txt'
   ev = _split_file_view(dataset, ev_name, data_dir, split_dir)
-  num_classes = {'imagenet_lt': 1000, 'places_lt': 365}[dataset]
+  num_classes = NUM_CLASSES[dataset]
   for what, v in (('train', train), (ev_name, ev)):
     if v.labels.max() >= num_classes:
       raise ValueError(f'{dataset} {what} has label {v.labels.max()} >= {num_classes} classes.')
@@ -264,8 +270,7 @@ def synthetic_sources(*, num_classes: int, imbalance_ratio: float, num_train_max
                  synthetic.SyntheticLT('test', **kw), num_classes, 'test')
 
 
-def _key(config) -> tuple:
-  d = config.data
+def _key(d) -> tuple:
   common = (d.dataset, str(d.get('data_dir', '') or ''))
   if d.dataset == 'cifar100_lt':
     return common + (float(d.imbalance_ratio), int(d.seed))
@@ -293,6 +298,6 @@ def _sources_for_key(key: tuple) -> Sources:
                            num_test_per_class=ntest, image_size=size, seed=seed)
 
 
-def get_sources(config) -> Sources:
-  """The train / eval sources that `config.data` describes (memoised per process)."""
-  return _sources_for_key(_key(config))
+def get_sources(data) -> Sources:
+  """The train / eval sources that a config's data section describes (memoised per process)."""
+  return _sources_for_key(_key(data))

@@ -21,7 +21,7 @@ Places-LT train has 131 / 163 / 71 head / medium / tail classes (> 100, 20..100,
 
 `fetch_split_file` reads a file from a local directory (`config.data.split_dir`, flat or in the
 OLTR layout `<dir>/ImageNet_LT/<file>`), or downloads it once from its public location, checks its
-sha256 and caches it under `$LTDPT_JAX_CACHE/splits` (default `~/.cache/ltdpt_jax/splits`).
+sha256 and caches it under `fetch.cache_dir()/splits` (default `~/.cache/ltdpt_jax/splits`).
 
 `match_split_entries` joins entries with the records of a tfds split: by (basename, label), since
 Places train basenames such as `00000001.jpg` repeat across classes; a listed file that is absent,
@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Sequence
-import hashlib
 import logging
 import os
 import pathlib
-import tempfile
-import urllib.request
 
 import numpy as np
+
+from ltdpt_jax import fetch
 
 _COMMIT = '22370c64141cc662f62ead89447c838c4a7977b5'  # facebookresearch/classifier-balancing
 _GITHUB = f'https://raw.githubusercontent.com/facebookresearch/classifier-balancing/{_COMMIT}/data'
@@ -73,12 +72,6 @@ SPLIT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 # tfds split each OLTR list selects from, by the first folder of its paths.
 TFDS_SPLIT_OF_PREFIX = {'train': 'train', 'val': 'validation'}
-
-
-def cache_dir() -> pathlib.Path:
-  """Root of ltdpt_jax's caches: $LTDPT_JAX_CACHE, else ~/.cache/ltdpt_jax."""
-  return pathlib.Path(os.environ.get('LTDPT_JAX_CACHE') or
-                      pathlib.Path.home() / '.cache' / 'ltdpt_jax')
 
 
 def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
@@ -117,14 +110,6 @@ def class_counts(entries: Sequence[tuple[str, int]], num_classes: int | None = N
   return np.bincount(labels, minlength=num_classes or 0).astype(np.int64)
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
 def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
                      cache: str | os.PathLike | None = None,
                      urls: Sequence[str] | None = None, sha256: str | None = None,
@@ -147,7 +132,7 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
     split_dir = pathlib.Path(split_dir)
     for cand in (split_dir / name, split_dir / prefix / name):
       if cand.is_file():
-        got = sha256_of(cand)
+        got = fetch.sha256_of(cand)
         if got != want_sha:
           logging.warning('Split file %s has sha256 %s, not the published %s; using it as given.',
                           cand, got, want_sha)
@@ -157,33 +142,18 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
         f'{split_dir / name} and {split_dir / prefix / name}). Download it from {mirrors[0]} '
         f"(sha256 {want_sha}) into that directory, or set config.data.split_dir='' to download "
         'and cache it automatically.')
-  target = pathlib.Path(cache) if cache is not None else cache_dir() / 'splits'
+  target = pathlib.Path(cache) if cache is not None else fetch.cache_dir() / 'splits'
   path = target / name
   if path.is_file():
-    if sha256_of(path) == want_sha:
+    if fetch.sha256_of(path) == want_sha:
       return path
     logging.warning('Cached split file %s has a wrong checksum; downloading it again.', path)
-  target.mkdir(parents=True, exist_ok=True)
-  errors = []
-  for url in mirrors:
-    try:
-      with urllib.request.urlopen(url, timeout=timeout) as r:
-        data = r.read()
-    except Exception as e:  # pylint: disable=broad-except
-      errors.append(f'{url}: {type(e).__name__}: {e}')
-      continue
-    got = hashlib.sha256(data).hexdigest()
-    if got != want_sha:
-      errors.append(f'{url}: sha256 {got} != expected {want_sha}')
-      continue
-    fd, tmp = tempfile.mkstemp(dir=target, prefix=f'.{name}.')
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-    return path
-  raise RuntimeError(
-      f'Could not fetch split file {name} (tried: ' + '; '.join(errors) + '). Download it by hand '
-      f'and point config.data.split_dir at its directory, or place it at {path}.')
+  try:
+    return fetch.download(mirrors, path, sha256=want_sha, timeout=timeout)
+  except fetch.FetchError as e:
+    raise fetch.FetchError(
+        f'{e} Download it by hand and point config.data.split_dir at its directory, or place it '
+        f'at {path}.') from e
 
 
 def match_split_entries(entries: Sequence[tuple[str, int]], file_names: Iterable[str | bytes],

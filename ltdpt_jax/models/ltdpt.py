@@ -28,29 +28,40 @@ Token sequence in block l (0-based, L blocks):
   constants `alpha_init`, `beta_init`, scalars or per block (`per_block_scales`: alpha (L,),
   beta (H,)).
 
-Dead work (`skip_dead_prompt_work=True`, default): under 'replace', blocks before the last use the
-prompts only as keys/values (no query rows, attention output or MLP for them) and so need no bias
-at all; in the last block only the rows the output needs are computed (CLS, plus the prompts for
-'cls_prompt_mean'); under 'carry' every prompt row is needed and only the last block's patch rows
-are skipped. `skip_dead_prompt_work=False` runs the straightforward path (all tokens through every
-block, biases on every block), which gives the same outputs (tested).
+Token layout (`LTDPT.block_layout(l)`, the one place that decides it; `__call__`,
+`parameter_report` and `flops.analytic_flops` all read it): which segments of
+[CLS | patches | FR | BR] are the keys of block l, which rows are computed (queries), whether the
+block selects the BR prompts, and whether its prompt outputs (so its biases) reach the output.
+With `skip_dead_prompt_work=True` (default), under 'replace' the blocks before the last use the
+prompts only as keys/values (no query rows, attention output or MLP for them) and so need no
+bias at all; in the last block only the rows the output needs are computed (CLS, plus the
+prompts for 'cls_prompt_mean'); under 'carry' every prompt row is needed and only the last
+block's patch rows are skipped. `skip_dead_prompt_work=False` runs the straightforward path
+(all tokens through every block, biases on every block), which gives the same outputs (tested).
 
 Where the biases act: under 'replace' only the last block's prompt outputs reach the output, so
 alpha/beta act only in the last block; per-block scales of earlier blocks get zero gradient (and
 with feature 'cls' none do). `parameter_report` counts them in `bias_scales_with_gradient`.
 
-Parameter tree (other modules rely on it): 'backbone' is exactly the ViT tree `vit.from_npz`
-returns without head/pre_logits (frozen: regex '^backbone/'); the trainable top-level keys are
-'fr_prompts', 'br_prompts', 'br_keys', 'alpha', 'beta' (by method) and 'head' {'kernel': (D, C)}.
+Parameter tree (other modules rely on it): 'backbone' is exactly the ViT tree
+`vit_checkpoint.from_npz` returns without head/pre_logits (frozen: regex '^backbone/'); the
+trainable top-level keys are 'fr_prompts', 'br_prompts', 'br_keys', 'alpha', 'beta' (by method)
+and 'head' {'kernel': (D, C)}.
+
+Building: `build_model(config.model, num_classes, image_size)`, `init_params(model, rng,
+image_size, backbone=...)` (the backbone from `vit_checkpoint.load_backbone`, or random),
+`abstract_params`, `parameter_report`; no file I/O here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any, Sequence
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,6 +178,66 @@ class CosineClassifier(nn.Module):
 # The model.
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# The token layout of each block: decided here once, for the model, the report and the FLOPs.
+# ---------------------------------------------------------------------------------------------
+
+# What config.model.{method, feature, prompt_mode, dtype} accept (config_lib.validate checks
+# these declarations too).
+METHODS = ('vpt', 'fr', 'fr_br')
+FEATURES = ('cls_prompt_mean', 'cls')
+PROMPT_MODES = ('replace', 'carry')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Token segments of a block's sequence, in sequence order, and their token types.
+SEGMENTS = ('cls', 'patches', 'fr', 'br')
+_SEGMENT_TYPE = {'cls': CLS, 'patches': PATCH, 'fr': FR, 'br': BR}
+_PROMPT_SEGMENTS = ('fr', 'br')
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+  """Which tokens block l attends over and computes (`LTDPT.block_layout`).
+
+  Attributes:
+    keys: the segments of the key/value sequence, in order: 'cls', 'patches', 'fr', plus 'br' in
+      the last H blocks of 'fr_br' (the 'fr' segment holds the general prompts for 'vpt').
+    queries: the segments whose rows the block computes (queries, residual, MLP), in the same
+      order; the others serve only as keys/values.
+    selects_br: the first BR block: its input patch tokens choose the BR prompts (Eq. 4).
+    bias_matters: this block's prompt outputs reach the model's output (the next block's prompts
+      under 'carry', the feature in the last block under 'cls_prompt_mean'), so its FR/BR logit
+      biases (Eq. 3, 5) can change the output and its bias scales get gradients.
+  """
+  keys: tuple[str, ...]
+  queries: tuple[str, ...]
+  selects_br: bool
+  bias_matters: bool
+
+  @property
+  def prompts(self) -> tuple[str, ...]:
+    """The prompt segments of the block ('fr', and 'br' in BR blocks)."""
+    return tuple(s for s in self.keys if s in _PROMPT_SEGMENTS)
+
+  @property
+  def biased(self) -> tuple[str, ...]:
+    """The prompt segments whose query rows are computed, so get the saliency bias."""
+    return tuple(s for s in self.queries if s in _PROMPT_SEGMENTS)
+
+  @staticmethod
+  def types(segments: Sequence[str], sizes: dict[str, int]) -> np.ndarray:
+    """Token types (CLS, PATCH, FR, BR) of `segments` with `sizes` tokens each."""
+    return np.concatenate([np.full(sizes[s], _SEGMENT_TYPE[s]) for s in segments])
+
+  @staticmethod
+  def count(segments: Sequence[str], sizes: dict[str, int]) -> int:
+    return int(sum(sizes[s] for s in segments))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------
+
 class LTDPT(nn.Module):
   """Frozen ViT + FR/BR prompts with saliency-biased attention + cosine classifier.
 
@@ -199,19 +270,20 @@ class LTDPT(nn.Module):
 
   def _validate(self):
     checks = [
-        (self.method in ('vpt', 'fr', 'fr_br'),
-         f"method={self.method!r}: use 'vpt', 'fr' or 'fr_br'"),
-        (self.feature in ('cls_prompt_mean', 'cls'),
-         f"feature={self.feature!r}: use 'cls_prompt_mean' or 'cls'"),
-        (self.prompt_mode in ('replace', 'carry'),
-         f"prompt_mode={self.prompt_mode!r}: use 'replace' or 'carry'"),
+        (self.method in METHODS, f'method={self.method!r}: use one of {METHODS}'),
+        (self.feature in FEATURES, f'feature={self.feature!r}: use one of {FEATURES}'),
+        (self.prompt_mode in PROMPT_MODES,
+         f'prompt_mode={self.prompt_mode!r}: use one of {PROMPT_MODES}'),
         (self.num_fr_prompts > 0, f'num_fr_prompts={self.num_fr_prompts} must be > 0'),
+        (0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1)'),
     ]
     if self.method == 'fr_br':
       checks += [
           (0 < self.num_br_blocks <= self.num_layers,
-           f'num_br_blocks={self.num_br_blocks} must be in [1, num_layers={self.num_layers}]'),
-          (self.num_br_prompts > 0, f'num_br_prompts={self.num_br_prompts} must be > 0'),
+           f"method 'fr_br' needs num_br_blocks={self.num_br_blocks} in [1, num_layers="
+           f"{self.num_layers}] (or use method 'fr')"),
+          (self.num_br_prompts > 0, f"method 'fr_br' needs num_br_prompts="
+                                    f"{self.num_br_prompts} > 0 (or use method 'fr')"),
           (0 < self.top_k <= self.num_groups,
            f'top_k={self.top_k} must be in [1, num_groups={self.num_groups}]'),
       ]
@@ -220,131 +292,166 @@ class LTDPT(nn.Module):
         raise ValueError(f'LTDPT: {msg}.')
 
   @property
+  def arch(self) -> vit_lib.ViTArch:
+    return vit_lib.ViTArch(self.patch_size, self.hidden_size, self.num_layers, self.num_heads,
+                           self.mlp_dim)
+
+  @property
   def first_br_block(self) -> int:
     """Index of the first block with BR prompts (num_layers when there are none)."""
     return self.num_layers - self.num_br_blocks if self.method == 'fr_br' else self.num_layers
+
+  def block_layout(self, l: int) -> BlockLayout:
+    """The token layout of block l (0-based), from the fields alone (see `BlockLayout`).
+
+    Keys: CLS, the patches, the FR prompts and, from `first_br_block` on, the BR prompts.
+    Prompt outputs are used under 'carry' in every block but the last, and in the last block for
+    the feature 'cls_prompt_mean'. Queries: with `skip_dead_prompt_work`, the prompt rows only
+    where their outputs are used, and in the last block only CLS of the image rows (nothing
+    reads the patch outputs there); without it, every token of every block.
+    """
+    if not 0 <= l < self.num_layers:
+      raise ValueError(f'block {l} out of range for {self.num_layers} blocks.')
+    last = l == self.num_layers - 1
+    prompts = ('fr', 'br') if l >= self.first_br_block else ('fr',)
+    keys = ('cls', 'patches') + prompts
+    used = (self.prompt_mode == 'carry' and not last) or (
+        last and self.feature == 'cls_prompt_mean')
+    if not self.skip_dead_prompt_work:
+      queries = keys
+    else:
+      queries = (('cls',) if last else ('cls', 'patches')) + (prompts if used else ())
+    return BlockLayout(keys=keys, queries=queries, selects_br=l == self.first_br_block,
+                       bias_matters=used)
+
+  def segment_sizes(self, num_patches: int) -> dict[str, int]:
+    """Tokens per segment for an image of `num_patches` patches."""
+    return {'cls': 1, 'patches': int(num_patches), 'fr': self.num_fr_prompts,
+            'br': self.num_br_prompts}
 
   @nn.compact
   def __call__(self, images: Array, saliency: Array | None = None, *,
                train: bool = False) -> dict[str, Array]:
     self._validate()
-    n_layers, d = self.num_layers, self.hidden_size
-    b0 = self.first_br_block
-    backbone = vit_lib.VisionTransformer(self.patch_size, d, n_layers, self.num_heads,
-                                         self.mlp_dim, dtype=self.dtype, name='backbone')
-    fr_prompts = self.param('fr_prompts', _prompt_init, (n_layers, self.num_fr_prompts, d))
-    alpha = beta = None
-    if self.method == 'fr_br':
-      n_br = n_layers - b0
-      br_prompts = self.param('br_prompts', _prompt_init,
-                              (self.num_groups, n_br, self.num_br_prompts, d))
-      br_keys = self.param('br_keys', _prompt_init, (self.num_groups, d))
-      beta = self.param('beta', nn.initializers.constant(self.beta_init),
-                        (n_br,) if self.per_block_scales else ())
-    if self.method != 'vpt':
-      alpha = self.param('alpha', nn.initializers.constant(self.alpha_init),
-                         (n_layers,) if self.per_block_scales else ())
-
-    x = backbone.embed(images)  # (B, 1 + m, D)
-    batch, n_img = x.shape[0], x.shape[1]
-    m = n_img - 1
-    if self.method != 'vpt':
-      if saliency is None or saliency.shape != (batch, m):
-        raise ValueError(f'saliency must have shape (batch, patches) = {(batch, m)}; got '
-                         f'{None if saliency is None else saliency.shape}.')
-      saliency = saliency.astype(jnp.float32)
-
-    carry = self.prompt_mode == 'carry'
-    skip = self.skip_dead_prompt_work
-    need_prompt_out = self.feature == 'cls_prompt_mean'
+    backbone = vit_lib.VisionTransformer(self.patch_size, self.hidden_size, self.num_layers,
+                                         self.num_heads, self.mlp_dim, dtype=self.dtype,
+                                         name='backbone')
+    params = self._prompt_params()
+    x = backbone.embed(images)  # (B, 1 + m, D): CLS and patch tokens
+    sizes = self.segment_sizes(x.shape[1] - 1)
+    saliency = self._check_saliency(saliency, x.shape[0], sizes['patches'])
     out: dict[str, Array] = {}
-    prev_prompt_out = None
-    prompt_out = None
-    for l in range(n_layers):
-      last = l == n_layers - 1
-      # This block's prompts and their token types.
-      prompts = [jnp.broadcast_to(fr_prompts[l], (batch, self.num_fr_prompts, d))]
-      types = [FR] * self.num_fr_prompts
-      if l >= b0:
-        if l == b0:
-          patch_tokens = x[:, 1:]
-          self.sow('intermediates', 'br_patch_tokens', patch_tokens)
-          sim = group_similarity(patch_tokens, br_keys)
-          br_all, weights, indices = select_group_prompts(sim, br_prompts, self.top_k)
-          out.update(br_weights=weights, br_indices=indices, br_similarity=sim)
-        prompts.append(br_all[:, l - b0])
-        types += [BR] * self.num_br_prompts
-      p = jnp.concatenate(prompts, axis=1) if len(prompts) > 1 else prompts[0]
-      if carry and prev_prompt_out is not None:
-        # Slots of the previous block are a prefix of this block's slots ([FR] or [FR | BR]).
-        n_prev = prev_prompt_out.shape[1]
-        p = jnp.concatenate([p[:, :n_prev] + prev_prompt_out, p[:, n_prev:]], axis=1)
-      p = p.astype(x.dtype)
+    br_prompts = prompt_out = None
+    for l in range(self.num_layers):
+      layout = self.block_layout(l)
+      if layout.selects_br:  # Eq. 4: the BR prompts of every BR block, from this block's input
+        self.sow('intermediates', 'br_patch_tokens', x[:, 1:])
+        sim = group_similarity(x[:, 1:], params['br_keys'])
+        br_prompts, weights, indices = select_group_prompts(sim, params['br_prompts'],
+                                                            self.top_k)
+        out.update(br_weights=weights, br_indices=indices, br_similarity=sim)
+      p = self._block_prompts(l, x.shape[0], params, br_prompts, prompt_out).astype(x.dtype)
       kv = jnp.concatenate([x, p], axis=1)
-      k_types = np.array([CLS] + [PATCH] * m + types)
-      n_tok = kv.shape[1]
-
-      # Which rows are queries: 'all', 'image' (CLS + patches) or 'cls+prompts' / 'cls'.
-      if not skip:
-        rows = 'all'
-      elif last:
-        rows = 'cls+prompts' if need_prompt_out else 'cls'
-      else:
-        rows = 'all' if carry else 'image'
-      if rows == 'all':
-        q, q_sel = kv, np.arange(n_tok)
-      elif rows == 'image':
-        q, q_sel = x, np.arange(n_img)
-      elif rows == 'cls+prompts':
-        q, q_sel = jnp.concatenate([x[:, :1], p], axis=1), np.r_[0, n_img:n_tok]
-      else:
-        q, q_sel = x[:, :1], np.array([0])
-      bias = None
-      if self.method != 'vpt':
-        a_l = alpha[l] if self.per_block_scales else alpha
-        b_l = None
-        if l >= b0:
-          b_l = beta[l - b0] if self.per_block_scales else beta
-        bias = attention_bias(saliency, k_types[q_sel], k_types, a_l, b_l)
-      y = backbone.block(l, q, kv, bias)
-
-      # Split the rows back into image tokens and prompt outputs.
-      n_img_rows = int((q_sel < n_img).sum())
-      x = y[:, :n_img_rows]
-      prompt_rows = y[:, n_img_rows:]
-      if carry:
-        prev_prompt_out = prompt_rows
-      if last:
-        prompt_out = prompt_rows
-
-    cls = backbone.norm(x[:, 0]).astype(jnp.float32)
-    if self.feature == 'cls':
-      feature = cls
-    else:
-      feature = (cls + prompt_out.astype(jnp.float32).mean(axis=1)) / 2
-    out['feature'] = feature
-    feature = nn.Dropout(self.dropout)(feature, deterministic=not train)
+      bias = self._block_bias(l, layout, sizes, saliency, params)  # Eq. 3 and 5
+      y = backbone.block(l, _queries(x, p, kv, layout), kv, bias)
+      n_img = BlockLayout.count([s for s in layout.queries if s not in _PROMPT_SEGMENTS], sizes)
+      x, prompt_out = y[:, :n_img], y[:, n_img:]
+    out['feature'] = self._feature(backbone.norm(x[:, 0]).astype(jnp.float32), prompt_out)
+    feature = nn.Dropout(self.dropout)(out['feature'], deterministic=not train)
     out['logits'] = CosineClassifier(self.num_classes, name='head')(feature)
     return out
 
+  def _prompt_params(self) -> dict[str, Array]:
+    """The trainable prompt parameters: fr_prompts (L, n_f, D); for 'fr_br' br_prompts
+    (G, H, n_b, D), br_keys (G, D), beta; alpha except for 'vpt'."""
+    n_layers, d = self.num_layers, self.hidden_size
+    params = {'fr_prompts': self.param('fr_prompts', _prompt_init,
+                                       (n_layers, self.num_fr_prompts, d))}
+    if self.method == 'fr_br':
+      n_br = n_layers - self.first_br_block
+      params['br_prompts'] = self.param('br_prompts', _prompt_init,
+                                        (self.num_groups, n_br, self.num_br_prompts, d))
+      params['br_keys'] = self.param('br_keys', _prompt_init, (self.num_groups, d))
+      params['beta'] = self.param('beta', nn.initializers.constant(self.beta_init),
+                                  (n_br,) if self.per_block_scales else ())
+    if self.method != 'vpt':
+      params['alpha'] = self.param('alpha', nn.initializers.constant(self.alpha_init),
+                                   (n_layers,) if self.per_block_scales else ())
+    return params
+
+  def _check_saliency(self, saliency: Array | None, batch: int, m: int) -> Array | None:
+    if self.method == 'vpt':
+      return None
+    if saliency is None or saliency.shape != (batch, m):
+      raise ValueError(f'saliency must have shape (batch, patches) = {(batch, m)}; got '
+                       f'{None if saliency is None else saliency.shape}.')
+    return saliency.astype(jnp.float32)
+
+  def _block_prompts(self, l: int, batch: int, params: dict[str, Array],
+                     br_prompts: Array | None, prev_out: Array | None) -> Array:
+    """The prompts appended to block l: [FR | BR (BR blocks)] (B, n, D); under 'carry' plus the
+    previous block's outputs of the same slots (its slots are a prefix of this block's)."""
+    p = [jnp.broadcast_to(params['fr_prompts'][l], (batch, self.num_fr_prompts,
+                                                    self.hidden_size))]
+    if l >= self.first_br_block:
+      p.append(br_prompts[:, l - self.first_br_block])
+    p = jnp.concatenate(p, axis=1) if len(p) > 1 else p[0]
+    if self.prompt_mode == 'carry' and l > 0:
+      n_prev = prev_out.shape[1]
+      p = jnp.concatenate([p[:, :n_prev] + prev_out, p[:, n_prev:]], axis=1)
+    return p
+
+  def _block_bias(self, l: int, layout: BlockLayout, sizes: dict[str, int],
+                  saliency: Array | None, params: dict[str, Array]) -> Array | None:
+    """The attention-logit bias of block l (Eq. 3 on FR rows, Eq. 5 on BR rows), or None."""
+    if self.method == 'vpt' or not layout.biased:
+      return None
+    alpha = params['alpha'][l] if self.per_block_scales else params['alpha']
+    beta = None
+    if 'br' in layout.keys:
+      beta = (params['beta'][l - self.first_br_block] if self.per_block_scales
+              else params['beta'])
+    return attention_bias(saliency, BlockLayout.types(layout.queries, sizes),
+                          BlockLayout.types(layout.keys, sizes), alpha, beta)
+
+  def _feature(self, cls: Array, prompt_out: Array) -> Array:
+    """The classifier feature: final-LN CLS, or its mean with the mean last-block prompt output."""
+    if self.feature == 'cls':
+      return cls
+    return (cls + prompt_out.astype(jnp.float32).mean(axis=1)) / 2
+
+
+def _queries(x: Array, p: Array, kv: Array, layout: BlockLayout) -> Array:
+  """The query rows of `layout`, from the image tokens x = [CLS | patches] and the prompts p
+  (kv = [x | p]): kv itself when every row is a query."""
+  if layout.queries == layout.keys:
+    return kv
+  image = x if 'patches' in layout.queries else x[:, :1]
+  if not layout.biased:
+    return image
+  if layout.biased != layout.prompts:
+    raise ValueError(f'A block computes all of its prompt rows or none; got {layout}.')
+  return jnp.concatenate([image, p], axis=1)
+
 
 # ---------------------------------------------------------------------------------------------
-# Building from a config.
+# Building from a config's model section.
 # ---------------------------------------------------------------------------------------------
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+def build_model(model_config, num_classes: int, image_size: int | Sequence[int] | None = None,
+                **overrides) -> LTDPT:
+  """The LTDPT module that `config.model` describes (architecture from `backbone`).
 
-
-def build_model(config, num_classes: int, **overrides) -> LTDPT:
-  """The LTDPT module a config describes (`config.model.*`; architecture from `backbone`).
-
-  `overrides` set LTDPT fields directly (e.g. skip_dead_prompt_work=False).
+  `image_size` (optional) is checked to be a multiple of the patch size. `overrides` set LTDPT
+  fields directly (e.g. skip_dead_prompt_work=False). Raises ValueError for invalid values.
   """
-  mc = config.model
-  arch = vit_lib.arch_from_config(config)
+  mc = model_config
+  arch = vit_lib.arch_from_config(mc)
+  if image_size is not None:
+    arch.grid(image_size)
   dtype = mc.get('dtype', 'float32')
-  if dtype not in _DTYPES:
-    raise ValueError(f'config.model.dtype={dtype!r} is not valid; choose one of {sorted(_DTYPES)}.')
+  if dtype not in DTYPES:
+    raise ValueError(f'config.model.dtype={dtype!r} is not valid; choose one of {tuple(DTYPES)}.')
   fields = dict(
       num_classes=int(num_classes), patch_size=arch.patch_size, hidden_size=arch.hidden_size,
       num_layers=arch.num_layers, num_heads=arch.num_heads, mlp_dim=arch.mlp_dim,
@@ -352,7 +459,7 @@ def build_model(config, num_classes: int, **overrides) -> LTDPT:
       num_groups=mc.num_groups, top_k=mc.top_k, num_br_blocks=mc.num_br_blocks,
       alpha_init=float(mc.alpha_init), beta_init=float(mc.beta_init),
       per_block_scales=bool(mc.per_block_scales), feature=mc.feature,
-      prompt_mode=mc.prompt_mode, dropout=float(mc.dropout), dtype=_DTYPES[dtype],
+      prompt_mode=mc.prompt_mode, dropout=float(mc.dropout), dtype=DTYPES[dtype],
       skip_dead_prompt_work=bool(mc.get('skip_dead_prompt_work', True)))
   fields.update(overrides)
   model = LTDPT(**fields)
@@ -360,16 +467,12 @@ def build_model(config, num_classes: int, **overrides) -> LTDPT:
   return model
 
 
-def _dummy_inputs(config, image_size: int | Sequence[int] | None):
-  arch = vit_lib.arch_from_config(config)
-  size = config.data.image_size if image_size is None else image_size
-  h, w = (size, size) if isinstance(size, int) else tuple(size)
-  ph, pw = arch.patch_size
-  if h % ph or w % pw:
-    raise ValueError(f'image size {(h, w)} is not a multiple of the patch size {(ph, pw)}.')
-  images = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-  saliency = jax.ShapeDtypeStruct((1, (h // ph) * (w // pw)), jnp.float32)
-  return images, saliency, (h, w)
+def _input_shapes(model: LTDPT, image_size: int | Sequence[int]):
+  """ShapeDtypeStructs of one image and its saliency at `image_size`."""
+  gh, gw = model.arch.grid(image_size)
+  ph, pw = model.arch.patch_size
+  return (jax.ShapeDtypeStruct((1, gh * ph, gw * pw, 3), jnp.float32),
+          jax.ShapeDtypeStruct((1, gh * gw), jnp.float32))
 
 
 @functools.lru_cache(maxsize=64)
@@ -379,11 +482,9 @@ def _abstract_params(model: LTDPT, images: jax.ShapeDtypeStruct,
                         saliency)
 
 
-def abstract_params(config, num_classes: int, image_size=None) -> dict[str, Any]:
+def abstract_params(model: LTDPT, image_size: int | Sequence[int]) -> dict[str, Any]:
   """The parameter tree as ShapeDtypeStructs (jax.eval_shape, nothing allocated; cached)."""
-  model = build_model(config, num_classes)
-  images, saliency, _ = _dummy_inputs(config, image_size)
-  return jax.tree.map(lambda x: x, _abstract_params(model, images, saliency))  # a fresh tree
+  return jax.tree.map(lambda x: x, _abstract_params(model, *_input_shapes(model, image_size)))
 
 
 def _init_all(model: LTDPT, rng, images, saliency):
@@ -419,85 +520,62 @@ def _run_init(fn, model: LTDPT, num_params: int, *args):
   return _JITTED[(fn.__name__, False)](model, *args)
 
 
-def init_params(config, num_classes: int, rng: jax.Array, image_size=None) -> dict[str, Any]:
-  """Initial parameters: prompts/keys/scales/head from `rng`; backbone from config.model.checkpoint.
-
-  The checkpoint (local path, gs:// path or URL; URLs are downloaded and cached by
-  `vit.fetch_checkpoint`, checked against config.model.checkpoint_sha256 when set) must hold the
-  architecture `config.model.backbone` names (ValueError naming both otherwise); its position
-  embedding is resized to `image_size` (default config.data.image_size) and its head/pre_logits
-  are dropped. With checkpoint '' the backbone is randomly initialised from `rng` (vit_jax inits).
+def init_params(model: LTDPT, rng: jax.Array, image_size: int | Sequence[int], *,
+                backbone: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Initial parameters: prompts, keys, bias scales and head from `rng`; the backbone given
+  (e.g. `vit_checkpoint.load_backbone(config.model, image_size)`), or from `rng` when None
+  (vit_jax inits). The same rng gives the same trainable parameters either way. A backbone whose
+  arrays differ from the model's raises ValueError naming them.
   """
-  model = build_model(config, num_classes)
-  images, saliency, size = _dummy_inputs(config, image_size)
-  images, saliency = jnp.zeros(images.shape), jnp.zeros(saliency.shape)
-  ckpt = config.model.checkpoint
-  num_params = _count(abstract_params(config, num_classes, size))
-  if not ckpt:
+  images, saliency = (jnp.zeros(s.shape, s.dtype) for s in _input_shapes(model, image_size))
+  shapes = abstract_params(model, image_size)
+  num_params = vit_lib.count_params(shapes)
+  if backbone is None:
     return dict(_run_init(_init_all, model, num_params, rng, images, saliency))
-
-  # Load and check the backbone first (fail fast), then initialise only the other parameters.
-  path = vit_lib.fetch_checkpoint(ckpt, sha256=config.model.get('checkpoint_sha256') or None)
-  flat = vit_lib.load_npz(path)
-  info = vit_lib.infer_architecture(flat)
-  vit_lib.check_architecture(
-      info.arch, vit_lib.arch_from_config(config), found_what=f'checkpoint {ckpt!r}',
-      expected_what=f'config.model.backbone={config.model.backbone!r}')
-  _, loaded = vit_lib.params_from_flat(flat, image_size=size)
-  loaded = vit_lib.flatten(vit_lib.backbone_params(loaded))
-  want = vit_lib.flatten(abstract_params(config, num_classes, size)['backbone'])
-  if loaded.keys() != want.keys():
-    raise ValueError(f'checkpoint {ckpt!r} backbone keys differ from the model: missing '
-                     f'{sorted(want.keys() - loaded.keys())[:5]}, extra '
-                     f'{sorted(loaded.keys() - want.keys())[:5]}.')
+  got = flax.traverse_util.flatten_dict(backbone, sep='/')
+  want = flax.traverse_util.flatten_dict(shapes['backbone'], sep='/')
+  if got.keys() != want.keys():
+    raise ValueError(f'The backbone parameters differ from the model: missing '
+                     f'{sorted(want.keys() - got.keys())[:5]}, extra '
+                     f'{sorted(got.keys() - want.keys())[:5]}.')
   for k, v in want.items():
-    if loaded[k].shape != v.shape:
-      raise ValueError(f'checkpoint {ckpt!r} array {k!r} has shape {loaded[k].shape}; the model '
-                       f'expects {v.shape}.')
-  backbone = vit_lib.unflatten({k: jnp.asarray(v) for k, v in loaded.items()})
-
+    if tuple(got[k].shape) != tuple(v.shape):
+      raise ValueError(f'Backbone array {k!r} has shape {tuple(got[k].shape)}; the model expects '
+                       f'{tuple(v.shape)}.')
+  backbone = flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in got.items()},
+                                               sep='/')
   params = dict(_run_init(_init_rest, model, num_params, rng, backbone, images, saliency))
   params['backbone'] = backbone
   return params
 
 
-def _count(tree) -> int:
-  return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
-
-
-def parameter_report(config, num_classes: int) -> dict[str, int]:
-  """Parameter counts of an experiment config (jax.eval_shape; nothing allocated).
+def parameter_report(model: LTDPT, image_size: int | Sequence[int], *,
+                     frozen_patterns: Sequence[str]) -> dict[str, int]:
+  """Parameter counts of a model (jax.eval_shape; nothing allocated).
 
   Keys: fr_prompts, br_prompts, br_keys, bias_scales (alpha + beta), head, backbone, trainable
-  and frozen (by config.optim.frozen_patterns over '/'-joined paths), and
-  bias_scales_with_gradient: the scales that can get a non-zero gradient (under 'replace' only the
-  last block's prompt outputs reach the output, so per-block scales of earlier blocks never do;
-  with feature 'cls' no scale does).
+  and frozen (by `frozen_patterns`, regexes over '/'-joined paths, config.optim.frozen_patterns),
+  and bias_scales_with_gradient: the scales that can get a non-zero gradient, those of the
+  blocks whose `block_layout(l).bias_matters` (under 'replace' only the last block's, and none
+  with feature 'cls').
   """
-  shapes = abstract_params(config, num_classes)
-  report = {k: _count(shapes[k]) if k in shapes else 0
+  shapes = abstract_params(model, image_size)
+  count = vit_lib.count_params
+  report = {k: count(shapes[k]) if k in shapes else 0
             for k in ('fr_prompts', 'br_prompts', 'br_keys')}
-  report['bias_scales'] = _count([shapes[k] for k in ('alpha', 'beta') if k in shapes])
-  report['head'] = _count(shapes['head'])
-  report['backbone'] = _count(shapes['backbone'])
-  patterns = [re.compile(p) for p in config.optim.get('frozen_patterns', ('^backbone/',))]
-  flat = vit_lib.flatten(shapes)
-  frozen = sum(int(np.prod(v.shape)) for k, v in flat.items()
-               if any(p.search(k) for p in patterns))
-  total = _count(shapes)
-  report['trainable'] = total - frozen
+  report['bias_scales'] = count([shapes[k] for k in ('alpha', 'beta') if k in shapes])
+  report['head'] = count(shapes['head'])
+  report['backbone'] = count(shapes['backbone'])
+  patterns = [re.compile(p) for p in frozen_patterns]
+  flat = flax.traverse_util.flatten_dict(shapes, sep='/')
+  frozen = count([v for k, v in flat.items() if any(p.search(k) for p in patterns)])
+  report['trainable'] = count(shapes) - frozen
   report['frozen'] = frozen
 
-  mc = config.model
-  n_layers = vit_lib.arch_from_config(config).num_layers
-  carry = mc.prompt_mode == 'carry'
-  matters = [(carry and l < n_layers - 1) or (l == n_layers - 1 and mc.feature == 'cls_prompt_mean')
-             for l in range(n_layers)]
+  matters = [model.block_layout(l).bias_matters for l in range(model.num_layers)]
   with_grad = 0
-  if 'alpha' in shapes:
-    with_grad += sum(matters) if mc.per_block_scales else int(any(matters))
-  if 'beta' in shapes:
-    br = matters[n_layers - mc.num_br_blocks:]
-    with_grad += sum(br) if mc.per_block_scales else int(any(br))
+  for name, blocks in (('alpha', matters), ('beta', matters[model.first_br_block:])):
+    if name in shapes:
+      with_grad += sum(blocks) if model.per_block_scales else int(any(blocks))
   report['bias_scales_with_gradient'] = with_grad
   return report

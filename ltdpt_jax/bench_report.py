@@ -1,0 +1,95 @@
+"""The readable table of a benchmark record (`bench.run_benchmark`), and its number formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NA = 'n/a'  # what the record holds where a number is not available
+
+
+def _si(x, unit: str = '') -> str:
+  if not isinstance(x, (int, float)):
+    return str(x)
+  for factor, prefix in ((1e15, 'P'), (1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(x) >= factor:
+      return f'{x / factor:.3g} {prefix}{unit}'
+  return f'{x:.3g} {unit}'.rstrip()
+
+
+def _num(x, fmt: str) -> str:
+  """Formats a number; '' for None, the value itself otherwise (e.g. 'n/a')."""
+  if x is None:
+    return ''
+  return format(x, fmt) if isinstance(x, (int, float)) else str(x)
+
+
+def _pct(x) -> str:
+  return f'{100 * x:.1f}%' if isinstance(x, (int, float)) else str(x)
+
+
+def _mib(x) -> str:
+  return f'{x / 2**20:,.1f} MiB' if isinstance(x, (int, float)) else str(x)
+
+
+def format_table(record: dict[str, Any]) -> str:
+  """A human-readable summary of a `run_benchmark` record."""
+  c, dv, h, f = record['config'], record['device'], record['host'], record['flops']
+  lines = [
+      f"LT-DPT benchmark {c['file']}: {c['backbone']}, {c['method']}, {c['dtype']}, "
+      f"{c['image_size']}px, batch {c['batch_size']} (eval {c['eval_batch_size']}), "
+      f"{c['num_classes']} classes, data {c['dataset']}",
+      f"device: {dv['num_devices']} x {dv['device_kind']} ({dv['platform']}, "
+      f"{dv['num_processes']} process(es), jax {dv['jax']}), peak "
+      f"{dv['peak_tflops_per_device']} TFLOP/s/device ({dv['peak_source']})",
+      f"host: {h['before']['cpus_usable']} usable CPUs, load average (1/5/15 min) before "
+      + '/'.join(f'{x:.2f}' for x in h['before']['loadavg']) + ', after '
+      + '/'.join(f'{x:.2f}' for x in h['after']['loadavg']),
+      '',
+      f"{'part':<24}{'images/s':>12}{'img/s/dev':>12}{'ms/step':>10}{'TFLOP/s':>10}"
+      f"{'MFU':>8}{'MFU xla':>9}",
+  ]
+  rows = (('train step', 'train_step', 'achieved_tflops_model'),
+          ('eval step', 'eval_step', 'achieved_tflops_model'),
+          ('input pipeline', 'input_pipeline', None),
+          ('end to end', 'end_to_end', None))
+  for label, key, tkey in rows:
+    r = record.get(key)
+    if r is None:
+      continue
+    if 'workers' in r:
+      label = f"{label} (w={r['workers']})"
+    lines.append(f"{label:<24}{_num(r.get('images_per_s'), ',.1f'):>12}"
+                 f"{_num(r.get('images_per_s_per_device'), ',.1f'):>12}"
+                 f"{_num(r.get('step_time_ms'), '.2f'):>10}"
+                 f"{_num(r.get(tkey) if tkey else None, '.4g'):>10}"
+                 f"{_pct(r['mfu_model']) if 'mfu_model' in r else '':>8}"
+                 f"{_pct(r['mfu_xla']) if 'mfu_xla' in r else '':>9}")
+  if 'end_to_end' in record and 'bottleneck' in record['end_to_end']:
+    lines.append(f"end to end bound by: {record['end_to_end']['bottleneck']}")
+  ratio = f['step_over_forward_xla']
+  lines += [
+      '',
+      'FLOPs per image: train step (XLA) ' + _si(f['train_step_xla_per_image'], 'FLOP')
+      + ', forward (XLA) ' + _si(f['forward_xla_per_image'], 'FLOP') + ', step/forward '
+      + (f'{ratio:.2f}' if isinstance(ratio, float) else ratio),
+      'analytic (matmuls, actual token layout): forward ' + _si(f['analytic_forward_per_image'],
+                                                                'FLOP')
+      + ' (' + (f"{f['analytic_over_xla_forward']:.2f}"
+                if isinstance(f['analytic_over_xla_forward'], float) else NA)
+      + ' x XLA forward), train ' + _si(f['analytic_train_per_image'], 'FLOP')
+      + '; dense ViT formula (all tokens every block) ' + _si(
+          f['analytic_dense_vit_forward_per_image'], 'FLOP'),
+  ]
+  mem = record['memory']
+  tc = mem['train_step_compiled']
+  lines.append(
+      f"memory: peak in use {_mib(mem['peak_bytes_in_use'])} (limit {_mib(mem['bytes_limit'])});"
+      + (f" train step compiled: arguments {_mib(tc.get('argument_size_in_bytes'))}, temp "
+         f"{_mib(tc.get('temp_size_in_bytes'))}, output {_mib(tc.get('output_size_in_bytes'))}"
+         if isinstance(tc, dict) else ''))
+  tm = record['timing']
+  cs = tm['compile_s']
+  lines.append(f"compile: train {_num(cs['train'], '.1f')} s, eval {_num(cs['eval'], '.1f')} s, "
+               f"forward {_num(cs['forward'], '.1f')} s; setup {tm['setup_s']:.1f} s; "
+               f"{tm['steps']} timed steps x {tm['repeats']} rounds after {tm['warmup']} warm-up")
+  return '\n'.join(lines)

@@ -1,0 +1,53 @@
+"""Evaluators chosen by name from the config, each with its own period (big_vision style).
+
+`config.evals` holds one section per evaluator; its key is the evaluator's name (the prefix of
+its metrics in `metrics.jsonl` / TensorBoard and of the files it writes), and its fields are
+`type` (a key of `REGISTRY`), `every_epochs` (0: `config.train.eval_every_epochs`) and whatever
+else that type takes. The base config has one, `eval` (type 'longtail'). Every evaluator also
+runs after the last step, and `--mode=eval` runs them all on a checkpoint.
+
+An evaluator is a small object built as `Type(predict_fn, name=..., frozen=..., mesh=...,
+data=config.data, info=..., workdir=..., **its other fields)` with one method,
+`run(trainable, *, step, epoch) -> record` (a JSON-able dict; `scalars(record)` is what goes to
+the metric writers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from ltdpt_jax.evaluators import longtail
+
+# type name -> evaluator class (the values config.evals.<name>.type accepts).
+REGISTRY: dict[str, type] = {'longtail': longtail.Evaluator}
+_SCHEDULE_FIELDS = ('type', 'every_epochs')
+
+
+class Scheduled(NamedTuple):
+  """An evaluator and when the train loop runs it."""
+  name: str
+  every_steps: int
+  evaluator: Any
+
+
+def every_epochs(eval_config, train_config) -> int:
+  """The evaluator's period in epochs (its `every_epochs`, 0 = train.eval_every_epochs)."""
+  return int(eval_config.get('every_epochs', 0) or train_config.eval_every_epochs)
+
+
+def from_config(config, *, predict_fn: Callable[..., Any], frozen: Any, mesh, info,
+                steps_per_epoch: int, workdir: str | None) -> list[Scheduled]:
+  """The evaluators of `config.evals`, in config order, with their periods in steps."""
+  out = []
+  for name, section in config.evals.items():
+    kwargs = {k: v for k, v in section.items() if k not in _SCHEDULE_FIELDS}
+    evaluator = REGISTRY[section.type](predict_fn, name=name, frozen=frozen, mesh=mesh,
+                                       data=config.data, info=info, workdir=workdir, **kwargs)
+    out.append(Scheduled(name, every_epochs(section, config.train) * steps_per_epoch, evaluator))
+  return out
+
+
+def scalars(record: dict[str, Any]) -> dict[str, Any]:
+  """The scalar metrics of a record (numbers and None; not step/epoch, lists or dicts)."""
+  return {k: v for k, v in record.items()
+          if k not in ('step', 'epoch') and (v is None or isinstance(v, (int, float)))}

@@ -1,0 +1,145 @@
+"""Long-tailed classification evaluator: top-1, head / medium / tail and per-class accuracy.
+
+What it measures (SPEC "Evaluation"): top-1 over every evaluation image, the accuracy of the
+head (> 100 training images), medium (20..100, both ends included) and tail (< 20) classes,
+sample-weighted within each group and `None` for a group with no class (never 0), the accuracy
+of every class and their mean. Groups always come from the *training* counts
+(`facebookresearch/classifier-balancing: utils.py` `shot_acc`, the convention the paper states).
+
+How (big_vision `evaluators/classification.py`): one jitted step over the data-sharded eval
+batch counts, per class, the correct predictions and the examples, with the padding rows of the
+last batch masked out (`mask` False rows count nowhere, so every image is counted exactly once
+whatever the device or process count); the counts are summed on the host in exact integers.
+`run` writes the record `{step, epoch, accuracy, ..., per_class_accuracy}` to
+`<workdir>/<name>_<step>.json` (process 0) and logs one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ltdpt_jax import data as data_lib
+from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import sharding
+
+# Head: more than HEAD_MIN training images; tail: fewer than TAIL_MAX; medium: in between,
+# both boundaries included (a class with exactly 100 or exactly 20 images is medium).
+HEAD_MIN = 100
+TAIL_MAX = 20
+GROUPS = ('head', 'medium', 'tail')
+
+
+def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEAD_MIN,
+                tail_max: int = TAIL_MAX) -> dict[str, np.ndarray]:
+  """Class indices of the head (> head_min), medium (tail_max..head_min) and tail (< tail_max).
+
+  Groups are always defined by the number of *training* images per class. A group may be empty
+  (CIFAR-100-LT at ratio 10 has no tail class); callers report it as not applicable.
+
+  Returns:
+    {'head': int64 indices, 'medium': ..., 'tail': ...}, each sorted ascending.
+  """
+  counts = np.asarray(class_counts)
+  if counts.ndim != 1:
+    raise ValueError(f'class_counts must be 1-D (one count per class), got shape {counts.shape}.')
+  if head_min < tail_max:
+    raise ValueError(f'head_min ({head_min}) must be >= tail_max ({tail_max}).')
+  return {
+      'head': np.flatnonzero(counts > head_min).astype(np.int64),
+      'medium': np.flatnonzero((counts >= tail_max) & (counts <= head_min)).astype(np.int64),
+      'tail': np.flatnonzero(counts < tail_max).astype(np.int64),
+  }
+
+
+def summarize_eval(correct: np.ndarray, count: np.ndarray,
+                   class_counts: np.ndarray) -> dict[str, Any]:
+  """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class."""
+  correct = np.asarray(correct, np.float64)
+  count = np.asarray(count, np.float64)
+  groups = shot_groups(class_counts)
+  out = {'accuracy': float(correct.sum() / max(count.sum(), 1.0)),
+         'num_examples': int(count.sum())}
+  for name in GROUPS:
+    idx = np.asarray(groups[name], np.int64)
+    n = count[idx].sum() if idx.size else 0.0
+    out[f'{name}_accuracy'] = float(correct[idx].sum() / n) if n > 0 else None
+    out[f'{name}_classes'] = int(idx.size)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    per_class = np.where(count > 0, correct / np.maximum(count, 1.0), np.nan)
+  out['per_class_accuracy'] = [None if math.isnan(v) else float(v) for v in per_class]
+  out['mean_per_class_accuracy'] = float(np.nanmean(per_class)) if np.any(count > 0) else None
+  return out
+
+
+def _percent(value: float | None) -> str:
+  return 'n/a' if value is None else f'{100 * value:.2f}%'
+
+
+class Evaluator:
+  """Long-tailed classification on the config's eval split (see the module docstring).
+
+  Args:
+    predict_fn: (trainable, frozen, uint8 images) -> {'logits': (B, C), ...}, traceable
+      (`train_step.make_predict_fn`).
+    name: the evaluator's name in `config.evals`: the metrics prefix and the file name.
+    frozen: the frozen parameters (replicated device arrays), passed to every step.
+    mesh: the device mesh; batches are sharded over its 'data' axis.
+    data: the config's data section (eval split, eval batch size, image size, workers).
+    info: the dataset's `DatasetInfo` (class count and training counts for the groups).
+    workdir: where `run` writes `<name>_<step>.json` (None: nothing written).
+  """
+
+  def __init__(self, predict_fn: Callable[..., dict[str, jax.Array]], *, name: str, frozen: Any,
+               mesh: jax.sharding.Mesh, data, info: data_lib.DatasetInfo,
+               workdir: str | None = None):
+    self.name, self.frozen, self.data, self.info, self.workdir = name, frozen, data, info, workdir
+    self._batch_sharding = sharding.batch_sharded(mesh)
+    num_classes = int(info.num_classes)
+
+    def eval_step(trainable, frozen_params, batch):
+      """Per-class (correct, count), int32 (C,); rows with mask False count nowhere."""
+      cosine = predict_fn(trainable, frozen_params, batch['image'])['logits']
+      mask = batch['mask'].astype(jnp.int32)
+      correct = (jnp.argmax(cosine, -1) == batch['label']).astype(jnp.int32) * mask
+      labels = batch['label'].astype(jnp.int32)
+      per_class_correct = jnp.zeros((num_classes,), jnp.int32).at[labels].add(correct)
+      per_class_count = jnp.zeros((num_classes,), jnp.int32).at[labels].add(mask)
+      return per_class_correct, per_class_count
+
+    rep = sharding.replicated(mesh)
+    self.eval_step = jax.jit(eval_step, in_shardings=(rep, rep, self._batch_sharding),
+                             out_shardings=(rep, rep))
+
+  def counts(self, trainable: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class (correct, count) over the whole eval split."""
+    correct = count = jnp.zeros((self.info.num_classes,), jnp.int32)
+    for batch in data_lib.make_eval_iterator(self.data):
+      batch = sharding.to_global({k: batch[k] for k in ('image', 'label', 'mask')},
+                                 self._batch_sharding)
+      c, n = self.eval_step(trainable, self.frozen, batch)
+      correct, count = correct + c, count + n
+    return np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(count))
+
+  def record_path(self, step: int) -> str | None:
+    return None if self.workdir is None else os.path.join(self.workdir, f'{self.name}_{step}.json')
+
+  def run(self, trainable: Any, *, step: int, epoch: int) -> dict[str, Any]:
+    """Evaluates `trainable`; writes and returns {step, epoch, **summarize_eval(...)}."""
+    correct, count = self.counts(trainable)
+    record = {'step': int(step), 'epoch': int(epoch),
+              **summarize_eval(correct, count, self.info.class_counts)}
+    path = self.record_path(step)
+    if path is not None:
+      metrics_lib.write_json(path, record)
+    logging.info('[%s step %d, epoch %d] top-1 %s | %s', self.name, step, epoch,
+                 _percent(record['accuracy']),
+                 ' | '.join(f'{g} {_percent(record[f"{g}_accuracy"])}' for g in GROUPS))
+    return record
