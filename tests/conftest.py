@@ -1,6 +1,5 @@
 """Shared pytest set-up: absl flags parsed (grain workers and absl-using modules need it)."""
 
-import os
 import pathlib
 
 import pytest

@@ -12,8 +12,6 @@ stopped half-way by a SIGTERM to process 1 alone: both processes must stop after
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import shutil
 import signal
 import socket

@@ -9,10 +9,6 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import losses

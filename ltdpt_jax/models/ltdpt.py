@@ -189,8 +189,8 @@ FEATURES = ('cls_prompt_mean', 'cls')
 PROMPT_MODES = ('replace', 'carry')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-# Token segments of a block's sequence, in sequence order, and their token types.
-SEGMENTS = ('cls', 'patches', 'fr', 'br')
+# Token segments of a block's sequence ('cls', 'patches', 'fr', 'br' in sequence order) and
+# their token types.
 _SEGMENT_TYPE = {'cls': CLS, 'patches': PATCH, 'fr': FR, 'br': BR}
 _PROMPT_SEGMENTS = ('fr', 'br')
 
