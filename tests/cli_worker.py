@@ -17,27 +17,16 @@ import contextlib
 import os
 import pathlib
 import sys
-from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = 'configs/demo.py'
 
 
-def _leaves(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_leaves(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def cli_overrides(config) -> list[str]:
   """`--config.x=v` flags that turn configs/demo.py into `config` (every differing leaf)."""
   import train_utils  # pylint: disable=g-import-not-at-top
-  base = _leaves(train_utils.load_config('demo').to_dict())
-  want = _leaves(config.to_dict())
+  base = train_utils.leaves(train_utils.load_config('demo').to_dict())
+  want = train_utils.leaves(config.to_dict())
   if set(base) != set(want):
     raise ValueError(f'config keys differ from demo.py: {set(base) ^ set(want)}')
   flags = []

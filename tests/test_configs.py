@@ -22,16 +22,6 @@ PAPER = {
 }
 
 
-def _leaves(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_leaves(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def test_the_paper_configs_are_all_here():
   assert set(PAPER) | {'demo'} <= set(CONFIG_FILES)
 
@@ -40,11 +30,11 @@ def test_the_paper_configs_are_all_here():
 def test_config_loads_validates_and_adds_no_key(name):
   """Validates on one device; sets only fields base_config has (a misspelt field would be a
   new key that nothing reads)."""
-  base = set(_leaves(config_lib.base_config().to_dict()))
+  base = set(train_utils.leaves(config_lib.base_config().to_dict()))
   for arg in ARGS.get(name, (None,)):
     c = train_utils.load_config(name, arg)
     config_lib.validate(c, num_devices=1, num_processes=1)
-    extra = set(_leaves(c.to_dict())) - base
+    extra = set(train_utils.leaves(c.to_dict())) - base
     assert not extra, f'configs/{name}.py sets fields base_config() lacks: {sorted(extra)}'
 
 

@@ -20,6 +20,17 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
+def leaves(d: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}: the dotted fields of a config's to_dict()."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(leaves(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
 def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr_br',
                 epochs: int = 2, drw_epochs: int = 1):
   """A few-second LT-DPT run on the synthetic benchmark (patch 4, width 32, 2 blocks)."""
