@@ -19,6 +19,10 @@ knows which one is best).
 
 Restoring onto another device count works because the abstract target carries the shardings of
 the *current* mesh (everything in the state is replicated).
+
+Failures are told apart: a checkpoint whose files cannot be read raises `CheckpointDamaged`
+(the train loop sets it aside as `<step>.damaged` and falls back to the newest older one), a
+readable one of another model or optimiser raises `CheckpointMismatch` (names the arrays).
 """
 
 from __future__ import annotations
@@ -36,6 +40,27 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from ltdpt_jax import fetch
+from ltdpt_jax.optim import path_name
+
+class CheckpointDamaged(Exception):
+  """A checkpoint whose files cannot be read (truncated, garbage, missing parts)."""
+
+  def __init__(self, step: int, directory, reason: str):
+    super().__init__(f'The checkpoint of step {step} in {directory} is damaged: {reason}')
+    self.step, self.reason = step, reason
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint of another model or optimiser than the one being restored."""
+
+
+def _first_line(e: BaseException) -> str:
+  """The first line of the root cause (Orbax wraps TensorStore's precise error in a vague one)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0][:300] if text else ""}'
+
 
 class IteratorHandler(grain.checkpoint.CheckpointHandler):
   """grain's iterator handler, restoring onto another process count (see the module docstring).
@@ -132,12 +157,7 @@ class Checkpointer:
       logging.info('Saving checkpoint of step %d to %s (asynchronously).', step, self.directory)
     return saved
 
-  def restore(self, step: int | None, abstract_state: Any, *, data_iter=None):
-    """Restores (state, meta) at `step` (None = latest); `data_iter` is restored in place.
-
-    `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with the shardings of the current
-    mesh (from `jax.eval_shape`), so the checkpoint can come from another device count.
-    """
+  def _step(self, step: int | None) -> int:
     if step is None:
       step = self.latest_step()
     if step is None:
@@ -145,16 +165,83 @@ class Checkpointer:
     if step not in self.manager.all_steps():
       raise FileNotFoundError(
           f'No checkpoint of step {step} in {self.directory}; available: {self.all_steps()}.')
+    return step
+
+  def restore(self, step: int | None, abstract_state: Any, *, data_iter=None):
+    """Restores (state, meta) at `step` (None = latest); `data_iter` is restored in place.
+
+    `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with the shardings of the current
+    mesh (from `jax.eval_shape`), so the checkpoint can come from another device count. Raises
+    CheckpointMismatch when the checkpoint holds other arrays than `abstract_state` (another
+    model or optimiser) and CheckpointDamaged when its files cannot be read.
+    """
+    step = self._step(step)
+    self.check_arrays(step, abstract_state)
     items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     if data_iter is not None:
       items['data_iter'] = IteratorRestore(data_iter)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    restored = self._read(step, items, 'its arrays')
     return restored['state'], restored['meta']
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return restored['meta']
+    """The JSON metadata of a checkpoint (CheckpointDamaged when it cannot be read)."""
+    step = self._step(step)
+    meta = self._read(step, {'meta': ocp.args.JsonRestore()}, 'its metadata')['meta']
+    if not isinstance(meta, dict):
+      raise CheckpointDamaged(step, self.directory, f'its metadata is not a JSON object: {meta!r}')
+    return meta
+
+  def _read(self, step: int, items: dict[str, Any], what: str):
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise bare ones
+      raise CheckpointDamaged(step, self.directory, f'{what} cannot be read: {_first_line(e)}'
+                              ) from e
+
+  def check_arrays(self, step: int, abstract_state: Any) -> None:
+    """Raises CheckpointMismatch naming the arrays where the checkpoint of `step` and
+    `abstract_state` differ (path, shape or dtype); CheckpointDamaged if it has no readable
+    array metadata."""
+    try:
+      stored = self.manager.item_metadata(step)['state']
+      stored = {path_name(p): (tuple(m.shape), str(m.dtype))
+                for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointDamaged(step, self.directory,
+                              f'its array metadata cannot be read: {_first_line(e)}') from e
+    want = {path_name(p): (tuple(x.shape), str(x.dtype))
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    diffs = [f'{k}: checkpoint {stored.get(k, "absent")}, this config {want.get(k, "absent")}'
+             for k in sorted(stored.keys() | want.keys()) if stored.get(k) != want.get(k)]
+    if diffs:
+      raise CheckpointMismatch(
+          f'The checkpoint of step {step} in {self.directory} holds other arrays than this '
+          f'config trains ({len(diffs)} differ, e.g. ' + '; '.join(diffs[:3]) + ').')
+
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged checkpoint to `<step>.damaged` (kept, never chosen again)."""
+    src = self.directory / str(step)
+    dest = self.directory / f'{step}.damaged'
+    n = 1
+    while dest.exists():
+      n += 1
+      dest = self.directory / f'{step}.damaged{n}'
+    if jax.process_index() == 0:
+      src.rename(dest)
+    self.manager.reload()
+    return str(dest)
+
+  def readable_steps(self, abstract_state: Any) -> list[int]:
+    """The steps whose metadata and array metadata read and match `abstract_state`."""
+    out = []
+    for step in self.all_steps():
+      try:
+        self.read_meta(step)
+        self.check_arrays(step, abstract_state)
+      except (CheckpointDamaged, CheckpointMismatch):
+        continue
+      out.append(step)
+    return out
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -49,6 +49,28 @@ def read_json(path: str) -> Any | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def drop_records_after(path: str, step: int) -> int:
+  """Rewrites a JSON-lines file without the records of steps after `step` (and without lines
+  that do not parse, such as a line cut short by a full disk); returns how many were dropped."""
+  with open(path) as f:
+    lines = f.read().splitlines()
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and int(record.get('step', 0)) <= step:
+      keep.append(line)
+  dropped = len(lines) - len(keep)
+  if dropped:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+      f.write(''.join(line + '\n' for line in keep))
+    os.replace(tmp, path)
+  return dropped
+
+
 class MetricWriter:
   """Writes scalars to `metrics.jsonl` and TensorBoard; a no-op on processes other than 0.
 
@@ -56,9 +78,15 @@ class MetricWriter:
   continues the same file). A remote workdir (gs://, where Cloud TPU runs put theirs) cannot be
   appended to: both files are written to a local staging directory and copied to the workdir
   (`etils.epath`) at most every `sync_every_s` seconds and on `flush`/`close`.
+
+  `resume_step`: the run resumes from the checkpoint of that step, so the records of later steps
+  (written before the run was stopped or killed) are dropped from `metrics.jsonl`, and TensorBoard
+  is told to drop them from the earlier event files (a `SessionLog.START` event at that step,
+  which TensorBoard answers by purging the events of later steps): each step appears once.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None, sync_every_s: float = 60.0):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, sync_every_s: float = 60.0,
+               resume_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
@@ -77,7 +105,13 @@ class MetricWriter:
     else:
       os.makedirs(self._workdir, exist_ok=True)
       local = self._workdir
-    self._jsonl = open(os.path.join(local, 'metrics.jsonl'), 'a', buffering=1)
+    jsonl = os.path.join(local, 'metrics.jsonl')
+    if resume_step is not None and os.path.exists(jsonl):
+      dropped = drop_records_after(jsonl, resume_step)
+      if dropped:
+        logging.info('Dropped %d metric records after step %d (written after that checkpoint).',
+                     dropped, resume_step)
+    self._jsonl = open(jsonl, 'a', buffering=1)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # The default name (time in seconds + host) can repeat; a repeat would replace a file.
@@ -85,6 +119,11 @@ class MetricWriter:
                                filename_suffix=f'.{os.getpid()}.{uuid.uuid4().hex[:8]}')
     except ImportError:  # TensorBoard files are optional; JSON lines always exist.
       logging.warning('tensorboardX not installed: no TensorBoard event files.')
+    if self._tb is not None and resume_step is not None:
+      from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+      self._tb.file_writer.add_event(event_pb2.Event(
+          step=int(resume_step), session_log=event_pb2.SessionLog(
+              status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, split: str, scalars: Mapping[str, Any]):
     """One record: JSON gets every value (None as null); TensorBoard the finite numbers."""
@@ -92,7 +131,10 @@ class MetricWriter:
       return
     record = {'step': int(step), 'split': split, 'time': time.time()}
     record.update({k: _to_python(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
+    try:
+      self._jsonl.write(json.dumps(record) + '\n')
+    except OSError as e:  # say which file: a full disk shows up here first
+      raise OSError(e.errno, e.strerror, self._jsonl.name) from e
     if self._tb is not None:
       for k, v in scalars.items():
         if (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)

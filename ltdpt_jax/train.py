@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -36,10 +37,12 @@ from etils import epath
 from ltdpt_jax import checkpoint as ckpt_lib
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import evaluators as evaluators_lib
+from ltdpt_jax import fetch
 from ltdpt_jax import metrics as metrics_lib
 from ltdpt_jax import optim
 from ltdpt_jax import sharding
 from ltdpt_jax import train_step as step_lib
+from ltdpt_jax import workdir as workdir_lib
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.models import vit_checkpoint
 
@@ -77,27 +80,40 @@ class _IteratorState:
 
 
 class _Preemption:
-  """Catches SIGTERM (Cloud TPU preemption, `kill`) so the loop can save and stop cleanly.
+  """Catches SIGTERM (Cloud TPU preemption, `kill`) and SIGINT (Ctrl-C) so the loop can save a
+  checkpoint and stop cleanly; a second SIGINT stops at once (KeyboardInterrupt).
 
-  One process: a Python SIGTERM handler sets a flag that the loop reads after every step.
+  One process: a Python handler sets a flag that the loop reads after every step.
   Several processes: every process must stop after the same step, or the one still training
   waits forever in a collective for the one saving. JAX's preemption sync manager (started by
   `jax.distributed.initialize`) catches SIGTERM on any host, tells all the others through the
   coordination service and agrees on one step (`multihost_utils.reached_preemption_sync_point`,
-  called after every step); a Python handler would replace its C++ one, so none is installed.
+  called after every step); a Python SIGTERM handler would replace its C++ one, so none is
+  installed, and a SIGINT is passed on to it as a SIGTERM to the process itself.
   """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
     self._multi = jax.process_count() > 1
     self._sync_failed = False
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    if threading.current_thread() is not threading.main_thread():
+      return
+    if not self._multi:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
+    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
 
   def _handler(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+    del frame
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # the next Ctrl-C stops at once
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      if self._multi:
+        os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption sync stops every process
+        return
+    logging.warning('%s received: saving a checkpoint and stopping%s.', name,
+                    ' (Ctrl-C again stops at once, without it)' if signum == signal.SIGINT
+                    else '')
     self.requested = True
 
   def should_stop(self, step: int) -> bool:
@@ -113,9 +129,9 @@ class _Preemption:
     return self.requested
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 class SetupError(ValueError):
@@ -125,7 +141,7 @@ class SetupError(ValueError):
 
 
 # What bad inputs raise while setting up (config values, missing files, checkpoint contents).
-_SETUP_ERRORS = (ValueError, FileNotFoundError, KeyError)
+_SETUP_ERRORS = (ValueError, FileNotFoundError, KeyError, fetch.FetchError)
 
 
 def _setup_or_raise(config, **kwargs) -> 'Setup':
@@ -190,8 +206,9 @@ class Setup:
     self.image_size = int(config.data.image_size)
     self.model = ltdpt.build_model(config.model, self.num_classes, self.image_size)
     backbone = vit_checkpoint.load_backbone(config.model, self.image_size)
+    self.backbone_sha256 = backbone.sha256  # None for a random init (from train.seed)
     params = ltdpt.init_params(self.model, jax.random.key(config.train.seed), self.image_size,
-                               backbone=backbone)
+                               backbone=backbone.params)
     labels = optim.param_labels(params, tuple(config.optim.frozen_patterns))
     trainable, frozen = optim.split_params(params, labels)
     self.frozen = jax.device_put(frozen, self.replicated)
@@ -218,7 +235,7 @@ class Setup:
             'steps_per_epoch': self.steps_per_epoch, 'total_steps': self.total_steps,
             'num_classes': self.num_classes,
             'class_counts': np.asarray(self.info.class_counts).tolist(),
-            'dataset': self.info.name, **extra}
+            'dataset': self.info.name, 'backbone_sha256': self.backbone_sha256, **extra}
 
 
 def _format(x: float | None) -> str:
@@ -241,27 +258,61 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
                setup.info.name, setup.info.num_train, setup.num_classes, setup.info.num_eval,
                setup.steps_per_epoch, setup.total_steps, setup.drw_start_step, _format(flops),
                _format(per_image))
-  return {'parameters': report, 'step_flops': flops}
+  return {'parameters': report, 'step_flops': flops,
+          'backbone_checkpoint': config.model.checkpoint, 'backbone_sha256': setup.backbone_sha256}
 
 
 # ---------------------------------------------------------------------------------------------
 # Training.
 # ---------------------------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False
+                       ) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results.
 
   Returns {'last', 'best', 'workdir'} (the records of the last and the best evaluation by
-  `config.train.best_metric`), or {'stopped_at': step} when SIGTERM stopped the run after a
-  checkpoint. A workdir whose run has finished is not trained again: its stored results are
-  returned. Raises SetupError for bad inputs (before any step) and FloatingPointError if
-  training diverges.
+  `config.train.best_metric`), or {'stopped_at': step} when SIGTERM or SIGINT stopped the run
+  after a checkpoint. A workdir whose run has finished is not trained again: its stored results
+  are returned. A resume falls back past damaged checkpoints (set aside as `<step>.damaged`) and
+  refuses a config that differs from the stored one beyond `workdir.RESUME_ALLOWED`, or another
+  backbone file, unless `allow_config_change` (the change is recorded in the workdir). The workdir is checked to be writable and locked (`workdir.WorkdirLock`) before
+  anything is built. Raises SetupError for bad inputs (before any step: an unwritable or busy
+  workdir included) and FloatingPointError if training diverges.
   """
-  preemption = _Preemption()  # early: a SIGTERM during set-up or compilation stops cleanly too
   try:
-    return _train_and_evaluate(config, workdir, preemption)
+    created = workdir_lib.prepare(workdir)
+  except workdir_lib.WorkdirError as e:
+    raise SetupError(str(e)) from e
+  lock = _lock(workdir)  # before anything is built
+  preemption = _Preemption()  # early: a signal during set-up or compilation stops cleanly too
+  try:
+    return _train_and_evaluate(config, workdir, preemption, allow_config_change)
+  except SetupError:
+    lock.release()
+    if jax.process_index() == 0:
+      workdir_lib.remove_if_unused(workdir, created)
+    raise
   finally:
     preemption.restore()
+    lock.release()
+
+
+def _lock(workdir: str) -> workdir_lib.WorkdirLock:
+  """The workdir's lock, taken by process 0; every process fails alike when it is held."""
+  lock = workdir_lib.WorkdirLock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirBusy as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if not int(multihost_utils.broadcast_one_to_all(np.int32(error is None))):
+      error = error or f'--workdir={workdir} is in use by another run (process 0 could not lock it).'
+  if error:
+    raise SetupError(error)
+  return lock
 
 
 class _Best:
@@ -303,9 +354,9 @@ def _finished_results(workdir: str, primary, meta: dict[str, Any], step: int) ->
           'workdir': workdir}
 
 
-def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: str, preemption: _Preemption,
+                        allow_config_change: bool) -> dict[str, Any]:
   setup = _setup_or_raise(config)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   evaluators = setup.evaluators(workdir)
   tracker = _Best(config)
   primary = next(ev.evaluator for ev in evaluators if ev.name == tracker.name)
@@ -315,12 +366,17 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
   try:
     latest = checkpointer.latest_step()
     if latest is not None and latest >= setup.total_steps:
-      logging.info('The run in %s has finished (checkpoint of step %d of %d); nothing to train. '
-                   'Evaluate it with --mode=eval.', workdir, latest, setup.total_steps)
-      return _finished_results(workdir, primary, checkpointer.read_meta(latest), latest)
+      try:
+        meta = checkpointer.read_meta(latest)
+        logging.info('The run in %s has finished (checkpoint of step %d of %d); nothing to '
+                     'train. Evaluate it with --mode=eval.', workdir, latest, setup.total_steps)
+        return _finished_results(workdir, primary, meta, latest)
+      except ckpt_lib.CheckpointDamaged:
+        pass  # the resume below sets it aside and continues from an older one
     train_iter = data_lib.make_train_iterator(config.data, seed=config.train.seed)
-    state = _resume(setup, checkpointer, train_iter, tracker, workdir, latest)
-    writer = metrics_lib.MetricWriter(workdir)
+    state = _resume(setup, checkpointer, train_iter, tracker, workdir, allow_config_change)
+    # From the step it starts at (0 too: records of a run killed before its first checkpoint go).
+    writer = metrics_lib.MetricWriter(workdir, resume_step=int(jax.device_get(state.step)))
     if preemption.requested:
       step = int(jax.device_get(state.step))
       logging.warning('SIGTERM received before the first step: stopping at step %d.', step)
@@ -343,25 +399,90 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
 
 
 def _resume(setup: Setup, checkpointer, train_iter, tracker: _Best, workdir: str,
-            latest: int | None):
-  """The train state to start from: the latest checkpoint's (the data iterator and the best
-  metric restored with it), or the initial one (config.json written)."""
-  if latest is None:
-    metrics_lib.write_json(epath.Path(workdir) / 'config.json', setup.config.to_dict())
-    return setup.state
-  saved = _IteratorState()
-  try:
-    state, meta = checkpointer.restore(latest, setup.abstract_state(), data_iter=saved)
-    train_iter.set_state(saved.state)
-  except _SETUP_ERRORS as e:
+            allow_config_change: bool):
+  """The train state to start from: the newest checkpoint that restores (the data iterator and
+  the best metric restored with it), or the initial one (config.json written) when there is
+  none. Damaged checkpoints are set aside as `<step>.damaged`, each with one line in the log;
+  when every one is damaged, SetupError (never a silent start from scratch)."""
+  damaged = []
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      meta = checkpointer.read_meta(step)
+      changes = _accept_config(setup, meta, step, workdir, allow_config_change)
+      saved = _IteratorState()
+      state, meta = checkpointer.restore(step, setup.abstract_state(), data_iter=saved)
+    except ckpt_lib.CheckpointDamaged as e:
+      moved = checkpointer.set_aside(step)
+      logging.warning('%s -- set aside as %s; trying the checkpoint before it.', e, moved)
+      damaged.append(step)
+      continue
+    except ckpt_lib.CheckpointMismatch as e:
+      raise SetupError(f'Cannot resume: {e} Resume with the config that wrote it (see '
+                       f'{workdir}/config.json) or use a new --workdir.') from e
+    try:
+      train_iter.set_state(saved.state)
+    except ValueError as e:
+      raise SetupError(f'Cannot resume from the checkpoint of step {step} in '
+                       f'{checkpointer.directory}: {e}') from e
+    tracker.best = meta.get('best')
+    logging.info('Resumed from the checkpoint of step %d in %s%s.', step, workdir,
+                 f' (newer ones damaged: {sorted(damaged)})' if damaged else '')
+    _warn_changes(changes, step)
+    if changes and jax.process_index() == 0:
+      workdir_lib.record_config_change(workdir, setup.config.to_dict(), changes, step=step,
+                                       how=_how(changes))
+    return state
+  if damaged:
     raise SetupError(
-        f'Cannot resume from the checkpoint of step {latest} in {checkpointer.directory}: '
-        f'{_describe(e)} -- Resume with the config that wrote it (see {workdir}/config.json) or '
-        'use a new --workdir.') from e
-  tracker.best = meta.get('best')
-  logging.info('Resumed from the checkpoint of step %d in %s.', int(jax.device_get(state.step)),
-               workdir)
-  return state
+        f'No checkpoint in {checkpointer.directory} can be restored: steps {sorted(damaged)} are '
+        'damaged (kept as <step>.damaged). Use a new --workdir, or remove that checkpoints '
+        'directory to train from scratch here.')
+  metrics_lib.write_json(epath.Path(workdir) / 'config.json', setup.config.to_dict())
+  return setup.state
+
+
+def _how(changes: dict[str, list]) -> str:
+  allowed = all(workdir_lib.is_allowed(k) for k in changes)
+  return 'allowed' if allowed else '--allow_config_change'
+
+
+def _accept_config(setup: Setup, meta: dict[str, Any], step: int, workdir: str,
+                   allow_config_change: bool, *, only=None) -> dict[str, list]:
+  """Compares the config and the backbone file with those stored with the checkpoint of `step`;
+  returns the accepted changes ({key: [stored, current]}).
+
+  Changes in `workdir_lib.RESUME_ALLOWED` pass with a warning; any other change, or a backbone
+  file with another SHA-256, raises SetupError listing both values, unless
+  `allow_config_change`.
+  """
+  directory = f'{workdir}/checkpoints/{step}'
+  stored_sha, sha = meta.get('backbone_sha256'), setup.backbone_sha256
+  if 'backbone_sha256' in meta and stored_sha != sha and not allow_config_change:
+    none = '(none: a random init)'
+    raise SetupError(
+        f'The backbone is not the one the checkpoint in {directory} was trained on: its file has '
+        f'SHA-256 {sha or none}, the run recorded {stored_sha or none}. Point '
+        'config.model.checkpoint at the original file, or pass --allow_config_change to use '
+        'this one.')
+  if 'config' not in meta:
+    return {}
+  allowed, refused = workdir_lib.config_changes(meta['config'], setup.config.to_dict(), only=only)
+  if refused and not allow_config_change:
+    raise SetupError(
+        f'The config differs from the one that wrote the checkpoint in {directory}: '
+        f'{workdir_lib.describe_changes(refused)}. Rerun with the config in {workdir}/config.json, '
+        'pass --allow_config_change to accept the change (it is recorded in the workdir), or use '
+        'a new --workdir.')
+  changes = {**allowed, **refused}
+  if stored_sha != sha and 'backbone_sha256' in meta:
+    changes['backbone_sha256'] = [stored_sha, sha]
+  return changes
+
+
+def _warn_changes(changes: dict[str, list], step: int) -> None:
+  if changes:
+    logging.warning('The config differs from the checkpoint of step %d (%s): %s.', step,
+                    _how(changes), workdir_lib.describe_changes(changes))
 
 
 def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpointer, writer,
@@ -457,13 +578,16 @@ def _write_train_metrics(writer, ready, progress, setup, step):
 # Evaluation of a checkpoint (--mode=eval).
 # ---------------------------------------------------------------------------------------------
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, *,
+                        allow_config_change: bool = False) -> dict[str, Any]:
   """Runs every evaluator of `config.evals` on the checkpoint of `step` (default latest).
 
   Each writes its record into `workdir` (e.g. `eval_<step>.json`), equal to the one the training
   run wrote for that step (same eval step, data order and padding), whatever the device or
   process count. Returns the record of the `config.train.best_metric` evaluator. Raises
-  SetupError when `workdir` holds no checkpoint (or none of `step`), before anything is built.
+  SetupError when `workdir` holds no checkpoint (or none of `step`), before anything is built;
+  when the checkpoint is damaged (naming the steps that can be evaluated); and when the config's
+  model or evaluation data, or the backbone file, differ from the run's (see `_accept_config`).
   """
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
@@ -475,17 +599,22 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
     if step is not None and step not in available:
       raise SetupError(f'No checkpoint of step {step} in {checkpointer.directory}; available '
                        f'steps: {sorted(available)} (--checkpoint_step).')
+    step = max(available) if step is None else step
     setup = _setup_or_raise(config, for_training=False)
     try:
+      meta = checkpointer.read_meta(step)
+      _warn_changes(_accept_config(setup, meta, step, workdir, allow_config_change,
+                                   only=workdir_lib.EVAL_RELEVANT), step)
       state, meta = checkpointer.restore(step, setup.abstract_state())
-    except _SETUP_ERRORS as e:
-      raise SetupError(
-          f'Cannot restore the checkpoint of step {step or max(available)} in '
-          f'{checkpointer.directory} with this config: {_describe(e)} -- Evaluate with the config '
-          f'that wrote it (see {workdir}/config.json).') from e
+    except ckpt_lib.CheckpointDamaged as e:
+      others = [s for s in checkpointer.readable_steps(setup.abstract_state()) if s != step]
+      raise SetupError(f'{e} -- it cannot be evaluated; steps that can: {others} '
+                       '(--checkpoint_step=N).') from e
+    except ckpt_lib.CheckpointMismatch as e:
+      raise SetupError(f'{e} Evaluate with the config that wrote it (see {workdir}/config.json).'
+                       ) from e
   finally:
     checkpointer.close()
-  step = int(jax.device_get(state.step))
   records = {ev.name: ev.evaluator.run(state.params, step=step, epoch=int(meta.get('epoch', -1)))
              for ev in setup.evaluators(workdir)}
   logging.info('Evaluated the checkpoint of step %d in %s with %s.', step, workdir,

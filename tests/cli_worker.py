@@ -9,6 +9,9 @@ As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax
 injected from the environment, for the tests only:
   LTDPT_TEST_STEP_DELAY=s        sleep s seconds before each training batch (a slow run to signal)
   LTDPT_TEST_NAN_AFTER_STEP=k    the state after step k (and later) has NaN parameters (divergence)
+  LTDPT_TEST_HANG_IN_SAVE=k      the save of step k writes its data-iterator file, creates the file
+                                 $LTDPT_TEST_MARKER and hangs (the checkpoint is half written)
+  LTDPT_TEST_ENOSPC_IN_SAVE=k    the save of step k fails with ENOSPC (a full disk, injected)
 """
 
 from __future__ import annotations
@@ -45,6 +48,33 @@ def cli_command(config, workdir, *extra: str, worker: bool = False) -> list[str]
       sys.executable, '-m', 'ltdpt_jax.main']
   return head + [f'--config={REPO / DEMO}', f'--workdir={workdir}', *cli_overrides(config),
                  *extra]
+
+
+def run_cli(args, cache, *, timeout=600, **extra_env):
+  """Runs a command (e.g. `cli_command(...)`) with the session's compilation cache; the
+  CompletedProcess gets `.seconds`."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import train_utils  # pylint: disable=g-import-not-at-top
+  env = train_utils.subprocess_env()
+  env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+  env.update({k: str(v) for k, v in extra_env.items()})
+  t0 = time.perf_counter()
+  out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  out.seconds = time.perf_counter() - t0
+  return out
+
+
+def one_error_line(out, code: int = 2, *needles: str) -> str:
+  """Asserts the process exited with `code`, printed exactly one 'Error: ' line holding every
+  needle and no traceback; returns that line."""
+  assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+  assert 'Traceback' not in out.stderr + out.stdout, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith('Error: ')]
+  assert len(errors) == 1, out.stderr[-3000:]
+  for needle in needles:
+    assert needle in errors[0], (needle, errors[0])
+  return errors[0]
 
 
 def cache_dir(tmp_path_factory) -> pathlib.Path:
@@ -117,6 +147,22 @@ def _inject_faults():
   nan_after = os.environ.get('LTDPT_TEST_NAN_AFTER_STEP')
   if nan_after is not None:
     wrap_train_step_with_nan(train, int(nan_after))
+
+  hang, full = os.environ.get('LTDPT_TEST_HANG_IN_SAVE'), os.environ.get('LTDPT_TEST_ENOSPC_IN_SAVE')
+  if hang or full:
+    import errno  # pylint: disable=g-import-not-at-top
+    from ltdpt_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    save = ckpt_lib.IteratorHandler.save
+
+    def faulty_save(self, directory, item=None, args=None):
+      step = pathlib.Path(str(directory)).parent.name.split('.')[0]
+      if step == full:
+        raise OSError(errno.ENOSPC, 'No space left on device', str(directory))
+      save(self, directory, item=item, args=args)
+      if step == hang:
+        pathlib.Path(os.environ['LTDPT_TEST_MARKER']).write_text(str(directory))
+        time.sleep(600)
+    ckpt_lib.IteratorHandler.save = faulty_save
 
 
 def wrap_train_step_with_nan(train_module, nan_after: int):

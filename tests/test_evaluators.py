@@ -35,7 +35,8 @@ def test_eval_step_counts_per_class_with_mask():
   batch = {'image': rs.randint(0, 256, (16, 16, 16, 3)).astype(np.uint8),
            'label': rs.randint(0, 6, (16,)).astype(np.int32), 'mask': np.arange(16) < 11}
   correct, count = ev.eval_step(tr, fr, batch)
-  logits = step_lib.forward(model, params, batch['image'], train=False)['logits']
+  logits = jax.jit(lambda p, images: step_lib.forward(model, p, images, train=False)['logits'],
+                   compiler_options=train_utils.QUICK)(params, batch['image'])
   pred = np.asarray(jnp.argmax(logits, -1))
   want_count = np.bincount(batch['label'][:11], minlength=6)
   want_correct = np.bincount(batch['label'][:11], weights=(pred == batch['label'])[:11],

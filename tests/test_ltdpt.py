@@ -68,7 +68,7 @@ def init(c, rng, num_classes=NUM_CLASSES):
   """What train.Setup does: the backbone of config.model.checkpoint, the rest from rng."""
   size = c.data.image_size
   return ltdpt.init_params(build(c, num_classes), rng, size,
-                           backbone=vit_checkpoint.load_backbone(c.model, size))
+                           backbone=vit_checkpoint.load_backbone(c.model, size).params)
 
 
 def random_trainable(params, seed=0, alpha=1.3, beta=0.7):

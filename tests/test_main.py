@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -30,14 +28,7 @@ def cache(tmp_path_factory):
   return cli_worker.cache_dir(tmp_path_factory)
 
 
-def _run(args, cache, *, timeout=600, **extra_env):
-  env = train_utils.subprocess_env()
-  env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
-  env.update({k: str(v) for k, v in extra_env.items()})
-  t0 = time.perf_counter()
-  out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-  out.seconds = time.perf_counter() - t0
-  return out
+_run = cli_worker.run_cli
 
 
 def _main(*flags):
@@ -45,14 +36,9 @@ def _main(*flags):
 
 
 def _assert_clean_failure(out, workdir, *needles):
-  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
-  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
-  errors = [line for line in out.stderr.splitlines() if line.startswith('Error: ')]
-  assert len(errors) == 1, out.stderr[-3000:]
-  for needle in needles:
-    assert needle in errors[0], (needle, errors[0])
+  line = cli_worker.one_error_line(out, 2, *needles)
   assert not workdir.exists()
-  return errors[0]
+  return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,12 +102,8 @@ def _config():
 
 
 @pytest.fixture(scope='module')
-def cli_run(cache, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('cli') / 'run'
-  out = _run(cli_worker.cli_command(_config(), workdir), cache)
-  assert out.returncode == 0, out.stderr[-4000:]
-  print(f'CLI run: {out.seconds:.1f} s')
-  return workdir, out.stderr
+def cli_run(cli_straight):
+  return cli_straight.workdir, cli_straight.log
 
 
 def test_cli_run_reports_and_writes(cli_run):

@@ -65,7 +65,7 @@ def _launch(workdir, cache, *, worker=False, **extra_env):
   return procs
 
 
-def _wait(procs, workdir, timeout=TIMEOUT_S) -> list[str]:
+def _wait(procs, workdir, timeout=TIMEOUT_S, code=0) -> list[str]:
   deadline = time.time() + timeout
   try:
     for p in procs:
@@ -79,7 +79,7 @@ def _wait(procs, workdir, timeout=TIMEOUT_S) -> list[str]:
         p.wait()
   logs = [(workdir.parent / f'{workdir.name}_process_{i}.log').read_text() for i in range(2)]
   for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f'process {i} exited with {p.returncode}:\n{log[-4000:]}'
+    assert p.returncode == code, f'process {i} exited with {p.returncode}:\n{log[-4000:]}'
   return logs
 
 
@@ -108,7 +108,7 @@ def run(cache, tmp_path_factory):
       pytest.fail('the run ended or stalled before its first checkpoint')
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
-  stopped_logs = _wait(procs, workdir)
+  stopped_logs = _wait(procs, workdir, code=75)  # stopped by a signal: rerun to resume
   stopped_steps = _steps(workdir)
   t1 = time.perf_counter()
   logs = _wait(_launch(workdir, cache), workdir)

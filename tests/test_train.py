@@ -180,8 +180,9 @@ def test_rerun_of_finished_run_does_not_train(straight, monkeypatch):
 
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly_then_resumes(straight, xla_cache, tmp_path):
-  """A real SIGTERM to the CLI mid-run: exit code 0, a checkpoint of the step it stopped at, no
-  traceback; the same command then finishes with the straight run's parameters."""
+  """A real SIGTERM to the CLI mid-run: exit code 75 (stopped: rerun to resume), a checkpoint of
+  the step it stopped at, no traceback; the same command then finishes with the straight run's
+  parameters."""
   workdir = tmp_path / 'sigterm'
   cmd = cli_worker.cli_command(straight.config, workdir, worker=True)
   env = _env(xla_cache, LTDPT_TEST_STEP_DELAY=0.5)
@@ -198,7 +199,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly_then_resumes(straight, xla_c
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 75, out[-3000:]  # stopped by a signal: rerun to resume
   assert 'Traceback' not in out, out[-3000:]
   assert 'SIGTERM received' in out
   stopped = max(_steps(workdir))
@@ -263,7 +264,7 @@ def test_log_start_when_the_backend_reports_no_flops(caplog):
   info = types.SimpleNamespace(name='test', num_train=100, num_eval=30)
   setup = types.SimpleNamespace(config=config, model=model, image_size=16, info=info,
                                 num_classes=6, steps_per_epoch=6, total_steps=12,
-                                drw_start_step=6)
+                                drw_start_step=6, backbone_sha256=None)
 
   class NoFlops:
     def cost_analysis(self):
@@ -296,14 +297,21 @@ def test_resume_with_another_config_fails_clearly(straight, tmp_path):
       shutil.rmtree(workdir / 'checkpoints' / str(step))
   config = _config()
   config.data.batch_size = 8
-  with pytest.raises(train.SetupError, match=r'step 7.*same data order.*config\.json'):
+  with pytest.raises(train.SetupError, match=r'checkpoints/7: data\.batch_size 16 -> 8\. .*'
+                                             r'config\.json.*--allow_config_change'):
     train.train_and_evaluate(config, str(workdir))
+  # Accepted deliberately, the data order still cannot resume from that checkpoint.
+  with pytest.raises(train.SetupError, match=r'step 7.*same data order'):
+    train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   config = _config()
   config.model.num_fr_prompts = 3
-  with pytest.raises(train.SetupError, match=r'Cannot resume from the checkpoint of step 7.*'
-                     r'config\.json'):
+  with pytest.raises(train.SetupError, match=r'model\.num_fr_prompts 2 -> 3'):
     train.train_and_evaluate(config, str(workdir))
+  with pytest.raises(train.SetupError, match=r'step 7 .* holds other arrays than this config '
+                                             r'trains.*params/fr_prompts.*config\.json'):
+    train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   assert _steps(workdir) == [3, 6, 7]
+  assert not list(workdir.glob('checkpoints/*.damaged'))  # a mismatch is not damage
 
 
 _FOUR_DEVICES = textwrap.dedent('''

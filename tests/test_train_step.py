@@ -29,7 +29,9 @@ def _train_step(model, tx, config, counts, drw_start_step, mesh):
                                   class_counts=counts, drw_start_step=drw_start_step, mesh=mesh)
 
 
-def _setup(config, num_classes, mesh, drw_start_step=50):
+def _setup(config, num_classes, mesh, drw_start_step=50, quick=False):
+  """(model, state, frozen, jitted train step, class counts); with `quick` the step comes
+  compiled with train_utils.QUICK (for tests of values, not of the compiled program)."""
   size = config.data.image_size
   model = ltdpt.build_model(config.model, num_classes, size)
   params = ltdpt.init_params(model, jax.random.key(0), size)
@@ -39,6 +41,8 @@ def _setup(config, num_classes, mesh, drw_start_step=50):
   state = step_lib.init_train_state(trainable, tx)
   counts = np.linspace(50, 5, num_classes).astype(np.int64)
   step = _train_step(model, tx, config, counts, drw_start_step, mesh)
+  if quick:
+    step = step.lower(state, frozen, _batch(config, num_classes)).compile(train_utils.QUICK)
   return model, state, frozen, step, counts
 
 
@@ -62,12 +66,14 @@ def test_step_flops_show_no_backbone_weight_gradients():
   mesh = _mesh()
   model, state, frozen, step, counts = _setup(config, 6, mesh)
   batch = _batch(config, 6)
-  step_flops = step_lib.compiled_flops(step.lower(state, frozen, batch).compile())
+  quick = train_utils.QUICK  # the FLOP count comes from the HLO: the same at any level
+  step_flops = step_lib.compiled_flops(step.lower(state, frozen, batch).compile(quick))
 
   loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
   rng = jax.random.key(0)
   fwd_flops = step_lib.compiled_flops(jax.jit(
-      lambda t, f, b: loss_fn(t, f, b, rng, False)[0]).lower(state.params, frozen, batch).compile())
+      lambda t, f, b: loss_fn(t, f, b, rng, False)[0]).lower(state.params, frozen,
+                                                            batch).compile(quick))
   # Reference that can fail: the gradient with respect to every parameter, backbone included.
   def full_loss(all_params, b):
     tr, fr = optim.split_params(all_params, optim.param_labels(all_params))
@@ -76,7 +82,7 @@ def test_step_flops_show_no_backbone_weight_gradients():
     return losses.gcl_loss(out['logits'], b['label'], counts, noise=None)
   all_params = optim.merge_params(state.params, frozen)
   full_flops = step_lib.compiled_flops(
-      jax.jit(jax.grad(full_loss)).lower(all_params, batch).compile())
+      jax.jit(jax.grad(full_loss)).lower(all_params, batch).compile(quick))
   assert fwd_flops and step_flops and full_flops
   ratio, full_ratio = step_flops / fwd_flops, full_flops / fwd_flops
   print(f'step/forward FLOPs = {ratio:.2f}; with backbone weight gradients {full_ratio:.2f}')
@@ -89,18 +95,23 @@ def test_step_updates_only_trainable_and_uses_unperturbed_weights():
   config = train_utils.tiny_config()
   config.model.dropout = 0.0
   mesh = _mesh()
-  model, state, frozen, step, counts = _setup(config, 6, mesh)
+  model, state, frozen, step, counts = _setup(config, 6, mesh, quick=True)
   batch = _batch(config, 6)
   tx = _optimizer(config, 100)
   # Hand-built reference with the same pieces.
   loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
   rng = jax.random.fold_in(jax.random.key(config.train.seed), 0)
-  eps = tx.perturbation(state.opt_state, state.params, 1.0)
-  perturbed = jax.tree.map(jnp.add, state.params, eps)
-  grads = jax.grad(lambda t: loss_fn(t, frozen, batch, rng, False)[0])(perturbed)
   lr = optim.peak_learning_rate(config.optim, config.data.batch_size)
   wd = config.optim.weight_decay
-  expected = jax.tree.map(lambda p, g: p - lr * (g + wd * p), state.params, grads)
+
+  def reference(params, opt_state):
+    eps = tx.perturbation(opt_state, params, 1.0)
+    perturbed = jax.tree.map(jnp.add, params, eps)
+    grads = jax.grad(lambda t: loss_fn(t, frozen, batch, rng, False)[0])(perturbed)
+    return jax.tree.map(lambda p, g: p - lr * (g + wd * p), params, grads)
+
+  expected = jax.jit(reference, compiler_options=train_utils.QUICK)(state.params, state.opt_state)
+  initial_rng = np.asarray(state.opt_state.rng)
   new_state, metrics = step(state, frozen, batch)
   for path, a, b in zip(jax.tree_util.tree_leaves_with_path(expected),
                         jax.tree.leaves(expected), jax.tree.leaves(new_state.params)):
@@ -109,8 +120,7 @@ def test_step_updates_only_trainable_and_uses_unperturbed_weights():
   assert int(new_state.step) == 1
   assert np.isfinite(float(metrics['loss']))
   # GNM's key advanced, and the frozen tree is untouched (it is never an output).
-  assert not np.array_equal(np.asarray(new_state.opt_state.rng),
-                            np.asarray(step_lib.init_train_state(state.params, tx).opt_state.rng))
+  assert not np.array_equal(np.asarray(new_state.opt_state.rng), initial_rng)
 
 
 _EIGHT_DEVICES = textwrap.dedent('''
@@ -147,9 +157,10 @@ _EIGHT_DEVICES = textwrap.dedent('''
 
 def test_eight_devices_equal_one_device():
   """4 steps (DRW switching on at step 2) on 8 fake CPU devices == on 1 device."""
+  env = train_utils.subprocess_env(8)
+  env['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'  # both programs alike: quick compiles
   proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], capture_output=True, text=True,
-                        env=train_utils.subprocess_env(8), cwd=str(train_utils.REPO / 'tests'),
-                        timeout=600)
+                        env=env, cwd=str(train_utils.REPO / 'tests'), timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   assert 'EQUAL' in proc.stdout
 
@@ -165,7 +176,8 @@ def test_loss_goes_down_on_synthetic_long_tailed_stream():
   model, state, frozen, _, _ = _setup(config, info.num_classes, mesh)
   tx = _optimizer(config, 240)
   state = step_lib.init_train_state(state.params, tx)
-  step = _train_step(model, tx, config, info.class_counts, 200, mesh)
+  step = _train_step(model, tx, config, info.class_counts, 200, mesh).lower(
+      state, frozen, _batch(config, info.num_classes)).compile(train_utils.QUICK)
   it = data_lib.make_train_iterator(config.data, seed=config.train.seed, process_index=0,
                                     process_count=1)
   losses_seen, accs = [], []
@@ -218,14 +230,16 @@ def test_train_step_loss_is_eq7_in_numpy():
   config.loss.orth_lambda = 0.7
   config.loss.noise_mul = 0.8
   mesh = _mesh()
-  model, state, frozen, step, counts = _setup(config, 6, mesh, drw_start_step=1)
+  model, state, frozen, step, counts = _setup(config, 6, mesh, drw_start_step=1, quick=True)
   batch = _batch(config, 6, seed=5)
   labels = batch['label']
   parts = {}
+  forward = jax.jit(lambda p, images: step_lib.forward(model, optim.merge_params(p, frozen),
+                                                       images, train=False)['logits'],
+                    compiler_options=train_utils.QUICK)
   for i, drw_on in ((0, False), (1, True)):
     params = jax.device_get(state.params)
-    cosine = np.asarray(step_lib.forward(model, optim.merge_params(params, frozen),
-                                         batch['image'], train=False)['logits'], np.float64)
+    cosine = np.asarray(forward(params, batch['image']), np.float64)
     _, k_noise = jax.random.split(jax.random.fold_in(jax.random.key(config.train.seed), i))
     noise = np.asarray(jax.random.normal(k_noise, cosine.shape, jnp.float32))
     want, lt, orth = _np_gcl_drw_orth(cosine, labels, counts, noise, params, config.loss, drw_on)

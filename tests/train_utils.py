@@ -9,6 +9,9 @@ import pathlib
 from ltdpt_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# XLA CPU options for the reference computations of the tests: compiles several times faster,
+# the same results to float tolerance and the same FLOP counts.
+QUICK = {'xla_backend_optimization_level': 0}
 
 
 def load_config(name: str, arg: str | None = None):

@@ -113,7 +113,7 @@ def class_counts(entries: Sequence[tuple[str, int]], num_classes: int | None = N
 def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
                      cache: str | os.PathLike | None = None,
                      urls: Sequence[str] | None = None, sha256: str | None = None,
-                     timeout: float = 60.0) -> pathlib.Path:
+                     timeout: float | None = None) -> pathlib.Path:
   """Returns a local path of the OLTR split file `name` (e.g. 'Places_LT_train.txt').
 
   With `split_dir`, the file is taken from `<split_dir>/<name>` or `<split_dir>/<prefix>/<name>`
@@ -148,12 +148,8 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
     if fetch.sha256_of(path) == want_sha:
       return path
     logging.warning('Cached split file %s has a wrong checksum; downloading it again.', path)
-  try:
-    return fetch.download(mirrors, path, sha256=want_sha, timeout=timeout)
-  except fetch.FetchError as e:
-    raise fetch.FetchError(
-        f'{e} Download it by hand and point config.data.split_dir at its directory, or place it '
-        f'at {path}.') from e
+  return fetch.download(mirrors, path, sha256=want_sha, timeout=timeout,
+                        local_copy_key='config.data.split_dir (a directory holding it)')
 
 
 def match_split_entries(entries: Sequence[tuple[str, int]], file_names: Iterable[str | bytes],

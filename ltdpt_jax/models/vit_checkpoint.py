@@ -28,7 +28,8 @@ import io
 import logging
 import os
 import re
-from typing import Any, Mapping, Sequence
+import zipfile
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.traverse_util
 import jax
@@ -58,23 +59,60 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return flax.traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
+class NotAnNpz(ValueError):
+  """The file is not an `.npz` archive of arrays (a pickle, a text file, another zip, ...)."""
+
+
+def _kind_of(head: bytes) -> str:
+  if head.startswith(b'\x93NUMPY'):
+    return 'a single .npy array, not an .npz archive'
+  if head.startswith(b'PK'):
+    return 'a zip archive whose members are not .npy arrays'
+  if head[:1] == b'\x80' or head.startswith((b'(dp', b'(lp', b'ccopy_reg')):
+    return 'a Python pickle'
+  return 'not an .npz (zip) archive'
+
+
+def _read_arrays(f, path: str) -> dict[str, np.ndarray]:
+  """Every array of an open `.npz` file; NotAnNpz when the file is something else. Pickles are
+  never loaded (they can run code)."""
+  head = f.read(8)
+  f.seek(0)
+  try:
+    data = np.load(f, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise ValueError('not an .npz')
+    with data:
+      arrays = {k: data[k] for k in data.files}
+    if not arrays or not all(isinstance(v, np.ndarray) and v.dtype.kind in 'biuf'
+                             for v in arrays.values()):
+      raise ValueError('its members are not numeric .npy arrays')
+    return arrays
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise NotAnNpz(
+        f'{path} is {_kind_of(head)}: an official google-research/vision_transformer .npz '
+        'checkpoint (a zip of .npy arrays such as embedding/kernel) was expected. Point '
+        'config.model.checkpoint at one (the paper\'s: config_lib.CHECKPOINTS), or set it to \'\' '
+        'for a random backbone.') from e
+
+
 def load_npz(path: str) -> dict[str, np.ndarray]:
   """Reads a ViT `.npz` into a flat {'a/b/c': float32 array} dict (Linen names renamed).
 
   `path`: local path, http(s)/file URL (`fetch.fetch_checkpoint`) or anything `etils.epath`
-  opens (gs://...).
+  opens (gs://...). Raises FileNotFoundError for a missing file and NotAnNpz for a file that is
+  not an `.npz` archive of arrays.
   """
   path = fetch.fetch_checkpoint(path) if fetch.is_url(path) else str(path)
   if fetch.is_remote(path):
     from etils import epath  # pylint: disable=g-import-not-at-top
     with epath.Path(path).open('rb') as f:
-      data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+      flat = _read_arrays(io.BytesIO(f.read()), path)
   else:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'ViT checkpoint {path!r} does not exist.')
-    data = np.load(path, allow_pickle=False)
-  with data:
-    flat = {k: np.asarray(data[k]) for k in data.files}
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'ViT checkpoint {path!r} does not exist (config.model.checkpoint).')
+    with open(path, 'rb') as f:
+      flat = _read_arrays(f, path)
   out = {}
   for key, value in flat.items():
     parts = key.split('/')
@@ -226,18 +264,26 @@ def backbone_params(params: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in params.items() if k not in _NOT_BACKBONE}
 
 
-def load_backbone(model_config, image_size: int | Sequence[int]) -> dict[str, Any] | None:
-  """The frozen backbone tree of `config.model` (None when `checkpoint` is '': random init).
+class Backbone(NamedTuple):
+  """A loaded backbone: its parameters (None: random init), the SHA-256 and path of its file."""
+  params: dict[str, Any] | None
+  sha256: str | None
+  path: str
+
+
+def load_backbone(model_config, image_size: int | Sequence[int]) -> Backbone:
+  """The frozen backbone of `config.model` (params None when `checkpoint` is '': random init).
 
   Reads `model_config.checkpoint` (local path, gs:// path or URL; checked against
   `model_config.checkpoint_sha256` when set), requires the architecture that
   `model_config.backbone` names (ValueError naming both otherwise), resizes the position
-  embedding to `image_size` and drops head and representation layer. Returns float32 numpy
-  arrays, nested like `LTDPT`'s 'backbone' parameters.
+  embedding to `image_size` and drops head and representation layer. The params are float32
+  numpy arrays, nested like `LTDPT`'s 'backbone' parameters; the SHA-256 of the file is what a
+  run records, so that a resume can tell another file with the same shapes.
   """
   ckpt = model_config.checkpoint
   if not ckpt:
-    return None
+    return Backbone(None, None, '')
   path = fetch.fetch_checkpoint(ckpt, sha256=model_config.get('checkpoint_sha256') or None)
   flat = load_npz(path)
   info = infer_architecture(flat)  # fail fast, before the shape checks of every array
@@ -245,4 +291,4 @@ def load_backbone(model_config, image_size: int | Sequence[int]) -> dict[str, An
       info.arch, vit_lib.arch_from_config(model_config), found_what=f'checkpoint {ckpt!r}',
       expected_what=f'config.model.backbone={model_config.backbone!r}')
   _, params = params_from_flat(flat, image_size=image_size)
-  return backbone_params(params)
+  return Backbone(backbone_params(params), fetch.sha256_of(path), path)

@@ -1,0 +1,364 @@
+"""A run directory nothing can corrupt or confuse, tried through the CLI as a user would.
+
+Every run trains `train_utils.tiny_config()` (14 steps: checkpoints at 3, 6, 7, 9, 12, 14;
+evaluations at 7 and 14) with the session's compilation cache. The reference is one
+uninterrupted run (`straight`); every damaged, killed, refused or resumed run must end with its
+evaluation files byte for byte, or fail with exactly one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+import cli_worker
+import npz_utils
+import train_utils
+from ltdpt_jax import train
+
+STEPS = 14
+
+
+def _config():
+  c = train_utils.tiny_config()
+  c.train.keep_checkpoints = 20
+  return c
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return cli_worker.cache_dir(tmp_path_factory)
+
+
+def _cli(workdir, *extra, config=None, worker=False):
+  return cli_worker.cli_command(config or _config(), workdir, *extra, worker=worker)
+
+
+def _steps(workdir):
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
+
+
+def _evals_equal(workdir, reference):
+  for name in ('eval_7.json', 'eval_14.json'):
+    assert (pathlib.Path(workdir) / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def _train_records(workdir):
+  with open(pathlib.Path(workdir) / 'metrics.jsonl') as f:
+    return [r for r in map(json.loads, f) if r['split'] == 'train']
+
+
+def _popen(args, cache, **extra_env):
+  env = train_utils.subprocess_env()
+  env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+  env.update({k: str(v) for k, v in extra_env.items()})
+  return subprocess.Popen(args, env=env, cwd=train_utils.REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, what, timeout=240):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, f'ended before {what}: ' + proc.communicate()[0][-3000:]
+    assert time.time() < deadline, f'no {what} within {timeout} s'
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope='module')
+def straight(cli_straight):
+  return cli_straight.workdir
+
+
+@pytest.fixture
+def stopped_at_7(straight, tmp_path):
+  """A copy of the straight run as if killed after its checkpoint of step 7."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight, workdir)
+  for step in _steps(workdir):
+    if step > 7:
+      shutil.rmtree(workdir / 'checkpoints' / str(step))
+  for name in ('eval_14.json', 'results.json'):
+    (workdir / name).unlink()
+  return workdir
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir; kill -9 during a save.
+# ---------------------------------------------------------------------------------------------
+
+def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, cache, tmp_path):
+  """A run hangs half-way through writing its checkpoint of step 9: a second run on the same
+  workdir is refused in one line naming the holder; after kill -9 of the first (its lock goes
+  with it) the same command resumes from step 7 and ends like the straight run, each step once
+  in metrics.jsonl."""
+  workdir, marker = tmp_path / 'run', tmp_path / 'saving'
+  first = _popen(_cli(workdir, worker=True), cache, LTDPT_TEST_HANG_IN_SAVE=9,
+                 LTDPT_TEST_MARKER=marker)
+  try:
+    _wait_for(marker.exists, first, 'the save of step 9')
+    second = cli_worker.run_cli(_cli(workdir), cache, timeout=120)
+    line = cli_worker.one_error_line(second, 2, 'is in use by another run',
+                                     f'PID {first.pid}', socket.gethostname())
+    assert '--workdir' in line
+    assert first.poll() is None  # the refused run did not disturb the first one
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+  assert _steps(workdir) == [3, 6, 7]  # 9 was never completed
+  assert any('orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
+  out = cli_worker.run_cli(_cli(workdir), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Resumed from the checkpoint of step 7' in out.stderr
+  _evals_equal(workdir, straight)
+  steps = [r['step'] for r in _train_records(workdir)]
+  assert steps == sorted(set(steps)), steps
+  assert not any('orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+def _damage(step_dir: pathlib.Path, kind: str):
+  if kind == 'truncated array file':
+    biggest = max((step_dir / 'state').rglob('d/*'), key=lambda p: p.stat().st_size)
+    with open(biggest, 'r+b') as f:
+      f.truncate(10)
+  elif kind == 'garbage metadata':
+    (step_dir / 'meta' / 'metadata').write_text('{not json')
+  elif kind == 'deleted manifest':
+    (step_dir / 'state' / 'manifest.ocdbt').unlink()
+  else:
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize('kind', ['truncated array file', 'garbage metadata',
+                                  'deleted manifest'])
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(stopped_at_7, straight, cache,
+                                                                  kind):
+  workdir = stopped_at_7
+  _damage(workdir / 'checkpoints' / '7', kind)
+  out = cli_worker.run_cli(_cli(workdir), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr
+  lines = [l for l in out.stderr.splitlines() if 'is damaged' in l]
+  assert len(lines) == 1 and 'step 7' in lines[0] and '7.damaged' in lines[0], lines
+  assert 'Resumed from the checkpoint of step 6' in out.stderr
+  assert (workdir / 'checkpoints' / '7.damaged').is_dir()  # kept, never chosen again
+  _evals_equal(workdir, straight)
+
+
+def test_no_restorable_checkpoint_and_eval_of_a_damaged_step(stopped_at_7, cache):
+  workdir = stopped_at_7
+  _damage(workdir / 'checkpoints' / '7', 'truncated array file')
+  out = cli_worker.run_cli(_cli(workdir, '--mode=eval', '--checkpoint_step=7'), cache)
+  cli_worker.one_error_line(out, 2, 'step 7', 'is damaged', 'steps that can: [3, 6]')
+  assert (workdir / 'checkpoints' / '7').is_dir()  # eval mode moves nothing
+  for step in (3, 6):
+    _damage(workdir / 'checkpoints' / str(step), 'deleted manifest')
+  out = cli_worker.run_cli(_cli(workdir), cache)
+  cli_worker.one_error_line(out, 2, 'No checkpoint in', 'can be restored',
+                            'steps [3, 6, 7] are damaged', 'new --workdir')
+  assert _steps(workdir) == []  # nothing trained from scratch
+  assert not (workdir / 'eval_14.json').exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config drift and the backbone's digest.
+# ---------------------------------------------------------------------------------------------
+
+def test_config_drift_refused_allowed_or_accepted_and_recorded(stopped_at_7, straight, cache):
+  workdir = stopped_at_7
+  changed = _config()
+  changed.optim.lr = 0.1
+  out = cli_worker.run_cli(_cli(workdir, config=changed), cache)
+  cli_worker.one_error_line(out, 2, 'optim.lr 0.05 -> 0.1', 'config.json',
+                            '--allow_config_change')
+  assert _steps(workdir) == [3, 6, 7]
+  # Allowed: how often it logs and saves. The run goes on, says so and records it.
+  periods = _config()
+  periods.train.log_every_steps = 3
+  periods.train.checkpoint_every_steps = 4
+  out = cli_worker.run_cli(_cli(workdir, config=periods), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'train.checkpoint_every_steps 3 -> 4' in out.stderr
+  _evals_equal(workdir, straight)
+  history = [json.loads(l) for l in (workdir / 'config_changes.jsonl').read_text().splitlines()]
+  assert history[-1]['accepted'] == 'allowed' and history[-1]['resumed_at_step'] == 7
+  assert history[-1]['changes']['train.log_every_steps'] == [2, 3]
+  assert json.loads((workdir / 'config.json').read_text())['train']['log_every_steps'] == 3
+
+
+def test_allow_config_change_records_what_ran(stopped_at_7, cache):
+  """(The augmentation's crop range: a change of what runs that compiles nothing new.)"""
+  workdir = stopped_at_7
+  changed = _config()
+  changed.data.crop_min_scale = 0.5
+  out = cli_worker.run_cli(_cli(workdir, config=changed), cache)
+  cli_worker.one_error_line(out, 2, 'data.crop_min_scale 0.08 -> 0.5')
+  out = cli_worker.run_cli(_cli(workdir, '--allow_config_change', config=changed), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads((workdir / 'config.json').read_text())['data']['crop_min_scale'] == 0.5
+  history = [json.loads(l) for l in (workdir / 'config_changes.jsonl').read_text().splitlines()]
+  assert history == [dict(history[0], accepted='--allow_config_change', resumed_at_step=7,
+                          changes={'data.crop_min_scale': [0.08, 0.5]})]
+  meta = json.loads((workdir / 'checkpoints' / '14' / 'meta' / 'metadata').read_text())
+  assert meta['config']['data']['crop_min_scale'] == 0.5  # later resumes compare with what ran
+
+
+def test_another_backbone_file_of_the_same_shapes_is_refused(cache, tmp_path):
+  """A run records its backbone file's SHA-256; a resume or an evaluation with another file
+  of the same architecture (another pretraining, a re-downloaded cache entry) is refused."""
+  arch = dict(patch=4, width=32, depth=2, heads=2, mlp=64, grid=4, num_classes=None)
+  a, b = tmp_path / 'a.npz', tmp_path / 'b.npz'
+  npz_utils.write_random_checkpoint(a, seed=1, **arch)
+  npz_utils.write_random_checkpoint(b, seed=2, **arch)
+  digest_a, digest_b = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b))
+  config = _config()
+  config.train.epochs, config.train.drw_epochs = 1, 0
+  workdir = tmp_path / 'run'
+
+  def with_backbone(path):
+    c = config.copy_and_resolve_references()
+    c.model.checkpoint = str(path)
+    return c
+
+  with cli_worker.use_compilation_cache(cache):
+    train.train_and_evaluate(with_backbone(a), str(workdir))
+    assert json.loads((workdir / 'run_info.json').read_text())['backbone_sha256'] == digest_a
+    shutil.rmtree(workdir / 'checkpoints' / '7')  # as if stopped before its last step
+    out = cli_worker.run_cli(_cli(workdir, config=with_backbone(b)), cache)
+    cli_worker.one_error_line(out, 2, digest_a, digest_b, 'config.model.checkpoint')
+    with pytest.raises(train.SetupError, match=f'{digest_b}.*{digest_a}'):
+      train.evaluate_checkpoint(with_backbone(b), str(workdir), step=6)
+    shutil.copy(a, tmp_path / 'moved.npz')  # the same file elsewhere: fine
+    results = train.train_and_evaluate(with_backbone(tmp_path / 'moved.npz'), str(workdir))
+  assert results['last']['step'] == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# OS failures.
+# ---------------------------------------------------------------------------------------------
+
+def _try_mount_tmpfs(path: pathlib.Path, size: str, read_only: bool = False) -> bool:
+  path.mkdir(parents=True, exist_ok=True)
+  opts = f'size={size}' + (',ro' if read_only else '')
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)],
+                        capture_output=True).returncode == 0
+
+
+def _umount(path: pathlib.Path):
+  subprocess.run(['umount', str(path)], capture_output=True)
+
+
+def test_unwritable_workdirs_fail_in_one_line_before_building(cache, tmp_path):
+  regular = tmp_path / 'a_file'
+  regular.write_text('x')
+  out = cli_worker.run_cli(_cli(regular / 'run'), cache, timeout=120)
+  line = cli_worker.one_error_line(out, 2, f'--workdir={regular / "run"}', 'Not a directory')
+  assert 'choose another --workdir' in line
+  assert 'Parameters:' not in out.stderr  # refused before the model was built
+  ro = tmp_path / 'ro'
+  if _try_mount_tmpfs(ro, '1m', read_only=True):
+    try:
+      out = cli_worker.run_cli(_cli(ro / 'run'), cache, timeout=120)
+      cli_worker.one_error_line(out, 2, 'Read-only file system', 'writable')
+    finally:
+      _umount(ro)
+
+
+def test_full_disk_is_one_line_and_resumes_exactly_with_space(straight, cache, tmp_path):
+  """The run's file system fills up (a 200 KiB tmpfs where it can be mounted, else an injected
+  ENOSPC at the checkpoint of step 9): one line naming the path and the fix, exit code 2, no
+  traceback from any thread or atexit handler; moved to a disk with space, it resumes and ends
+  like the straight run."""
+  small = tmp_path / 'small'
+  mounted = _try_mount_tmpfs(small, '200k')
+  workdir = small / 'run'
+  try:
+    out = cli_worker.run_cli(_cli(workdir, worker=True), cache,
+                             **({} if mounted else {'LTDPT_TEST_ENOSPC_IN_SAVE': 9}))
+    line = cli_worker.one_error_line(out, 2, 'No space left on device', 'free space',
+                                     'rerun the same command to resume', str(workdir))
+    assert 'intact' in line
+    assert 'Exception ignored' not in out.stderr
+    print('tmpfs' if mounted else 'injected ENOSPC', line)
+    moved = tmp_path / 'moved'
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns('.lock'))
+  finally:
+    if mounted:
+      _umount(small)
+  out = cli_worker.run_cli(_cli(moved), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  _evals_equal(moved, straight)
+  steps = [r['step'] for r in _train_records(moved)]
+  assert steps == sorted(set(steps)), steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals.
+# ---------------------------------------------------------------------------------------------
+
+def test_ctrl_c_saves_and_stops_with_exit_75_then_resumes_exactly(straight, cache, tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _popen(_cli(workdir, worker=True), cache, LTDPT_TEST_STEP_DELAY=0.4)
+  _wait_for(lambda: (workdir / 'checkpoints' / '3').is_dir(), proc, 'checkpoint 3')
+  proc.send_signal(signal.SIGINT)
+  log = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 75, log[-3000:]
+  assert 'Traceback' not in log and 'KeyboardInterrupt' not in log
+  assert 'SIGINT received: saving a checkpoint' in log
+  stopped = max(_steps(workdir))
+  assert 3 <= stopped < STEPS and f'Stopped at step {stopped} after a checkpoint' in log
+  out = cli_worker.run_cli(_cli(workdir), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  _evals_equal(workdir, straight)
+
+
+def test_second_ctrl_c_stops_at_once(cache, tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _popen(_cli(workdir, worker=True), cache, LTDPT_TEST_STEP_DELAY=3)
+  _wait_for(lambda: (workdir / 'metrics.jsonl').exists() and
+            'steps_per_s' in (workdir / 'metrics.jsonl').read_text(), proc, 'a metrics record',
+            300)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  log = proc.communicate(timeout=60)[0]
+  assert proc.returncode == 130, log[-3000:]
+  errors = [l for l in log.splitlines() if l.startswith('Error: ')]
+  assert len(errors) == 1 and 'second Ctrl-C' in errors[0] and 'Traceback' not in log
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that are not checkpoints, and URLs that cannot be reached.
+# ---------------------------------------------------------------------------------------------
+
+def test_not_an_npz_is_one_line(cache, tmp_path):
+  out = cli_worker.run_cli(_cli(tmp_path / 'run', '--config.model.checkpoint=/etc/passwd'), cache,
+                           timeout=120)
+  line = cli_worker.one_error_line(out, 2, '/etc/passwd', 'official',
+                                   'vision_transformer .npz', 'config.model.checkpoint')
+  assert 'pickle' not in line.lower()
+  assert not (tmp_path / 'run').exists()
+
+
+def test_unreachable_checkpoint_url_is_one_line(cache, tmp_path):
+  with socket.socket() as s:  # a port nothing listens on: connections are refused
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  url = f'http://127.0.0.1:{port}/vit.npz'
+  out = cli_worker.run_cli(_cli(tmp_path / 'run', f'--config.model.checkpoint={url}'), cache,
+                           timeout=180, LTDPT_CACHE_DIR=tmp_path / 'cache')
+  line = cli_worker.one_error_line(out, 2, url, 'ConnectionRefusedError',
+                                   str(tmp_path / 'cache'), 'config.model.checkpoint')
+  assert 'after 3 attempts' in line and 'place the file by hand at' in line
