@@ -163,3 +163,12 @@ def test_http_error_is_not_retried(quick_network, tmp_path):
     httpd.shutdown()
     httpd.server_close()
   assert 'attempts' not in str(e.value)
+
+
+def test_unreachable_split_file_names_the_local_copy_key(quick_network, tmp_path):
+  url = _refused_url()
+  with pytest.raises(fetch.FetchError) as e:
+    splits.fetch_split_file('Places_LT_train.txt', cache=tmp_path / 'splits', urls=[url])
+  msg = str(e.value)
+  assert url in msg and str(tmp_path / 'splits' / 'Places_LT_train.txt') in msg
+  assert 'config.data.split_dir' in msg

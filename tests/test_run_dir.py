@@ -57,6 +57,14 @@ def _train_records(workdir):
     return [r for r in map(json.loads, f) if r['split'] == 'train']
 
 
+def _tb_events(tb_dir):
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from test_train import _read_tfrecords  # pylint: disable=g-import-not-at-top
+  return [event_pb2.Event.FromString(payload)
+          for path in sorted(pathlib.Path(tb_dir).glob('events.out.tfevents.*'))
+          for payload in _read_tfrecords(path)]
+
+
 def _popen(args, cache, **extra_env):
   env = train_utils.subprocess_env()
   env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
@@ -122,6 +130,10 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, c
   steps = [r['step'] for r in _train_records(workdir)]
   assert steps == sorted(set(steps)), steps
   assert not any('orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
+  # TensorBoard: the resumed run marks its restart at step 7, so earlier events after it go.
+  starts = [e.step for e in _tb_events(workdir / 'tb') if e.HasField('session_log')
+            and e.session_log.status == e.session_log.START]
+  assert 7 in starts, starts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +210,19 @@ def test_config_drift_refused_allowed_or_accepted_and_recorded(stopped_at_7, str
   assert json.loads((workdir / 'config.json').read_text())['train']['log_every_steps'] == 3
 
 
+def test_another_model_is_one_line_even_when_accepted(stopped_at_7, cache):
+  workdir = stopped_at_7
+  changed = _config()
+  changed.model.num_fr_prompts = 3
+  out = cli_worker.run_cli(_cli(workdir, config=changed), cache)
+  cli_worker.one_error_line(out, 2, 'model.num_fr_prompts 2 -> 3', '--allow_config_change')
+  out = cli_worker.run_cli(_cli(workdir, '--allow_config_change', config=changed), cache)
+  line = cli_worker.one_error_line(out, 2, 'holds other arrays', 'params/fr_prompts',
+                                   'config.json')
+  assert 'strict' not in line and 'asyncio' not in out.stderr
+  assert _steps(workdir) == [3, 6, 7] and not list(workdir.glob('checkpoints/*.damaged'))
+
+
 def test_allow_config_change_records_what_ran(stopped_at_7, cache):
   """(The augmentation's crop range: a change of what runs that compiles nothing new.)"""
   workdir = stopped_at_7
@@ -267,6 +292,9 @@ def test_unwritable_workdirs_fail_in_one_line_before_building(cache, tmp_path):
   line = cli_worker.one_error_line(out, 2, f'--workdir={regular / "run"}', 'Not a directory')
   assert 'choose another --workdir' in line
   assert 'Parameters:' not in out.stderr  # refused before the model was built
+  out = cli_worker.run_cli(_cli(regular), cache, timeout=120)  # the workdir is a regular file
+  cli_worker.one_error_line(out, 2, f'--workdir={regular}', 'File exists', 'regular file')
+  assert regular.read_text() == 'x'
   ro = tmp_path / 'ro'
   if _try_mount_tmpfs(ro, '1m', read_only=True):
     try:
