@@ -236,11 +236,12 @@ EVAL_RELEVANT = (
 CONFIG_CHANGES = 'config_changes.jsonl'
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
+def flatten_config(d: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}: the dotted fields of a config's `to_dict()`."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
+      out.update(flatten_config(v, f'{prefix}{k}.'))
     else:
       out[prefix + k] = v
   return out
@@ -262,8 +263,8 @@ def config_changes(stored: dict, current: dict, *, only=None
   Values are compared as JSON (a tuple equals the list a checkpoint stores); a key only one
   side has counts as changed ('<absent>' on the other). `only`: patterns of the keys compared.
   """
-  a = _flat(json.loads(json.dumps(stored)))
-  b = _flat(json.loads(json.dumps(current)))
+  a = flatten_config(json.loads(json.dumps(stored)))
+  b = flatten_config(json.loads(json.dumps(current)))
   allowed, refused = {}, {}
   for key in sorted(a.keys() | b.keys()):
     if only is not None and not _matches(key, only):

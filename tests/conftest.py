@@ -20,13 +20,11 @@ def shared_dir():
 
 @pytest.fixture(scope='session')
 def cli_straight(tmp_path_factory):
-  """One uninterrupted run of `train_utils.tiny_config()` (every checkpoint kept) through the
-  CLI, shared by the tests that compare other runs with it: (workdir, stderr log)."""
+  """One uninterrupted run of `train_utils.run_config()` through the CLI, shared by the tests that compare other runs with it: (workdir, stderr log)."""
   import types  # pylint: disable=g-import-not-at-top
   import cli_worker  # pylint: disable=g-import-not-at-top
   import train_utils  # pylint: disable=g-import-not-at-top
-  config = train_utils.tiny_config()
-  config.train.keep_checkpoints = 20
+  config = train_utils.run_config()
   workdir = tmp_path_factory.mktemp('cli_straight') / 'run'
   out = cli_worker.run_cli(cli_worker.cli_command(config, workdir),
                            cli_worker.cache_dir(tmp_path_factory))

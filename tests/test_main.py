@@ -95,10 +95,7 @@ def test_eval_of_workdir_without_checkpoint(tmp_path, cache):
 # A run and its evaluation.
 # ---------------------------------------------------------------------------------------------
 
-def _config():
-  c = train_utils.tiny_config()
-  c.train.keep_checkpoints = 20
-  return c
+_config = train_utils.run_config
 
 
 @pytest.fixture(scope='module')

@@ -40,10 +40,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _config():
-  c = train_utils.tiny_config()
-  c.train.keep_checkpoints = 20
-  return c
+_config = train_utils.run_config
 
 
 def _launch(workdir, cache, *, worker=False, **extra_env):

@@ -27,10 +27,7 @@ from ltdpt_jax import train
 STEPS = 14
 
 
-def _config():
-  c = train_utils.tiny_config()
-  c.train.keep_checkpoints = 20
-  return c
+_config = train_utils.run_config
 
 
 @pytest.fixture(scope='module')

@@ -44,11 +44,7 @@ def xla_cache(tmp_path_factory):
     yield path
 
 
-def _config(**train_overrides):
-  c = train_utils.tiny_config()
-  c.train.keep_checkpoints = 20
-  c.train.update(train_overrides)
-  return c
+_config = train_utils.run_config
 
 
 def _env(xla_cache, num_devices=None, **extra):
@@ -323,8 +319,7 @@ _FOUR_DEVICES = textwrap.dedent('''
     sys.path.insert(0, 'tests')
     import cli_worker, train_utils
     from ltdpt_jax import train
-    config = train_utils.tiny_config()
-    config.train.keep_checkpoints = 20
+    config = train_utils.run_config()
     eval_dir, resume_dir = sys.argv[1:3]
     record = train.evaluate_checkpoint(config, eval_dir, step=14)
     results = train.train_and_evaluate(config, resume_dir)

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 from ltdpt_jax import config_lib
+from ltdpt_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # XLA CPU options for the reference computations of the tests: compiles several times faster,
@@ -23,15 +24,7 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
-def leaves(d: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}: the dotted fields of a config's to_dict()."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(leaves(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
+leaves = workdir_lib.flatten_config  # {'a': {'b': 1}} -> {'a.b': 1}
 
 
 def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr_br',
@@ -66,6 +59,15 @@ def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr
   c.train.eval_every_epochs = 1
   c.train.checkpoint_every_steps = 3
   c.train.log_every_steps = 2
+  return c
+
+
+def run_config(**train_overrides):
+  """`tiny_config()` keeping every checkpoint: the run the train-loop and CLI tests compare
+  (14 steps; checkpoints at 3, 6, 7, 9, 12, 14; evaluations at 7 and 14)."""
+  c = tiny_config()
+  c.train.keep_checkpoints = 20
+  c.train.update(train_overrides)
   return c
 
 
