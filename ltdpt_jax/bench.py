@@ -268,7 +268,9 @@ def _input_parts(setup, runner, parts, results, synthetic, n_dev, analytic, peak
   try:
     if 'pipeline' in parts:
       source = ('synthetic images generated on the fly' if synthetic or
-                data.dataset == 'synthetic' else data.dataset)
+                data.dataset == 'synthetic' else
+                'image files decoded with Pillow' if data.dataset in ('folder', 'list') else
+                data.dataset)
       out['input_pipeline'] = parts_lib.pipeline_record(
           it, rows=batch // n_proc, steps=steps, warmup=warmup, workers=workers, source=source,
           data=data)

@@ -9,8 +9,8 @@
 * `xla_flops_per_image`, `memory_analysis`, `device_memory`, `host`, `mfu`, `peak_tflops_for`:
   what XLA, the device and the host report.
 * `pipeline_record` / `source_ms_per_image`: the input pipeline alone (grain iterator images/s
-  per process; for the synthetic source also what generating one image costs, to tell the
-  source from the transforms).
+  per process and per worker; for the synthetic source what generating one image costs, for an
+  image folder or list what decoding one file costs, to tell the source from the transforms).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.bench_report import NA
+from ltdpt_jax.data import files as files_lib
 from ltdpt_jax.data import synthetic as synthetic_lib
 
 # Dense bf16 peak TFLOP/s per chip (perf-anchors.md section 2), matched in order against the
@@ -229,12 +230,13 @@ def mfu(flops_per_image: float | None, images_per_s: float | None,
 # ---------------------------------------------------------------------------------------------
 
 def source_ms_per_image(data, n: int = 50) -> float | None:
-  """Milliseconds to read (here: generate) one training image of the config's source, one
-  thread; None for sources read from storage, whose cost depends on the file system."""
+  """Milliseconds to read one training image of the config's source on one thread: generating
+  it (synthetic) or decoding its file (image folders and lists: the JPEG/PNG decode a worker
+  pays before the augmentation); None for tfds sources."""
   src = data_lib.get_sources(data).train
-  if not isinstance(src, synthetic_lib.SyntheticLT):
+  if not isinstance(src, (synthetic_lib.SyntheticLT, files_lib.ImageFiles)):
     return None
-  src[0]  # pylint: disable=pointless-statement  (builds the background pool once)
+  src[0]  # pylint: disable=pointless-statement  (the synthetic background pool, file caches)
   t0 = time.perf_counter()
   for i in range(n):
     src[(i * 7) % len(src)]  # pylint: disable=expression-not-assigned
@@ -254,7 +256,8 @@ def pipeline_record(it, *, rows: int, steps: int, warmup: int, workers: int,
   r = rate(rows, steps, timed_rounds(run_pipeline, steps, warmup, 1))
   r.pop('images_per_s_rounds')
   r.pop('step_time_ms')
-  r.update(workers=workers, per='process', source=source)
+  r.update(workers=workers, per='process', source=source,
+           images_per_s_per_worker=r['images_per_s'] / max(workers, 1))
   ms = source_ms_per_image(data)
   if ms is not None:
     r['source_ms_per_image'] = ms

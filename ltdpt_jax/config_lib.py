@@ -80,6 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_classes = 20            # synthetic only
   c.data.num_train_max = 200         # synthetic only: images of the largest class
   c.data.num_test_per_class = 20     # synthetic only
+  # Your own data (data/files.py): dataset 'folder' (<dir>/<class name>/<images>) or 'list'
+  # ('<path> <label>' lines or a 'path,label' CSV, paths under image_root).
+  c.data.train_dir = ''
+  c.data.eval_dir = ''
+  c.data.train_list = ''
+  c.data.eval_list = ''
+  c.data.image_root = ''             # '' = the list file's folder
+  c.data.class_names = ()            # () = sorted train class folders / CSV names
+  c.data.on_bad_image = 'error'      # 'error' (stop before training) | 'skip' (drop them)
+  c.data.shot_thresholds = (20, 100)  # tail < 20 <= medium <= 100 < head (training images)
 
   # Evaluators by name (the prefix of their metrics and files); see ltdpt_jax/evaluators.
   c.evals = ml_collections.ConfigDict()
@@ -146,6 +156,7 @@ def _choices() -> dict[str, tuple]:
       'model.dtype': tuple(ltdpt.DTYPES),
       'data.dataset': data_lib.DATASETS,
       'data.eval_split': data_lib.EVAL_SPLITS,
+      'data.on_bad_image': data_lib.ON_BAD_IMAGE,
   }
 
 
@@ -218,6 +229,15 @@ def validate(config, *, num_devices: int | None = None, num_processes: int | Non
   if config.train.drw_epochs > config.train.epochs:
     raise ValueError(f'config.train.drw_epochs={config.train.drw_epochs} exceeds '
                      f'config.train.epochs={config.train.epochs}.')
+  thresholds = tuple(config.data.shot_thresholds)
+  if len(thresholds) != 2 or not 0 <= thresholds[0] <= thresholds[1]:
+    raise ValueError(f'config.data.shot_thresholds={thresholds} must be (tail_max, head_min) '
+                     'with 0 <= tail_max <= head_min, e.g. (20, 100).')
+  for key, needed in (('folder', ('train_dir', 'eval_dir')), ('list', ('train_list', 'eval_list'))):
+    for field in needed if config.data.dataset == key else ():
+      if not config.data[field]:
+        raise ValueError(f"config.data.dataset={key!r} needs config.data.{field} (see "
+                         'configs/folder.py).')
   if config.data.dataset == 'cifar100_lt' and config.data.imbalance_ratio < 1:
     raise ValueError(f'config.data.imbalance_ratio={config.data.imbalance_ratio} must be >= 1.')
   _validate_model(config)

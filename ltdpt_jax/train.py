@@ -235,7 +235,8 @@ class Setup:
             'steps_per_epoch': self.steps_per_epoch, 'total_steps': self.total_steps,
             'num_classes': self.num_classes,
             'class_counts': np.asarray(self.info.class_counts).tolist(),
-            'dataset': self.info.name, 'backbone_sha256': self.backbone_sha256, **extra}
+            'dataset': self.info.name, 'backbone_sha256': self.backbone_sha256,
+            'class_names': list(self.info.class_names), 'image_size': self.image_size, **extra}
 
 
 def _format(x: float | None) -> str:
@@ -259,7 +260,9 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
                setup.steps_per_epoch, setup.total_steps, setup.drw_start_step, _format(flops),
                _format(per_image))
   return {'parameters': report, 'step_flops': flops,
-          'backbone_checkpoint': config.model.checkpoint, 'backbone_sha256': setup.backbone_sha256}
+          'backbone_checkpoint': config.model.checkpoint, 'backbone_sha256': setup.backbone_sha256,
+          'dataset': setup.info.name, 'class_names': list(setup.info.class_names),
+          'class_counts': np.asarray(setup.info.class_counts).tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +360,9 @@ def _finished_results(workdir: str, primary, meta: dict[str, Any], step: int) ->
 def _train_and_evaluate(config, workdir: str, preemption: _Preemption,
                         allow_config_change: bool) -> dict[str, Any]:
   setup = _setup_or_raise(config)
+  if setup.info.bad_images and jax.process_index() == 0:  # data.on_bad_image='skip'
+    (epath.Path(workdir) / 'bad_images.txt').write_text(
+        ''.join(f'{path}\t{problem}\n' for path, problem in setup.info.bad_images))
   evaluators = setup.evaluators(workdir)
   tracker = _Best(config)
   primary = next(ev.evaluator for ev in evaluators if ev.name == tracker.name)

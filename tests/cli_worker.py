@@ -9,8 +9,9 @@ As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax
 injected from the environment, for the tests only:
   LTDPT_TEST_STEP_DELAY=s        sleep s seconds before each training batch (a slow run to signal)
   LTDPT_TEST_NAN_AFTER_STEP=k    the state after step k (and later) has NaN parameters (divergence)
-  LTDPT_TEST_HANG_IN_SAVE=k      the save of step k writes its data-iterator file, creates the file
-                                 $LTDPT_TEST_MARKER and hangs (the checkpoint is half written)
+  LTDPT_TEST_HANG_IN_SAVE=k      the save of step k (k=any: of any step) writes its data-iterator
+                                 file, creates the file $LTDPT_TEST_MARKER and hangs (the
+                                 checkpoint is half written)
   LTDPT_TEST_ENOSPC_IN_SAVE=k    the save of step k fails with ENOSPC (a full disk, injected)
 """
 
@@ -159,7 +160,7 @@ def _inject_faults():
       if step == full:
         raise OSError(errno.ENOSPC, 'No space left on device', str(directory))
       save(self, directory, item=item, args=args)
-      if step == hang:
+      if hang in (step, 'any'):
         pathlib.Path(os.environ['LTDPT_TEST_MARKER']).write_text(str(directory))
         time.sleep(600)
     ckpt_lib.IteratorHandler.save = faulty_save

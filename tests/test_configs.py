@@ -10,7 +10,9 @@ import train_utils
 from ltdpt_jax import config_lib
 
 CONFIG_FILES = sorted(p.stem for p in (train_utils.REPO / 'configs').glob('*.py'))
-ARGS = {'cifar100_lt': ('ratio=200', 'ratio=100', 'ratio=50', 'ratio=10')}
+ARGS = {'cifar100_lt': ('ratio=200', 'ratio=100', 'ratio=50', 'ratio=10'),
+        'folder': ('train_dir=/data/train,eval_dir=/data/val',
+                   'train_list=train.txt,eval_list=val.txt,image_root=/data')}
 
 # Section 5.3: ViT-B/16 pretrained on ImageNet-21k, batch 128, lr 0.005, weight decay 0.01,
 # 70 epochs with DRW on the last 10 (Places-LT: 100 with the last 40), H = 6, lambda = 0.5.
@@ -63,6 +65,17 @@ def test_cifar_ratio_argument():
     train_utils.load_config('cifar100_lt', 'ratio=7')
   with pytest.raises(ValueError, match="Unknown config argument 'ratoi'"):
     train_utils.load_config('cifar100_lt', 'ratoi=10')
+
+
+def test_folder_config():
+  c = train_utils.load_config('folder', 'train_dir=/d/train,eval_dir=/d/val')
+  assert (c.data.dataset, c.data.train_dir, c.data.eval_dir) == ('folder', '/d/train', '/d/val')
+  c = train_utils.load_config('folder', 'train_list=t.txt,eval_list=v.csv,image_root=/d')
+  assert (c.data.dataset, c.data.train_list, c.data.eval_list, c.data.image_root) == (
+      'list', 't.txt', 'v.csv', '/d')
+  assert c.model.backbone == 'b16' and c.data.image_size == 224  # the paper's recipe
+  with pytest.raises(ValueError, match='config.data.train_dir'):
+    config_lib.validate(train_utils.load_config('folder'))
 
 
 def test_demo_runs_offline():

@@ -257,7 +257,8 @@ def test_log_start_when_the_backend_reports_no_flops(caplog):
   """A compiled step whose cost_analysis has no FLOPs (or fails) does not stop training."""
   config = train_utils.tiny_config()
   model = ltdpt.build_model(config.model, 6, 16)
-  info = types.SimpleNamespace(name='test', num_train=100, num_eval=30)
+  info = types.SimpleNamespace(name='test', num_train=100, num_eval=30, class_names=('a',) * 6,
+                               class_counts=np.arange(6))
   setup = types.SimpleNamespace(config=config, model=model, image_size=16, info=info,
                                 num_classes=6, steps_per_epoch=6, total_steps=12,
                                 drw_start_step=6, backbone_sha256=None)

@@ -9,7 +9,8 @@ Public API:
   steps_per_epoch(config.data, info), num_eval_batches(config.data, info), num_workers(n)
   cifar_lt_counts, cifar_lt_indices, exponential_counts
   read_split_file, fetch_split_file, match_split_entries
-  SyntheticLT, get_sources, open_tfds; DATASETS, EVAL_SPLITS, NUM_CLASSES
+  SyntheticLT, get_sources, open_tfds; DATASETS, EVAL_SPLITS, NUM_CLASSES, ON_BAD_IMAGE
+  files: image folders and list files (scan_folder, read_list, decode_image, ImageFiles)
 
 Nothing in this package imports JAX at module level (grain workers stay NumPy-only); the
 pipeline asks JAX for the process index / count only when they are not given.
@@ -30,6 +31,7 @@ from ltdpt_jax.data.sources import DATASETS
 from ltdpt_jax.data.sources import EVAL_SPLITS
 from ltdpt_jax.data.sources import get_sources
 from ltdpt_jax.data.sources import NUM_CLASSES
+from ltdpt_jax.data.sources import ON_BAD_IMAGE
 from ltdpt_jax.data.sources import open_tfds
 from ltdpt_jax.data.splits import fetch_split_file
 from ltdpt_jax.data.splits import match_split_entries

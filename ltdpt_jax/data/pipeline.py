@@ -62,6 +62,8 @@ class DatasetInfo:
   num_eval: int
   image_size: int
   eval_split: str = 'test'
+  class_names: tuple[str, ...] = ()  # names of the classes, in label order
+  bad_images: tuple[tuple[str, str], ...] = ()  # (path, problem) of the images skipped
 
 
 def get_dataset_info(data) -> DatasetInfo:
@@ -69,7 +71,8 @@ def get_dataset_info(data) -> DatasetInfo:
   src = sources_lib.get_sources(data)
   return DatasetInfo(name=src.name, num_classes=src.num_classes, class_counts=src.class_counts,
                      num_train=len(src.train), num_eval=len(src.eval),
-                     image_size=int(data.image_size), eval_split=src.eval_split)
+                     image_size=int(data.image_size), eval_split=src.eval_split,
+                     class_names=tuple(src.class_names), bad_images=tuple(src.bad_images))
 
 
 def steps_per_epoch(data, info: DatasetInfo) -> int:

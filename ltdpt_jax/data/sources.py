@@ -11,6 +11,8 @@ reads them in worker processes, so nothing here imports JAX.
 | 'places_lt' | places365_small (2.1.0) | Places_LT_train.txt in `train` | Places_LT_test.txt |
 | 'inat2018' | i_naturalist2018 (1.0.0) | `train` (437,513) | `validation` (24,426) |
 | 'synthetic' | none (synthetic.py) | long-tailed train | balanced test |
+| 'folder' | none (files.py) | `data.train_dir` class folders | `data.eval_dir` |
+| 'list' | none (files.py) | `data.train_list` under `data.image_root` | `data.eval_list` |
 
 (The two OLTR test lists are exactly the tfds `validation` splits: ILSVRC12 val, Places365 val.)
 
@@ -42,6 +44,7 @@ import numpy as np
 
 from ltdpt_jax import fetch
 from ltdpt_jax.data import cifar_lt
+from ltdpt_jax.data import files
 from ltdpt_jax.data import splits
 from ltdpt_jax.data import synthetic
 from ltdpt_jax.data import transforms
@@ -53,8 +56,9 @@ TFDS_NAME = {
     'inat2018': 'i_naturalist2018',
 }
 # What config.data.dataset and config.data.eval_split accept (config_lib.validate checks these).
-DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic')
+DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic', 'folder', 'list')
 EVAL_SPLITS = ('test', 'val')
+ON_BAD_IMAGE = files.ON_BAD_IMAGE
 # Classes of each real dataset.
 NUM_CLASSES = {'cifar100_lt': cifar_lt.CIFAR100_NUM_CLASSES, 'imagenet_lt': 1000,
                'places_lt': 365, 'inat2018': 8142}
@@ -101,6 +105,12 @@ def open_tfds(name: str, split: str, data_dir: str = '', *, decoders: Any = None
                      f'(it has {sorted(info.splits)}).')
   return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
                           decoders=decoders)
+
+
+def label_names(name: str, data_dir: str) -> tuple[str, ...]:
+  """The class names of tfds dataset `name` (its 'label' feature)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tuple(tfds.builder(name, data_dir=data_dir or None).info.features['label'].names)
 
 
 def _dataset_fingerprint(name: str, data_dir: str) -> tuple[str, str]:
@@ -181,6 +191,8 @@ class Sources:
   eval: Any
   num_classes: int
   eval_split: str  # which split `eval` is, e.g. 'test', 'validation', 'Places_LT_test.txt'
+  class_names: tuple[str, ...] = ()
+  bad_images: tuple[tuple[str, str], ...] = ()  # (path, problem) of the files skipped
 
   @property
   def class_counts(self) -> np.ndarray:
@@ -211,7 +223,8 @@ def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
   te = scan_fields(name, 'test', data_dir, ('id', 'label'))
   te_order = np.argsort(_ids_to_int(te['id'], 'test_'), kind='stable')
   test = RecordView(open_tfds(name, 'test', data_dir), te_order, te['label'][te_order])
-  return Sources('cifar100_lt', train, test, NUM_CLASSES['cifar100_lt'], 'test')
+  return Sources('cifar100_lt', train, test, NUM_CLASSES['cifar100_lt'], 'test',
+                 label_names(name, data_dir))
 
 
 def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
@@ -246,19 +259,19 @@ def split_file_sources(dataset: str, data_dir: str, split_dir: str,
   for what, v in (('train', train), (ev_name, ev)):
     if v.labels.max() >= num_classes:
       raise ValueError(f'{dataset} {what} has label {v.labels.max()} >= {num_classes} classes.')
-  return Sources(dataset, train, ev, num_classes, ev_name)
+  return Sources(dataset, train, ev, num_classes, ev_name,
+                 label_names(TFDS_NAME[dataset], data_dir))
 
 
 def inat2018_sources(data_dir: str) -> Sources:
   """iNaturalist 2018: tfds `i_naturalist2018` train / validation as they are."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = 'i_naturalist2018'
   views = []
   for split in ('train', 'validation'):
     labels = scan_fields(name, split, data_dir, ('label',))['label']
     views.append(RecordView(open_tfds(name, split, data_dir), np.arange(len(labels)), labels))
-  num_classes = tfds.builder(name, data_dir=data_dir or None).info.features['label'].num_classes
-  return Sources('inat2018', views[0], views[1], int(num_classes), 'validation')
+  names = label_names(name, data_dir)
+  return Sources('inat2018', views[0], views[1], len(names), 'validation', names)
 
 
 def synthetic_sources(*, num_classes: int, imbalance_ratio: float, num_train_max: int,
@@ -267,7 +280,36 @@ def synthetic_sources(*, num_classes: int, imbalance_ratio: float, num_train_max
             num_train_max=num_train_max, num_test_per_class=num_test_per_class,
             image_size=image_size, seed=seed)
   return Sources('synthetic', synthetic.SyntheticLT('train', **kw),
-                 synthetic.SyntheticLT('test', **kw), num_classes, 'test')
+                 synthetic.SyntheticLT('test', **kw), num_classes, 'test',
+                 tuple(synthetic.class_names(num_classes)))
+
+
+def file_sources(dataset: str, *, train: str, eval_: str, image_root: str,
+                 class_names: tuple[str, ...], on_bad_image: str) -> Sources:
+  """'folder' (train/eval directories) or 'list' (train/eval list files): see `files`."""
+  if dataset == 'folder':
+    tr = files.scan_folder(train, class_names=class_names or None, key='train_dir')
+    ev = files.scan_folder(eval_, class_names=tr.class_names, key='eval_dir',
+                           allow_empty_classes=True)
+  else:
+    tr = files.read_list(train, image_root=image_root, class_names=class_names or None,
+                         key='train_list')
+    ev = files.read_list(eval_, image_root=image_root, class_names=tr.class_names,
+                         key='eval_list')
+  for scan in (tr, ev):
+    if scan.ignored:
+      logging.info('Scanned %s: %d images; ignored %s.', scan.where, len(scan.paths),
+                   ', '.join(f'{n} {what}' for what, n in sorted(scan.ignored.items())))
+  tr, bad_tr = files.without_bad(tr, on_bad_image)
+  ev, bad_ev = files.without_bad(ev, on_bad_image)
+  counts = np.bincount(tr.labels, minlength=len(tr.class_names))
+  empty = [tr.class_names[i] for i in np.flatnonzero(counts == 0)]
+  if empty:
+    raise files.DataError(f'Class(es) {empty[:5]} have no readable training image in '
+                          f'{tr.where}; add images, or leave them out of config.data.class_names.')
+  return Sources(dataset, files.ImageFiles(tr.paths, tr.labels),
+                 files.ImageFiles(ev.paths, ev.labels), len(tr.class_names), ev.where,
+                 tr.class_names, tuple(sorted({**bad_tr, **bad_ev}.items())))
 
 
 def _key(d) -> tuple:
@@ -281,6 +323,11 @@ def _key(d) -> tuple:
   if d.dataset == 'synthetic':
     return common + (int(d.num_classes), float(d.imbalance_ratio), int(d.num_train_max),
                      int(d.num_test_per_class), int(d.image_size), int(d.seed))
+  if d.dataset in ('folder', 'list'):
+    where = ((d.train_dir, d.eval_dir) if d.dataset == 'folder' else (d.train_list, d.eval_list))
+    return common + tuple(str(w) for w in where) + (
+        str(d.get('image_root', '')), tuple(d.get('class_names', ()) or ()),
+        str(d.get('on_bad_image', 'error')))
   raise ValueError(f'Unknown config.data.dataset {d.dataset!r}; expected one of {DATASETS}.')
 
 
@@ -293,6 +340,10 @@ def _sources_for_key(key: tuple) -> Sources:
     return split_file_sources(dataset, data_dir, key[2], key[3])
   if dataset == 'inat2018':
     return inat2018_sources(data_dir)
+  if dataset in ('folder', 'list'):
+    _, _, train, eval_, image_root, class_names, on_bad_image = key
+    return file_sources(dataset, train=train, eval_=eval_, image_root=image_root,
+                        class_names=class_names, on_bad_image=on_bad_image)
   _, _, k, ratio, nmax, ntest, size, seed = key
   return synthetic_sources(num_classes=k, imbalance_ratio=ratio, num_train_max=nmax,
                            num_test_per_class=ntest, image_size=size, seed=seed)

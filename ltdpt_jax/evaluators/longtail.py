@@ -1,9 +1,11 @@
 """Long-tailed classification evaluator: top-1, head / medium / tail and per-class accuracy.
 
 What it measures (SPEC "Evaluation"): top-1 over every evaluation image, the accuracy of the
-head (> 100 training images), medium (20..100, both ends included) and tail (< 20) classes,
-sample-weighted within each group and `None` for a group with no class (never 0), the accuracy
-of every class and their mean. Groups always come from the *training* counts
+head (> 100 training images), medium (20..100, both ends included) and tail (< 20) classes
+(thresholds `config.data.shot_thresholds`), sample-weighted within each group and `None` for a
+group with no class (never 0), the accuracy of every class (`None` for a class without
+evaluation images) and their mean, and a per-class record {name, train_count, eval_count,
+accuracy, group} of each class. Groups always come from the *training* counts
 (`facebookresearch/classifier-balancing: utils.py` `shot_acc`, the convention the paper states).
 
 How (big_vision `evaluators/classification.py`): one jitted step over the data-sharded eval
@@ -59,12 +61,17 @@ def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEA
   }
 
 
-def summarize_eval(correct: np.ndarray, count: np.ndarray,
-                   class_counts: np.ndarray) -> dict[str, Any]:
-  """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class."""
+def summarize_eval(correct: np.ndarray, count: np.ndarray, class_counts: np.ndarray, *,
+                   class_names: Sequence[str] | None = None,
+                   thresholds: tuple[int, int] = (TAIL_MAX, HEAD_MIN)) -> dict[str, Any]:
+  """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class.
+
+  `thresholds` = (tail_max, head_min) (config.data.shot_thresholds). With `class_names`, also
+  'per_class': [{name, train_count, eval_count, accuracy (None without eval images), group}].
+  """
   correct = np.asarray(correct, np.float64)
   count = np.asarray(count, np.float64)
-  groups = shot_groups(class_counts)
+  groups = shot_groups(class_counts, tail_max=int(thresholds[0]), head_min=int(thresholds[1]))
   out = {'accuracy': float(correct.sum() / max(count.sum(), 1.0)),
          'num_examples': int(count.sum())}
   for name in GROUPS:
@@ -76,6 +83,12 @@ def summarize_eval(correct: np.ndarray, count: np.ndarray,
     per_class = np.where(count > 0, correct / np.maximum(count, 1.0), np.nan)
   out['per_class_accuracy'] = [None if math.isnan(v) else float(v) for v in per_class]
   out['mean_per_class_accuracy'] = float(np.nanmean(per_class)) if np.any(count > 0) else None
+  if class_names is not None:
+    group_of = {int(i): g for g in GROUPS for i in groups[g]}
+    out['per_class'] = [{'name': str(name), 'train_count': int(n), 'eval_count': int(e),
+                         'accuracy': acc, 'group': group_of[c]}
+                        for c, (name, n, e, acc) in enumerate(zip(
+                            class_names, class_counts, count, out['per_class_accuracy']))]
   return out
 
 
@@ -101,6 +114,8 @@ class Evaluator:
                mesh: jax.sharding.Mesh, data, info: data_lib.DatasetInfo,
                workdir: str | None = None):
     self.name, self.frozen, self.data, self.info, self.workdir = name, frozen, data, info, workdir
+    self.class_names = (tuple(info.class_names) if info.class_names
+                        else tuple(str(c) for c in range(info.num_classes)))
     self._batch_sharding = sharding.batch_sharded(mesh)
     num_classes = int(info.num_classes)
 
@@ -135,7 +150,10 @@ class Evaluator:
     """Evaluates `trainable`; writes and returns {step, epoch, **summarize_eval(...)}."""
     correct, count = self.counts(trainable)
     record = {'step': int(step), 'epoch': int(epoch),
-              **summarize_eval(correct, count, self.info.class_counts)}
+              **summarize_eval(correct, count, self.info.class_counts,
+                               class_names=self.class_names,
+                               thresholds=tuple(self.data.get('shot_thresholds',
+                                                              (TAIL_MAX, HEAD_MIN))))}
     path = self.record_path(step)
     if path is not None:
       metrics_lib.write_json(path, record)

@@ -1,0 +1,382 @@
+"""A user's own long-tailed data: image folders and list files, read with Pillow in grain workers.
+
+Two sources (`config.data.dataset`):
+
+* 'folder': `data.train_dir` and `data.eval_dir` in the torchvision `ImageFolder` layout,
+  `<dir>/<class name>/<image files>`; images in nested folders inside a class folder belong to
+  that class. Class index = position in the sorted class names of the train folder, unless
+  `data.class_names` lists them (then the train folder may not have others).
+* 'list': `data.train_list` / `data.eval_list`, either OLTR lines `<relative path> <label>` (what
+  ImageNet-LT and Places-LT ship; the label an index) or a CSV file with a header `path,label`
+  (the label a class name or an index), paths relative to `data.image_root` (default: the list
+  file's folder). Class names: `data.class_names`, else the sorted names of a CSV, else '0'..'K-1'.
+
+Scanning (`scan_folder`, `read_list`) lists files with `os.scandir` (no decoding): extensions
+jpg, jpeg, png, bmp, gif, tif, tiff, webp match case-insensitively; hidden files and folders
+(starting with '.') and files of other extensions are ignored and counted in the log. Then every
+file gets a header check (`check_images`, no decoding, about 45 us a file): its first bytes must be
+those of an image format, and a JPEG, PNG or GIF must end like a complete file (end-of-image
+marker, IEND chunk, trailer), which catches the commonest damage, a file cut short (a file whose
+end looks wrong is decoded once, to tell damage from harmless trailing bytes). The list of bad files of a listing
+(paths, sizes and modification times) is cached under `fetch.cache_dir()/scans`, so a second
+scan of the same 100,000 files only lists them. `data.on_bad_image`: 'error' (default) stops
+before any step naming the bad files; 'skip' drops them (counted in the log; the train loop
+writes their paths to `<workdir>/bad_images.txt`).
+
+Decoding (`decode_image`), the same for every image: EXIF orientation applied; the first frame
+of an animated GIF; every mode converted to 8-bit RGB: grayscale and 1-bit repeated, palette
+through its colours, CMYK by Pillow's conversion, 16-bit and 32-bit integer grayscale scaled by
+1/257 (65535 -> 255), float images clipped to [0, 1] then scaled, and transparency (RGBA, LA,
+palette with a transparent colour) composited on WHITE. The train and eval transforms of the
+tfds datasets follow, so the saliency is computed on the view the model sees.
+
+Bad layouts are errors naming the path (and line) and the fix, raised before any step: a
+missing or empty directory, a class folder with no images, an eval class the train folder does
+not have, a list line that does not parse or names a missing file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+from ltdpt_jax import fetch
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+ON_BAD_IMAGE = ('error', 'skip')
+BACKGROUND = (255, 255, 255)  # what transparent pixels are composited on
+
+
+class DataError(ValueError):
+  """A folder or list file that cannot be used as given (one line naming it and the fix)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+  """What a scan found: image paths (absolute), their labels, the class names, what it skipped."""
+  paths: tuple[str, ...]
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+  ignored: dict[str, int]  # 'hidden', 'not an image': counts
+  where: str               # the folder or list file, for messages
+
+
+def is_image_name(name: str) -> bool:
+  return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def walk_images(folder: str, ignored: dict[str, int] | None = None) -> list[str]:
+  """Image files below `folder` (recursive, sorted), skipping hidden entries; `ignored` counts
+  what was skipped ('hidden', 'not an image')."""
+  ignored = {} if ignored is None else ignored
+  out, stack = [], [folder]
+  while stack:
+    current = stack.pop()
+    with os.scandir(current) as it:
+      entries = sorted(it, key=lambda e: e.name)
+    subdirs = []
+    for e in entries:
+      if e.name.startswith('.'):
+        ignored['hidden'] = ignored.get('hidden', 0) + 1
+      elif e.is_dir(follow_symlinks=True):
+        subdirs.append(e.path)
+      elif is_image_name(e.name):
+        out.append(e.path)
+      else:
+        ignored['not an image'] = ignored.get('not an image', 0) + 1
+    stack.extend(reversed(subdirs))
+  return sorted(out)
+
+
+def _class_folders(root: str, key: str) -> list[str]:
+  if not root:
+    raise DataError(f"config.data.{key} is not set; point it at a folder of class folders "
+                    "(<dir>/<class name>/<images>).")
+  if not os.path.isdir(root):
+    raise DataError(f'config.data.{key}={root!r} is not a directory; point it at a folder of '
+                    'class folders (<dir>/<class name>/<images>).')
+  with os.scandir(root) as it:
+    names = sorted(e.name for e in it if e.is_dir(follow_symlinks=True)
+                   and not e.name.startswith('.'))
+  if not names:
+    raise DataError(f'config.data.{key}={root!r} has no class folders: put each class\'s images '
+                    'in <dir>/<class name>/.')
+  return names
+
+
+def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str = 'train_dir',
+                allow_empty_classes: bool = False) -> Scan:
+  """The images of an ImageFolder-layout `root` (see the module docstring).
+
+  `class_names` fixes the classes and their order (every class folder must be one of them);
+  otherwise they are the sorted folder names. `allow_empty_classes` (eval folders): a class of
+  `class_names` may have no folder or no image there.
+  """
+  root = os.path.abspath(os.path.expanduser(str(root)))
+  folders = _class_folders(root, key)
+  names = tuple(class_names) if class_names else tuple(folders)
+  index = {n: i for i, n in enumerate(names)}
+  unknown = [f for f in folders if f not in index]
+  if unknown:
+    raise DataError(f'{root} has class folder(s) {unknown[:5]} that the classes do not have '
+                    f'({len(names)} classes from '
+                    f'{"config.data.class_names" if class_names else "the train folder"}, e.g. '
+                    f'{list(names[:5])}); rename or remove them, or list them in '
+                    'config.data.class_names.')
+  ignored: dict[str, int] = {}
+  paths, labels = [], []
+  for folder in folders:
+    found = walk_images(os.path.join(root, folder), ignored)
+    if not found and not allow_empty_classes:
+      raise DataError(f'Class folder {os.path.join(root, folder)} has no images (extensions '
+                      f'{", ".join(IMAGE_EXTENSIONS)}); add some or remove the folder.')
+    paths += found
+    labels += [index[folder]] * len(found)
+  if not paths:
+    raise DataError(f'config.data.{key}={root!r} has no images in its class folders.')
+  return Scan(tuple(paths), np.asarray(labels, np.int64), names, ignored, root)
+
+
+def _parse_lines(path: str) -> list[tuple[int, str, str]]:
+  """[(line number, relative path, label text)] of an OLTR list or a `path,label` CSV."""
+  with open(path, newline='', encoding='utf-8') as f:
+    text = f.read()
+  lines = text.splitlines()
+  first = next((l for l in lines if l.strip()), '')
+  if first.replace(' ', '').lower().startswith('path,label'):
+    rows = []
+    reader = csv.reader(lines)
+    header = [h.strip().lower() for h in next(reader)]
+    ip, il = header.index('path'), header.index('label')
+    for lineno, row in enumerate(reader, start=2):
+      if not row or not ''.join(row).strip():
+        continue
+      if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
+        raise DataError(f'{path}:{lineno}: malformed CSV row {",".join(row)!r}; expected '
+                        "'<path>,<label>' under the header 'path,label'.")
+      rows.append((lineno, row[ip].strip(), row[il].strip()))
+    return rows
+  rows = []
+  for lineno, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    parts = line.rsplit(None, 1)
+    if len(parts) != 2 or not parts[1].lstrip('-').isdigit() or int(parts[1]) < 0:
+      raise DataError(f'{path}:{lineno}: malformed line {line.strip()!r}; expected '
+                      "'<relative/path> <non-negative integer label>' (OLTR) or a CSV file "
+                      "with the header 'path,label'.")
+    rows.append((lineno, parts[0], parts[1]))
+  return rows
+
+
+def read_list(path: str, *, image_root: str = '', class_names: Sequence[str] | None = None,
+              key: str = 'train_list') -> Scan:
+  """The images a list file names (see the module docstring); every file must exist."""
+  if not path:
+    raise DataError(f'config.data.{key} is not set; point it at a list file of '
+                    "'<relative/path> <label>' lines or a 'path,label' CSV.")
+  path = os.path.abspath(os.path.expanduser(str(path)))
+  if not os.path.isfile(path):
+    raise DataError(f'config.data.{key}={path!r} does not exist.')
+  rows = _parse_lines(path)
+  if not rows:
+    raise DataError(f'List file {path} has no entries.')
+  root = os.path.abspath(os.path.expanduser(image_root)) if image_root else os.path.dirname(path)
+  texts = [t for _, _, t in rows]
+  if class_names:
+    names = tuple(class_names)
+  elif all(t.isdigit() for t in texts):
+    names = tuple(str(i) for i in range(max(int(t) for t in texts) + 1))
+  else:
+    names = tuple(sorted(set(texts)))
+  index = {n: i for i, n in enumerate(names)}
+  paths, labels = [], []
+  for lineno, rel, text in rows:
+    if text in index:
+      label = index[text]
+    elif text.isdigit() and int(text) < len(names):
+      label = int(text)
+    else:
+      raise DataError(f'{path}:{lineno}: label {text!r} is not one of the {len(names)} classes '
+                      f'(e.g. {list(names[:5])}); fix the line or config.data.class_names.')
+    # Relative to the root; a leading '/' is joined to it too (OLTR), unless it names a file.
+    full = rel if os.path.isabs(rel) and os.path.isfile(rel) else os.path.join(root,
+                                                                                rel.lstrip('/'))
+    if not os.path.isfile(full):
+      raise DataError(f'{path}:{lineno}: {rel!r} is not a file under config.data.image_root='
+                      f'{root!r} (looked for {full}).')
+    paths.append(full)
+    labels.append(label)
+  return Scan(tuple(paths), np.asarray(labels, np.int64), names, {}, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and decoding.
+# ---------------------------------------------------------------------------------------------
+
+# Formats by their first bytes, and what a complete file of that format ends with.
+_MAGIC = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG\r\n\x1a\n', 'PNG'), (b'GIF87a', 'GIF'),
+          (b'GIF89a', 'GIF'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'), (b'MM\x00*', 'TIFF'))
+_ENDS = {'JPEG': (b'\xff\xd9', 'no end-of-image marker'), 'PNG': (b'IEND', 'no IEND chunk'),
+         'GIF': (b';', 'no trailer')}
+
+
+def _format_of(head: bytes) -> str | None:
+  if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+    return 'WEBP'
+  return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def _decode_problem(path: str) -> str | None:
+  try:
+    with Image.open(path) as im:
+      im.load()
+  except Exception as e:  # pylint: disable=broad-except  # Pillow raises many kinds
+    return f'not a readable image ({type(e).__name__}: {e})'
+  return None
+
+
+def _header_problem(path: str) -> str | None:
+  """None if the file looks like a complete image, else what is wrong.
+
+  Two small reads: the first bytes must be those of an image format, and a JPEG, PNG or GIF must
+  end the way a complete file does (a file cut short is the commonest damage). Only a file whose
+  end looks wrong is decoded, to tell damage from harmless trailing bytes.
+  """
+  try:
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+      head = f.read(16)
+      f.seek(max(0, size - 32))
+      tail = f.read()
+  except OSError as e:
+    return f'not readable ({e.strerror})'
+  fmt = _format_of(head)
+  if fmt is None:
+    return f'not an image ({size} bytes starting {head[:8]!r}; not JPEG, PNG, GIF, BMP, TIFF or WEBP)'
+  end, missing = _ENDS.get(fmt, (b'', ''))
+  if end and end not in tail[-16:] and _decode_problem(path):
+    return f'a {fmt} cut short ({missing})'
+  return None
+
+
+def _listing_key(paths: Sequence[str]) -> str:
+  h = hashlib.sha1()
+  for p in paths:
+    st = os.stat(p)
+    h.update(f'{p}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()
+
+
+def check_images(paths: Sequence[str], *, cache: bool = True) -> dict[str, str]:
+  """{path: problem} of the files that fail the header check (see the module docstring).
+
+  The result for an identical listing (paths, sizes, mtimes) is cached under
+  `fetch.cache_dir()/scans`.
+  """
+  key = _listing_key(paths) if cache else None
+  cache_file = fetch.cache_dir() / 'scans' / f'{key}.json' if key else None
+  if cache_file is not None and cache_file.is_file():
+    try:
+      return json.loads(cache_file.read_text())
+    except ValueError:
+      pass
+  # One Python loop (about 45 us a file: 100,000 files in 5 s): threads would only contend for
+  # the GIL, and worker processes cost more to start than they save at that speed.
+  problems = {p: r for p in paths if (r := _header_problem(p))}
+  if cache_file is not None:
+    try:
+      cache_file.parent.mkdir(parents=True, exist_ok=True)
+      tmp = cache_file.with_suffix(f'.tmp{os.getpid()}')
+      tmp.write_text(json.dumps(problems))
+      tmp.replace(cache_file)
+    except OSError as e:  # a read-only cache only costs the next scan its speed
+      logging.warning('Could not cache the image check in %s: %s', cache_file, e)
+  return problems
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+  if mode.startswith('I;16') or mode == 'I':
+    return np.clip(arr.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+  if mode == 'F':
+    return (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+  return arr.astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+  """A Pillow image (any mode) as HWC uint8 RGB, as the module docstring says."""
+  try:
+    im = ImageOps.exif_transpose(im)
+  except Exception:  # pylint: disable=broad-except  # a broken EXIF block: keep it as stored
+    pass
+  if im.mode == 'P':
+    im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
+  if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'RGB' and 'transparency' in im.info):
+    rgba = im.convert('RGBA')
+    background = Image.new('RGBA', rgba.size, BACKGROUND + (255,))
+    return np.asarray(Image.alpha_composite(background, rgba).convert('RGB'))
+  if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
+    gray = _to_uint8(np.asarray(im), im.mode)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if im.mode != 'RGB':
+    im = im.convert('RGB')
+  return np.asarray(im)
+
+
+def decode_image(path: str) -> np.ndarray:
+  """The image file at `path` as HWC uint8 RGB (first frame; see the module docstring)."""
+  try:
+    with Image.open(path) as im:
+      im.seek(0)
+      im.load()
+      return np.ascontiguousarray(to_rgb(im))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'Cannot decode image {path}: {type(e).__name__}: {e}. Remove or replace it '
+                    "(config.data.on_bad_image='skip' drops the files the scan finds bad).") from e
+
+
+class ImageFiles:
+  """Random-access source over image files: [i] -> {'image', 'label', 'id': i}; `labels`."""
+
+  def __init__(self, paths: Sequence[str], labels: np.ndarray):
+    if len(paths) != len(labels):
+      raise ValueError(f'{len(paths)} paths but {len(labels)} labels.')
+    self.paths = tuple(paths)
+    self.labels = np.asarray(labels, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    return {'image': decode_image(self.paths[index]), 'label': int(self.labels[index]),
+            'id': index}
+
+
+def without_bad(scan: Scan, on_bad_image: str) -> tuple[Scan, dict[str, str]]:
+  """The scan without the files that fail the header check ('skip'), or DataError ('error')."""
+  if on_bad_image not in ON_BAD_IMAGE:
+    raise DataError(f'config.data.on_bad_image={on_bad_image!r} is not valid; choose one of '
+                    f'{ON_BAD_IMAGE}.')
+  bad = check_images(scan.paths)
+  if bad and on_bad_image == 'error':
+    listed = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5])
+    raise DataError(f'{len(bad)} image(s) under {scan.where} cannot be read: {listed}'
+                    f'{" ..." if len(bad) > 5 else ""}. Remove or replace them, or set '
+                    "config.data.on_bad_image='skip' to train without them.")
+  if not bad:
+    return scan, {}
+  keep = [i for i, p in enumerate(scan.paths) if p not in bad]
+  logging.warning('Skipping %d unreadable image(s) under %s (config.data.on_bad_image=skip).',
+                  len(bad), scan.where)
+  return dataclasses.replace(scan, paths=tuple(scan.paths[i] for i in keep),
+                             labels=scan.labels[keep]), bad

@@ -1,0 +1,282 @@
+r"""Predictions from a trained run, for new images: a command and a Python API.
+
+  python -m ltdpt_jax.predict --workdir=runs/demo --images=photos/ --out=predictions.csv
+  python -m ltdpt_jax.predict --workdir=RUN --checkpoint_step=N --images=a.jpg b.png list.txt \
+      --out=predictions.csv --top_k=5
+
+  predictor = Predictor.from_workdir('runs/demo')          # latest checkpoint
+  out = predictor.predict(images_uint8)                    # (N, H, W, 3) or a list of HWC arrays
+  rows = predictor.predict_files(['a.jpg', 'b.png'])
+
+The run is rebuilt from its own records, not from its training data: the config that ran
+(`<workdir>/config.json`), the class names, counts and image size of the checkpoint's metadata,
+the trained prompts and head from the Orbax checkpoint, the frozen backbone from
+`config.model.checkpoint` (its SHA-256 must be the one the run recorded). Every image goes
+through the evaluation transform (resize to int(S * 256 / 224), centre crop S) and the jitted
+forward with saliency, in batches of `config.data.eval_batch_size` (rounded up to the device
+count; the last batch padded); the probabilities are softmax(s * cosine logits) with
+s = `config.loss.s`.
+
+A PATH is an image, a directory (searched recursively) or a list file (`<path> <label>` lines
+or a `path,label` CSV, paths relative to the list's folder). Images in class-named folders (a
+directory whose sub-folders are classes of the run) and list files carry labels: then the
+accuracy summary of `--mode=eval` (top-1, head/medium/tail, per class) is written next to the
+CSV as `<out stem>_summary.json`. The CSV has one row per image: path, label (empty when
+unknown), prediction, probability, then top1, top1_probability, ..., top<k>, ...
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from ltdpt_jax import checkpoint as ckpt_lib
+from ltdpt_jax import data as data_lib
+from ltdpt_jax import evaluators as evaluators_lib
+from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import sharding
+from ltdpt_jax import train
+from ltdpt_jax.data import files
+from ltdpt_jax.data import transforms
+from ltdpt_jax.evaluators import longtail
+
+LIST_EXTENSIONS = ('.txt', '.csv', '.lst')
+
+
+class PredictError(ValueError):
+  """A workdir, checkpoint or input that cannot be used: one line naming it and the fix."""
+
+
+class Predictor:
+  """A trained run, ready to classify images (see the module docstring)."""
+
+  def __init__(self, setup: train.Setup, params: Any, meta: dict[str, Any], step: int):
+    self.setup, self.params, self.meta, self.step = setup, params, meta, step
+    self.class_names = tuple(setup.info.class_names)
+    self.image_size = setup.image_size
+    n_dev = jax.device_count()
+    self.batch_size = -(-int(setup.config.data.eval_batch_size) // n_dev) * n_dev
+    scale = float(setup.config.loss.s)
+    rep = sharding.replicated(setup.mesh)
+
+    def probabilities(trainable, frozen, images):
+      logits = setup.predict_fn(trainable, frozen, images)['logits']
+      return jax.nn.softmax(scale * logits.astype(jnp.float32), axis=-1)
+
+    self._probabilities = jax.jit(probabilities,
+                                  in_shardings=(rep, rep, setup.batch_sharding),
+                                  out_shardings=rep)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None) -> 'Predictor':
+    """The run in `workdir` at checkpoint `step` (default: the latest); PredictError when the
+    workdir holds no run or checkpoint, or its backbone file is not the one it trained on."""
+    config_dict = metrics_lib.read_json(os.path.join(workdir, 'config.json'))
+    if config_dict is None:
+      raise PredictError(f'{workdir} holds no run ({os.path.join(workdir, "config.json")} is '
+                         'missing): pass the --workdir of a trained run.')
+    config = ml_collections.ConfigDict(config_dict)
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+      available = checkpointer.all_steps()
+      if not available:
+        raise PredictError(f'No checkpoint in {checkpointer.directory}: train first '
+                           '(python -m ltdpt_jax.main --mode=train with this --workdir).')
+      if step is not None and step not in available:
+        raise PredictError(f'No checkpoint of step {step} in {checkpointer.directory}; '
+                           f'available steps: {sorted(available)} (--checkpoint_step).')
+      step = max(available) if step is None else step
+      try:
+        meta = checkpointer.read_meta(step)
+        setup = train.Setup(config, info=_info_of(meta, config), for_training=False)
+        stored = meta.get('backbone_sha256')
+        if 'backbone_sha256' in meta and stored != setup.backbone_sha256:
+          raise PredictError(
+              f'The backbone is not the one the run trained on: {config.model.checkpoint} has '
+              f'SHA-256 {setup.backbone_sha256}, the run recorded {stored}. Point '
+              f'config.model.checkpoint in {workdir}/config.json at the original file.')
+        state, meta = checkpointer.restore(step, setup.abstract_state())
+      except (ckpt_lib.CheckpointDamaged, ckpt_lib.CheckpointMismatch) as e:
+        raise PredictError(str(e)) from e
+    finally:
+      checkpointer.close()
+    logging.info('Predicting with the checkpoint of step %d in %s (%d classes, %d px).', step,
+                 workdir, setup.num_classes, setup.image_size)
+    return cls(setup, state.params, meta, step)
+
+  def predict(self, images, *, preprocess: bool = True) -> dict[str, np.ndarray]:
+    """Class probabilities of images: an (N, H, W, 3) uint8 array or a list of HWC uint8 arrays
+    of any sizes. With `preprocess` (default) each goes through the evaluation transform first,
+    as files do; without, they must already be (S, S) crops. Returns {'probabilities' (N, C),
+    'prediction' (N,) class indices}."""
+    if preprocess:
+      images = [transforms.eval_transform(np.asarray(im), self.image_size) for im in images]
+    images = np.asarray(images, np.uint8)
+    s = self.image_size
+    if images.ndim != 4 or images.shape[1:] != (s, s, 3):
+      raise PredictError(f'images must be (N, {s}, {s}, 3) uint8 after preprocessing; got '
+                         f'{images.shape}.')
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size, s, s, 3), np.uint8)
+      padded[:len(chunk)] = chunk
+      batch = sharding.to_global({'image': padded}, self.setup.batch_sharding)['image']
+      probs = self._probabilities(self.params, self.setup.frozen, batch)
+      out.append(np.asarray(jax.device_get(probs))[:len(chunk)])
+    probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+    return {'probabilities': probs, 'prediction': probs.argmax(-1) if len(probs) else
+            np.zeros((0,), np.int64)}
+
+  def predict_files(self, paths: Sequence[str], *, labels: Sequence[int] | None = None,
+                    top_k: int = 5) -> list[dict[str, Any]]:
+    """One record per file: path, label name ('' unknown), prediction, probability, top-k
+    [(name, probability)]. Files that are not readable images raise PredictError first."""
+    bad = files.check_images(list(paths), cache=False)
+    if bad:
+      listed = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5])
+      raise PredictError(f'{len(bad)} file(s) are not readable images: {listed}.')
+    k = max(1, min(int(top_k), len(self.class_names)))
+    rows = []
+    for start in range(0, len(paths), self.batch_size):
+      chunk = list(paths[start:start + self.batch_size])
+      with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        crops = list(pool.map(lambda p: transforms.eval_transform(files.decode_image(p),
+                                                                  self.image_size), chunk))
+      probs = self.predict(crops, preprocess=False)['probabilities']
+      for i, (path, p) in enumerate(zip(chunk, probs)):
+        order = np.argsort(-p, kind='stable')[:k]
+        label = None if labels is None else int(labels[start + i])
+        rows.append({'path': path, 'label': label,
+                     'label_name': '' if label is None else self.class_names[label],
+                     'prediction': int(order[0]), 'prediction_name': self.class_names[order[0]],
+                     'probability': float(p[order[0]]),
+                     'top_k': [(self.class_names[c], float(p[c])) for c in order]})
+    return rows
+
+  def summary(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The `--mode=eval` record of labelled rows (top-1, head/medium/tail, per class)."""
+    n = len(self.class_names)
+    labels = np.asarray([r['label'] for r in rows], np.int64)
+    hits = np.asarray([r['prediction'] == r['label'] for r in rows], np.int64)
+    correct = np.bincount(labels, weights=hits, minlength=n)
+    count = np.bincount(labels, minlength=n)
+    thresholds = tuple(self.setup.config.data.get('shot_thresholds',
+                                                  (longtail.TAIL_MAX, longtail.HEAD_MIN)))
+    return {'step': self.step, 'epoch': int(self.meta.get('epoch', -1)),
+            **evaluators_lib.summarize_eval(correct, count, self.setup.info.class_counts,
+                                            class_names=self.class_names, thresholds=thresholds)}
+
+
+def _info_of(meta: dict[str, Any], config) -> data_lib.DatasetInfo:
+  """The dataset facts a checkpoint keeps (no training data needed to predict)."""
+  counts = np.asarray(meta['class_counts'], np.int64)
+  names = tuple(meta.get('class_names') or (str(c) for c in range(len(counts))))
+  return data_lib.DatasetInfo(name=meta.get('dataset', ''), num_classes=len(counts),
+                              class_counts=counts, num_train=int(counts.sum()), num_eval=0,
+                              image_size=int(meta.get('image_size', config.data.image_size)),
+                              class_names=names)
+
+
+def resolve_inputs(paths: Sequence[str], class_names: Sequence[str]
+                   ) -> tuple[list[str], list[int] | None]:
+  """(image paths, labels or None) of PATHs: images, directories (recursive; labelled when
+  their sub-folders are classes of the run) and list files (labelled)."""
+  out, labels, labelled = [], [], True
+  index = {n: i for i, n in enumerate(class_names)}
+  for path in paths:
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+      entries = list(os.scandir(path))
+      subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith('.')]
+      loose = [e.name for e in entries if e.is_file() and files.is_image_name(e.name)]
+      if subdirs and not loose and all(d in index for d in subdirs):
+        scan = files.scan_folder(path, class_names=class_names, key='images',
+                                 allow_empty_classes=True)
+        out += scan.paths
+        labels += scan.labels.tolist()
+      else:
+        out += files.walk_images(os.path.abspath(path))
+        labelled = False
+    elif os.path.isfile(path) and os.path.splitext(path)[1].lower() in LIST_EXTENSIONS:
+      scan = files.read_list(path, class_names=class_names, key='images')
+      out += scan.paths
+      labels += scan.labels.tolist()
+    elif os.path.isfile(path):
+      out.append(os.path.abspath(path))
+      labelled = False
+    else:
+      raise PredictError(f'--images: {path} is not an image, a directory or a list file.')
+  if not out:
+    raise PredictError(f'--images: no image files in {list(paths)} (extensions '
+                       f'{", ".join(files.IMAGE_EXTENSIONS)}).')
+  return out, labels if labelled else None
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str, top_k: int) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  k = len(rows[0]['top_k']) if rows else top_k
+  header = ['path', 'label', 'prediction', 'probability']
+  for i in range(1, k + 1):
+    header += [f'top{i}', f'top{i}_probability']
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for r in rows:
+      line = [r['path'], r['label_name'], r['prediction_name'], f"{r['probability']:.6f}"]
+      for name, p in r['top_k']:
+        line += [name, f'{p:.6f}']
+      writer.writerow(line)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------------
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run (its --workdir).')
+_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
+_IMAGES = flags.DEFINE_multi_string('images', None, 'An image, a directory (recursive) or a list '
+                                    'file; more PATHs may follow as arguments.')
+_OUT = flags.DEFINE_string('out', 'predictions.csv', 'The CSV to write.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes each row lists.')
+
+
+def main(argv: Sequence[str]) -> None:
+  paths = list(_IMAGES.value or []) + list(argv[1:])
+  try:
+    if not _WORKDIR.value or not paths:
+      raise PredictError('pass --workdir=RUN and --images=PATH [PATH ...].')
+    predictor = Predictor.from_workdir(_WORKDIR.value, _STEP.value)
+    images, labels = resolve_inputs(paths, predictor.class_names)
+    rows = predictor.predict_files(images, labels=labels, top_k=_TOP_K.value)
+  except (PredictError, files.DataError, train.SetupError, ValueError, FileNotFoundError) as e:
+    logging.debug('Traceback of the error below:', exc_info=True)
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+  write_csv(rows, _OUT.value, _TOP_K.value)
+  logging.info('Wrote %d predictions to %s.', len(rows), _OUT.value)
+  if labels is not None:
+    summary = predictor.summary(rows)
+    stem = os.path.splitext(_OUT.value)[0]
+    metrics_lib.write_json(f'{stem}_summary.json', summary)
+    logging.info('Labelled images: top-1 %.2f%% over %d images; summary in %s_summary.json.',
+                 100 * summary['accuracy'], summary['num_examples'], stem)
+
+
+if __name__ == '__main__':
+  app.run(main)
