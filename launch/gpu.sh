@@ -1,27 +1,103 @@
 #!/usr/bin/env bash
-# Train LT-DPT on NVIDIA GPUs: one machine (all its GPUs), or several machines.
+# Train LT-DPT on NVIDIA GPUs: one machine (all its GPUs), several machines, or a Slurm job.
 #
 # One machine:
 #   bash launch/gpu.sh --config=configs/places.py --workdir=runs/places_lt
-# Several machines (run the same line on each, with its own PROCESS_ID = 0..NUM_PROCESSES-1):
-#   COORDINATOR=10.0.0.1:12355 NUM_PROCESSES=2 PROCESS_ID=0 bash launch/gpu.sh --config=... --workdir=/shared/fs/run
+# Several machines: the same line on each, PROCESS_ID = 0 .. NUM_PROCESSES-1, COORDINATOR = host:port
+# of process 0; the workdir on a file system every machine sees (NFS, Lustre) or gs://:
+#   COORDINATOR=10.0.0.1:12355 NUM_PROCESSES=2 PROCESS_ID=0 bash launch/gpu.sh --config=... --workdir=/shared/run
+# Slurm (one task per node; JAX reads SLURM_* inside srun tasks, so no COORDINATOR):
+#   LTDPT_DISTRIBUTED=1 srun --nodes=2 --ntasks-per-node=1 bash launch/gpu.sh --config=... --workdir=/shared/run
+# Print what it would do (venv, pip, the final command) and do none of it:
+#   DRY_RUN=1 bash launch/gpu.sh ...      (or --dry_run as the first argument)
 #
-# Creates .venv on first use with jax[cuda12] and requirements.txt. With COORDINATOR set, every
-# process calls jax.distributed.initialize(COORDINATOR, NUM_PROCESSES, PROCESS_ID) and reads its
-# own shard of the data; the workdir must be on a file system all machines see (or gs://).
-# SLURM users: leave COORDINATOR unset and set LTDPT_DISTRIBUTED=1; JAX reads SLURM's variables.
+# The venv ($VENV, default .venv) is (re)installed whenever its stamp ($VENV/.ltdpt_stamp) does not
+# hold the sha256 of requirements.txt + pyproject.toml + the jax requirement, in one resolver call:
+#   pip install -r requirements.txt "jax[$JAX_EXTRA]>=0.10,<0.13"
+# JAX_EXTRA: cuda13 (default, what the JAX installation guide lists first; CUDA 13 wheels need an
+# NVIDIA driver >= 580) or cuda12 (driver >= 525). CUDA itself comes in the wheels. PYTHON picks the
+# interpreter of the venv (>= 3.11, e.g. PYTHON=python3.12). Creating the venv holds a flock on
+# $VENV.lock: nodes sharing a file system that start at once install it once.
+#
+# With COORDINATOR set, every process calls jax.distributed.initialize(COORDINATOR, NUM_PROCESSES,
+# PROCESS_ID[, LOCAL_DEVICE_IDS]) and reads its own shard of the data; LOCAL_DEVICE_IDS=0,1 gives a
+# process only some GPUs (several processes per machine). LTDPT_DISTRIBUTED=1 without COORDINATOR
+# lets JAX detect the cluster (Slurm, Open MPI, Cloud TPU).
+#
+# GPU memory: nothing is set here, so JAX preallocates 75% of each GPU's memory and may grow beyond
+# it. To change that export XLA_CLIENT_MEM_FRACTION=.90 (older JAX: XLA_PYTHON_CLIENT_MEM_FRACTION)
+# or XLA_PYTHON_CLIENT_PREALLOCATE=false (allocate on demand; more fragmentation) before the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ ! -d .venv ]]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q -U pip
-  .venv/bin/pip install -q -U "jax[cuda12]"
-  .venv/bin/pip install -q -r requirements.txt
+
+DRY_RUN=${DRY_RUN:-0}
+if [[ "${1:-}" == --dry_run || "${1:-}" == --dry-run ]]; then
+  DRY_RUN=1
+  shift
 fi
-# Let XLA use most of the GPU memory without pre-allocating all of it up front.
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+JAX_EXTRA=${JAX_EXTRA:-cuda13}
+JAX_REQ="jax[$JAX_EXTRA]>=0.10,<0.13"
+STAMP=$VENV/.ltdpt_stamp
+
+die() { echo "gpu.sh: $*" >&2; exit 1; }
+show() {
+  local line=+ a
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then line+=" $a"; else line+=" '${a//\'/\'\\\'\'}'"; fi
+  done
+  printf '%s\n' "$line"
+}
+run() {
+  show "$@"
+  [[ "$DRY_RUN" == 1 ]] || "$@"
+}
+
+[[ "$JAX_EXTRA" =~ ^[a-z0-9_-]+$ ]] || die "JAX_EXTRA=$JAX_EXTRA: expected cuda13 or cuda12"
+stamp=$(cat requirements.txt pyproject.toml <(printf '%s\n' "$JAX_REQ") | sha256sum | cut -d' ' -f1)
+
+install() {
+  local py_check='import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else "ltdpt_jax needs Python >= 3.11 (jax, flax, orbax, grain), %s is %d.%d: set PYTHON=python3.12" % ((sys.executable,) + v))'
+  run "$PYTHON" -c "$py_check"
+  if [[ "$DRY_RUN" == 1 ]] || ! "$VENV/bin/python" -c "$py_check" >/dev/null 2>&1; then
+    run "$PYTHON" -m venv --clear "$VENV"  # none, or a broken or too old one
+  fi
+  run "$VENV/bin/python" -m pip install -q -U pip
+  run "$VENV/bin/python" -m pip install -r requirements.txt "$JAX_REQ"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "+ echo $stamp > $STAMP"
+  else
+    echo "$stamp" >"$STAMP"
+  fi
+}
+
+if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$stamp" ]]; then
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "+ flock $VENV.lock  # held while the venv is created and installed"
+    install
+  else
+    mkdir -p "$(dirname "$VENV")"
+    exec 9>"$VENV.lock"
+    flock 9
+    # Another node may have installed it while this one waited for the lock.
+    [[ "$(cat "$STAMP" 2>/dev/null || true)" == "$stamp" ]] || install
+    flock -u 9
+    exec 9>&-
+  fi
+else
+  echo "gpu.sh: $VENV is up to date ($STAMP matches requirements.txt, pyproject.toml, $JAX_REQ)" >&2
+fi
+
+envs=()
 if [[ -n "${COORDINATOR:-}" ]]; then
-  export LTDPT_COORDINATOR="$COORDINATOR" LTDPT_NUM_PROCESSES="${NUM_PROCESSES:?}" \
-         LTDPT_PROCESS_ID="${PROCESS_ID:?}"
+  [[ -n "${NUM_PROCESSES:-}" && -n "${PROCESS_ID:-}" ]] ||
+    die "COORDINATOR=$COORDINATOR needs NUM_PROCESSES and PROCESS_ID (0 .. NUM_PROCESSES-1) too"
+  envs+=(LTDPT_COORDINATOR="$COORDINATOR" LTDPT_NUM_PROCESSES="$NUM_PROCESSES" LTDPT_PROCESS_ID="$PROCESS_ID")
+  [[ -z "${LOCAL_DEVICE_IDS:-}" ]] || envs+=(LTDPT_LOCAL_DEVICE_IDS="$LOCAL_DEVICE_IDS")
 fi
-exec .venv/bin/python -m ltdpt_jax.main "$@"
+if [[ "$DRY_RUN" == 1 ]]; then
+  show env ${envs[@]+"${envs[@]}"} "$VENV/bin/python" -m ltdpt_jax.main "$@"
+  exit 0
+fi
+exec env ${envs[@]+"${envs[@]}"} "$VENV/bin/python" -m ltdpt_jax.main "$@"

@@ -34,6 +34,17 @@ uses the analytic FLOPs (the usual definition: recomputation and elementwise wor
 Memory: `peak_bytes_in_use` of device 0 (memory_stats; 'n/a' where the backend has none, e.g.
 CPU) after all parts ran, and the compiled train step's own sizes (`memory_analysis`).
 
+* memory (not in the default parts: it compiles several programs): the memory report. The train
+  step compiled for abstract arguments (`bench_parts.abstract_train_step`: nothing allocated)
+  at each per-device batch of `--memory_batches` (default 128,512), without remat and with each
+  policy of `--memory_remat_policies` (default the config's `model.remat_policy`): arguments,
+  temporaries, outputs, total and bytes per image from `memory_analysis`, and XLA's FLOPs with
+  remat over those without (what remat costs). It runs on a CPU too (that is how the README's
+  table was made), approximating the accelerator's program; there the CLI switches XLA:CPU to
+  its memory-minimising scheduler (`bench_parts.use_cpu_memory_schedule`: the default one
+  hoists every recomputation and so hides what remat saves), which also applies to the other
+  parts of that run: time them in a run of their own.
+
 `--synthetic` replaces the dataset by synthetic data of the config's image size
 (`bench_parts.synthetic_stand_in`: a config whose data section is synthetic, and the dataset info
 `train.Setup(config, info=...)` builds from): the model, the loss and the steps get the real
@@ -72,22 +83,29 @@ from ltdpt_jax import train
 from ltdpt_jax.bench_report import format_table
 from ltdpt_jax.bench_report import NA
 from ltdpt_jax.models import flops as flops_lib
+from ltdpt_jax.models import vit as vit_lib
 
-PARTS = ('train', 'eval', 'pipeline', 'end_to_end', 'flops')
+PARTS = ('train', 'eval', 'pipeline', 'end_to_end', 'flops', 'memory')
+DEFAULT_PARTS = ('train', 'eval', 'pipeline', 'end_to_end', 'flops')
+MEMORY_BATCHES = (128, 512)
 
 
 def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
                   peak_tflops: float | None = None, synthetic: bool = False,
                   num_classes: int | None = None, workers: int | None = None,
-                  parts: Sequence[str] = PARTS, config_name: str = '',
-                  compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  parts: Sequence[str] = DEFAULT_PARTS, config_name: str = '',
+                  compiler_options: dict[str, Any] | None = None,
+                  memory_batches: Sequence[int] = MEMORY_BATCHES,
+                  memory_remat_policies: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark parts `parts` (subset of PARTS) for `config`; returns the JSON record.
 
   Compiles only what the parts need: the train step for train / end_to_end / flops, the eval
   step for eval, the forward for flops (XLA counts of uncompiled steps are 'n/a'; the analytic
-  counts are always there). `compiler_options` go to every `.compile()` (the tests pass a low
-  XLA CPU optimisation level: faster compiles, the same FLOP counts). Raises ValueError for
-  unknown parts, bad counts or an invalid config.
+  counts are always there), and for memory the step at each of `memory_batches` (per device)
+  without remat and with each of `memory_remat_policies` (default: config.model.remat_policy).
+  `compiler_options` go to every `.compile()` (the tests pass a low XLA CPU optimisation
+  level: faster compiles, the same FLOP counts and buffers). Raises ValueError for unknown
+  parts, bad counts or an invalid config.
   """
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
@@ -95,6 +113,12 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
   if steps < 1 or warmup < 0 or repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0, repeats >= 1; got {steps}, {warmup}, '
                      f'{repeats}.')
+  if memory_remat_policies is None:
+    memory_remat_policies = (config.model.get('remat_policy', 'dots_with_no_batch_dims'),)
+  bad = sorted(set(memory_remat_policies) - set(vit_lib.REMAT_POLICIES))
+  if bad or not memory_batches or min(int(b) for b in memory_batches) < 1:
+    raise ValueError(f'Need --memory_batches >= 1 and --memory_remat_policies from '
+                     f'{tuple(vit_lib.REMAT_POLICIES)}; got {list(memory_batches)}, {bad}.')
   config = copy.deepcopy(config)
   if workers is not None:
     config.data.num_workers = int(workers)
@@ -134,8 +158,14 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
   if 'pipeline' in parts or 'end_to_end' in parts:
     results.update(_input_parts(setup, runner, parts, results, synthetic, n_dev, analytic,
                                 peak_total, steps=steps, warmup=warmup))
+  memory_report = None
+  if 'memory' in parts:
+    memory_report = parts_lib.memory_rows(
+        config, setup.info, per_device_batches=[int(b) for b in memory_batches],
+        remat_policies=list(memory_remat_policies), options=compiler_options,
+        log=lambda line: logging.info('%s', line))
   jax.block_until_ready(runner.state)
-  return {
+  record = {
       'config': _config_record(setup, config_name, synthetic),
       'device': {
           'platform': device.platform, 'device_kind': device.device_kind,
@@ -152,6 +182,9 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
                  **{f'{k}_step_compiled': parts_lib.memory_analysis(compiled[k])
                     if compiled[k] else NA for k in ('train', 'eval')}},
   }
+  if memory_report is not None:
+    record['memory_report'] = memory_report
+  return record
 
 
 def _config_record(setup: train.Setup, config_name: str, synthetic: bool) -> dict[str, Any]:
@@ -160,6 +193,7 @@ def _config_record(setup: train.Setup, config_name: str, synthetic: bool) -> dic
   return {
       'file': config_name, 'dataset': setup.info.name, 'synthetic': bool(synthetic),
       'backbone': setup.model.arch.describe(), 'method': m.method, 'dtype': m.dtype,
+      'attention': m.get('attention', 'auto'), 'remat': bool(m.get('remat', False)),
       'num_fr_prompts': int(m.num_fr_prompts), 'num_br_prompts': int(m.num_br_prompts),
       'num_br_blocks': int(m.num_br_blocks), 'image_size': setup.image_size,
       'batch_size': int(d.batch_size), 'eval_batch_size': int(d.eval_batch_size),
@@ -314,7 +348,12 @@ def define_flags() -> None:
                        "config dataset's).")
   flags.DEFINE_integer('workers', None, 'grain worker processes for the pipeline parts '
                        '(default config.data.num_workers; -1 = from the core count).')
-  flags.DEFINE_list('parts', list(PARTS), f'Parts to run, from {PARTS}.')
+  flags.DEFINE_list('parts', list(DEFAULT_PARTS), f'Parts to run, from {PARTS}.')
+  flags.DEFINE_list('memory_batches', [str(b) for b in MEMORY_BATCHES],
+                    'Per-device batches of the memory part.')
+  flags.DEFINE_list('memory_remat_policies', None, 'Remat policies of the memory part (besides '
+                    'no remat), from models/vit.py REMAT_POLICIES; default the config\'s '
+                    'model.remat_policy.')
   flags.mark_flags_as_required(['config'])
 
 
@@ -322,6 +361,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  if 'memory' in f.parts:  # before any JAX backend starts (see bench_parts)
+    parts_lib.use_cpu_memory_schedule()
   try:
     name = config_flags.get_config_filename(f['config'])
   except Exception:  # pylint: disable=broad-except
@@ -330,7 +371,9 @@ def main(argv: Sequence[str]) -> None:
     record = run_benchmark(f.config, steps=f.steps, warmup=f.warmup, repeats=f.repeats,
                            peak_tflops=f.peak_tflops, synthetic=f.synthetic,
                            num_classes=f.num_classes, workers=f.workers, parts=f.parts,
-                           config_name=name)
+                           config_name=name,
+                           memory_batches=[int(b) for b in f.memory_batches],
+                           memory_remat_policies=f.memory_remat_policies)
   except ValueError as e:
     print(f'Invalid benchmark settings: {e}', file=sys.stderr)
     sys.exit(2)

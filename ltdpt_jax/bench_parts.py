@@ -11,6 +11,9 @@
 * `pipeline_record` / `source_ms_per_image`: the input pipeline alone (grain iterator images/s
   per process and per worker; for the synthetic source what generating one image costs, for an
   image folder or list what decoding one file costs, to tell the source from the transforms).
+* `abstract_train_step` / `memory_rows`: the train step of a config compiled for abstract
+  arguments (nothing allocated, any per-device batch) and its `memory_analysis` with and without
+  remat, for the memory report (`--parts=memory`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ltdpt_jax import data as data_lib
+from ltdpt_jax import optim
+from ltdpt_jax import sharding
 from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.models import ltdpt
 from ltdpt_jax.bench_report import NA
 from ltdpt_jax.data import files as files_lib
 from ltdpt_jax.data import synthetic as synthetic_lib
@@ -262,3 +269,127 @@ def pipeline_record(it, *, rows: int, steps: int, warmup: int, workers: int,
   if ms is not None:
     r['source_ms_per_image'] = ms
   return r
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory report: the compiled step for abstract arguments, with and without remat.
+# ---------------------------------------------------------------------------------------------
+
+GIB = 2**30
+# XLA:CPU's default scheduler orders the program for thread concurrency and so runs every
+# rematerialised block's recomputation right after the forward pass, keeping them all live:
+# remat then saves nothing on a CPU (measured: ViT-B/16 bf16 at batch 128 needs more with
+# policy 'nothing' than without remat). The accelerators' schedulers are memory-aware (each
+# recomputation just before its use), so the memory report's CPU programs use XLA:CPU's
+# memory-minimising scheduler. XLA reads this flag from XLA_FLAGS only (not from per-compile
+# options), before the backend starts: `use_cpu_memory_schedule` sets it from the CLI.
+CPU_MEMORY_SCHEDULE_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler=false'
+
+
+def use_cpu_memory_schedule() -> bool:
+  """Adds CPU_MEMORY_SCHEDULE_FLAG to XLA_FLAGS if no JAX backend has started yet (it has no
+  effect on GPU/TPU programs); returns whether the flag is in effect."""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  flags = os.environ.get('XLA_FLAGS', '')
+  if CPU_MEMORY_SCHEDULE_FLAG in flags:
+    return True
+  if xla_bridge.backends_are_initialized():
+    return False
+  os.environ['XLA_FLAGS'] = f'{flags} {CPU_MEMORY_SCHEDULE_FLAG}'.strip()
+  return True
+
+
+def cpu_memory_schedule_in_effect() -> bool:
+  return CPU_MEMORY_SCHEDULE_FLAG in os.environ.get('XLA_FLAGS', '')
+
+
+def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, tuple]:
+  """(jitted train step, abstract (state, frozen, batch)) of `config` as `train.Setup` builds
+  them (model, frozen partition in the compute dtype, optimiser, step), from shapes only:
+  nothing is initialised or allocated, so a ViT-B/16 step at any batch compiles on a laptop.
+  tests/test_bench.py checks that it compiles to the same buffers as Setup's step."""
+  size, batch = int(config.data.image_size), int(config.data.batch_size)
+  model = ltdpt.build_model(config.model, info.num_classes, size)
+  shapes = ltdpt.abstract_params(model, size)
+  trainable, frozen = optim.split_params(
+      shapes, optim.param_labels(shapes, tuple(config.optim.frozen_patterns)))
+  frozen = ltdpt.cast_frozen(frozen, model)
+  tx = optim.make_optimizer(config.optim, total_steps=1000, global_batch=batch,
+                            seed=int(config.train.seed))
+  state = jax.eval_shape(lambda t: step_lib.init_train_state(t, tx), trainable)
+  step = step_lib.make_train_step(model, tx, loss_config=config.loss,
+                                  seed=int(config.train.seed), class_counts=info.class_counts,
+                                  drw_start_step=500, mesh=mesh)
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  return step, (state, frozen, {'image': images, 'label': labels})
+
+
+def _total_bytes(m: dict[str, int]) -> int:
+  """What the program holds at its peak by XLA's accounting: arguments + outputs - the outputs
+  aliased to (donated) arguments + temporaries."""
+  return (m['argument_size_in_bytes'] + m['output_size_in_bytes'] - m['alias_size_in_bytes']
+          + m['temp_size_in_bytes'])
+
+
+def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Sequence[int],
+                remat_policies: Sequence[str], options: dict[str, Any] | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """The compiled train step's memory (`memory_analysis`) and XLA FLOPs for each per-device
+  batch, without remat and with each policy of `remat_policies` (vit.REMAT_POLICIES).
+
+  Rows: per_device_batch, remat_policy ('none' without remat), argument / output / alias /
+  temp bytes, total_bytes (arguments + outputs - aliased + temporaries), bytes_per_image and
+  temp_bytes_per_image (over the per-device batch), xla_flops_per_image, flops_over_no_remat
+  (the FLOPs remat adds, from the compiled programs), compile_s. Everything per device (the
+  programs are compiled for the mesh of every device, batch = per-device batch x devices).
+  """
+  mesh = sharding.make_mesh()
+  n_dev = mesh.size
+  platform = jax.devices()[0].platform
+  memory_schedule = platform != 'cpu' or cpu_memory_schedule_in_effect()
+  if log is not None and not memory_schedule:
+    log('memory: XLA:CPU runs with its concurrency-optimised scheduler, under which remat saves '
+        f'no memory; run the memory part alone from the CLI (or set XLA_FLAGS='
+        f'{CPU_MEMORY_SCHEDULE_FLAG}) for the memory-minimising schedule.')
+  rows = []
+  for per_device in per_device_batches:
+    base_flops = None
+    for policy in ('none', *remat_policies):
+      c = copy.deepcopy(config)
+      c.data.batch_size = int(per_device) * n_dev
+      c.model.remat = policy != 'none'
+      if policy != 'none':
+        c.model.remat_policy = policy
+      step, args = abstract_train_step(c, info, mesh)
+      compiled, seconds = compile_step(step, *args, options=options)
+      m = memory_analysis(compiled)
+      flops = step_lib.compiled_flops(compiled)
+      row = {'per_device_batch': int(per_device), 'remat_policy': policy}
+      if isinstance(m, dict):
+        total = _total_bytes(m)
+        row.update({k.replace('_size_in_bytes', '_bytes'): v for k, v in m.items()
+                    if k != 'generated_code_size_in_bytes'})
+        row.update(total_bytes=total, total_gib=total / GIB,
+                   bytes_per_image=total / per_device,
+                   temp_bytes_per_image=m['temp_size_in_bytes'] / per_device)
+      row['xla_flops_per_image'] = flops / per_device if flops else NA
+      if policy == 'none':
+        base_flops = flops
+      row['flops_over_no_remat'] = flops / base_flops if flops and base_flops else NA
+      row['compile_s'] = seconds
+      rows.append(row)
+      if log is not None:
+        log(f'memory: per-device batch {per_device}, remat {policy}: '
+            + (f'{row["total_gib"]:.2f} GiB' if 'total_gib' in row else 'n/a')
+            + f' ({seconds:.0f} s to compile)')
+  return {
+      'dtype': config.model.dtype, 'attention': config.model.attention,
+      'image_size': int(config.data.image_size), 'num_devices': n_dev,
+      'platform': platform, 'memory_minimising_schedule': memory_schedule, 'rows': rows,
+      'note': 'XLA memory_analysis of the train step compiled for this backend (per device; '
+              'the frozen backbone in the compute dtype, state donated). A CPU compile '
+              '(memory-minimising schedule) approximates the accelerator programs: other '
+              'fusions, and XLA:CPU computes bf16 matmuls in float32, keeping float32 copies '
+              'of the weights and of some activations that a TPU or GPU does not have',
+  }

@@ -31,6 +31,32 @@ def _mib(x) -> str:
   return f'{x / 2**20:,.1f} MiB' if isinstance(x, (int, float)) else str(x)
 
 
+def _gib(x) -> str:
+  return f'{x / 2**30:,.2f}' if isinstance(x, (int, float)) else str(x)
+
+
+def format_memory_report(report: dict[str, Any]) -> str:
+  """The memory part (`bench_parts.memory_rows`) as a table, GiB per device."""
+  lines = [
+      f"memory report ({report['platform']}, {report['dtype']}, attention "
+      f"{report['attention']}, {report['image_size']}px, per device of "
+      f"{report['num_devices']}): GiB from the compiled train step's memory_analysis"
+      + ('' if report.get('memory_minimising_schedule', True) else
+         ' [XLA:CPU concurrency schedule: remat rows overstate the memory]'),
+      f"{'batch/dev':>9} {'remat':<24}{'args':>8}{'temp':>9}{'output':>8}{'total':>9}"
+      f"{'MiB/image':>11}{'FLOPs x':>9}",
+  ]
+  for r in report['rows']:
+    ratio = r['flops_over_no_remat']
+    lines.append(
+        f"{r['per_device_batch']:>9} {r['remat_policy']:<24}{_gib(r.get('argument_bytes')):>8}"
+        f"{_gib(r.get('temp_bytes')):>9}{_gib(r.get('output_bytes')):>8}"
+        f"{_gib(r.get('total_bytes')):>9}"
+        f"{_num(r.get('bytes_per_image', NA) / 2**20 if 'bytes_per_image' in r else NA, '.1f'):>11}"
+        f"{_num(ratio, '.3f'):>9}")
+  return '\n'.join(lines)
+
+
 def format_table(record: dict[str, Any]) -> str:
   """A human-readable summary of a `run_benchmark` record."""
   c, dv, h, f = record['config'], record['device'], record['host'], record['flops']
@@ -87,6 +113,8 @@ def format_table(record: dict[str, Any]) -> str:
       + (f" train step compiled: arguments {_mib(tc.get('argument_size_in_bytes'))}, temp "
          f"{_mib(tc.get('temp_size_in_bytes'))}, output {_mib(tc.get('output_size_in_bytes'))}"
          if isinstance(tc, dict) else ''))
+  if 'memory_report' in record:
+    lines += ['', format_memory_report(record['memory_report'])]
   tm = record['timing']
   cs = tm['compile_s']
   lines.append(f"compile: train {_num(cs['train'], '.1f')} s, eval {_num(cs['eval'], '.1f')} s, "

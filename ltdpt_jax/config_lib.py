@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       patch_size=4, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128))
   c.model.checkpoint = CHECKPOINTS['b16']  # path or URL of the official ViT .npz ('' = random init)
   c.model.checkpoint_sha256 = ''     # checked when the checkpoint is downloaded from a URL
-  c.model.method = 'fr_br'           # 'vpt' | 'fr' | 'fr_br'
+  c.model.method = 'fr_br'           # 'vpt' | 'fr' | 'fr_br' | 'linear' (linear probe: head only)
   c.model.num_fr_prompts = 10        # n_f
   c.model.num_br_prompts = 10        # n_b
   c.model.num_groups = 20            # G
@@ -46,7 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature = 'cls_prompt_mean'  # 'cls_prompt_mean' | 'cls'
   c.model.prompt_mode = 'replace'    # 'replace' | 'carry'
   c.model.dropout = 0.1
-  c.model.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16'
+  c.model.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (frozen backbone stored in bf16)
+  # Performance knobs (models/vit.py `attend`, `Encoder`): attention 'auto' (cuDNN fused attention
+  # on a GPU with bf16, else XLA) | 'xla' | 'cudnn'; masked padding of queries/keys to a multiple of
+  # pad_attention_to (0: none on XLA, 8 on cuDNN); remat: rematerialise each block in the backward
+  # pass, saving what remat_policy allows ('dots_with_no_batch_dims' | 'dots' | 'nothing').
+  c.model.attention = 'auto'
+  c.model.pad_attention_to = 0
+  c.model.remat = False
+  c.model.remat_policy = 'dots_with_no_batch_dims'
 
   c.loss = ml_collections.ConfigDict()
   c.loss.s = 25.0
@@ -80,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_classes = 20            # synthetic only
   c.data.num_train_max = 200         # synthetic only: images of the largest class
   c.data.num_test_per_class = 20     # synthetic only
+  # synthetic only: which (shape, pattern) pairs the classes are (data/synthetic.py): 'default',
+  # 'upstream' (the demo backbone's pretraining classes), 'downstream' (the demo's, disjoint).
+  c.data.class_set = 'default'
   # Your own data (data/files.py): dataset 'folder' (<dir>/<class name>/<images>) or 'list'
   # ('<path> <label>' lines or a 'path,label' CSV, paths under image_root).
   c.data.train_dir = ''
@@ -106,6 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.best_metric = 'eval/accuracy'  # '<evaluator>/<metric>': best checkpoint, results.json
   c.train.seed = 0
+  c.train.plots = True   # after each evaluation: <workdir>/plots/*.png (ltdpt_jax/plot.py)
+  # Also measure where the prompts look at each evaluation (an 'attention' evaluator, unless
+  # config.evals lists one): foreground shares of Grad-CAM and FR/BR attention in metrics.jsonl.
+  c.train.attention_stats = False
   return c
 
 
@@ -154,9 +169,12 @@ def _choices() -> dict[str, tuple]:
       'model.feature': ltdpt.FEATURES,
       'model.prompt_mode': ltdpt.PROMPT_MODES,
       'model.dtype': tuple(ltdpt.DTYPES),
+      'model.attention': vit.ATTENTIONS,
+      'model.remat_policy': tuple(vit.REMAT_POLICIES),
       'data.dataset': data_lib.DATASETS,
       'data.eval_split': data_lib.EVAL_SPLITS,
       'data.on_bad_image': data_lib.ON_BAD_IMAGE,
+      'data.class_set': data_lib.CLASS_SETS,
   }
 
 

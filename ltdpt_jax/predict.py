@@ -173,11 +173,17 @@ class Predictor:
     hits = np.asarray([r['prediction'] == r['label'] for r in rows], np.int64)
     correct = np.bincount(labels, weights=hits, minlength=n)
     count = np.bincount(labels, minlength=n)
+    confusion = None
+    if n <= longtail.MAX_CONFUSION_CLASSES:
+      predicted = np.asarray([r['prediction'] for r in rows], np.int64)
+      confusion = np.zeros((n, n), np.int64)
+      np.add.at(confusion, (labels, predicted), 1)
     thresholds = tuple(self.setup.config.data.get('shot_thresholds',
                                                   (longtail.TAIL_MAX, longtail.HEAD_MIN)))
     return {'step': self.step, 'epoch': int(self.meta.get('epoch', -1)),
             **evaluators_lib.summarize_eval(correct, count, self.setup.info.class_counts,
-                                            class_names=self.class_names, thresholds=thresholds)}
+                                            class_names=self.class_names, thresholds=thresholds,
+                                            confusion=confusion)}
 
 
 def _info_of(meta: dict[str, Any], config) -> data_lib.DatasetInfo:
@@ -248,35 +254,44 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str, top_k: int) -> None:
 # CLI.
 # ---------------------------------------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run (its --workdir).')
-_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
-_IMAGES = flags.DEFINE_multi_string('images', None, 'An image, a directory (recursive) or a list '
-                                    'file; more PATHs may follow as arguments.')
-_OUT = flags.DEFINE_string('out', 'predictions.csv', 'The CSV to write.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes each row lists.')
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so that modules importing this one, such as
+  `visualize`, can define their own)."""
+  flags.DEFINE_string('workdir', None, 'The trained run (its --workdir).')
+  flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_multi_string('images', None, 'An image, a directory (recursive) or a list '
+                            'file; more PATHs may follow as arguments.')
+  flags.DEFINE_string('out', 'predictions.csv', 'The CSV to write.')
+  flags.DEFINE_integer('top_k', 5, 'How many classes each row lists.')
 
 
 def main(argv: Sequence[str]) -> None:
-  paths = list(_IMAGES.value or []) + list(argv[1:])
+  f = flags.FLAGS
+  paths = list(f.images or []) + list(argv[1:])
   try:
-    if not _WORKDIR.value or not paths:
+    if not f.workdir or not paths:
       raise PredictError('pass --workdir=RUN and --images=PATH [PATH ...].')
-    predictor = Predictor.from_workdir(_WORKDIR.value, _STEP.value)
+    predictor = Predictor.from_workdir(f.workdir, f.checkpoint_step)
     images, labels = resolve_inputs(paths, predictor.class_names)
-    rows = predictor.predict_files(images, labels=labels, top_k=_TOP_K.value)
+    rows = predictor.predict_files(images, labels=labels, top_k=f.top_k)
   except (PredictError, files.DataError, train.SetupError, ValueError, FileNotFoundError) as e:
     logging.debug('Traceback of the error below:', exc_info=True)
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(2)
-  write_csv(rows, _OUT.value, _TOP_K.value)
-  logging.info('Wrote %d predictions to %s.', len(rows), _OUT.value)
+  write_csv(rows, f.out, f.top_k)
+  logging.info('Wrote %d predictions to %s.', len(rows), f.out)
   if labels is not None:
     summary = predictor.summary(rows)
-    stem = os.path.splitext(_OUT.value)[0]
+    stem = os.path.splitext(f.out)[0]
     metrics_lib.write_json(f'{stem}_summary.json', summary)
     logging.info('Labelled images: top-1 %.2f%% over %d images; summary in %s_summary.json.',
                  100 * summary['accuracy'], summary['num_examples'], stem)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

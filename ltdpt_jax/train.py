@@ -6,7 +6,8 @@ config -> data -> model -> loss -> optimiser -> step -> checkpoint/metrics/evalu
    replicated), the dataset info, the model (`config.model`), the frozen ViT backbone from its
    `.npz` (or a seeded random init) and the trainable prompts, keys, bias scales and cosine head,
    the optimiser (`config.optim`), the jitted train step (`config.loss`) and the predict function
-   the evaluators (`config.evals`) run.
+   the evaluators (`config.evals`) run. The frozen partition is stored on the devices in the
+   compute dtype (`config.model.dtype`; bf16 halves it), once.
 2. Resume from the latest Orbax checkpoint in `workdir` when there is one.
 3. Loop: one compiled step per batch from this host's grain iterator (`config.data`). What runs
    after a step is decided by `itstime`: the train metrics every `log_every_steps` and at epoch
@@ -144,9 +145,9 @@ class SetupError(ValueError):
 _SETUP_ERRORS = (ValueError, FileNotFoundError, KeyError, fetch.FetchError)
 
 
-def _setup_or_raise(config, **kwargs) -> 'Setup':
+def _setup_or_raise(config, setup_cls: type | None = None, **kwargs) -> 'Setup':
   try:
-    return Setup(config, **kwargs)
+    return (setup_cls or Setup)(config, **kwargs)
   except _SETUP_ERRORS as e:
     raise SetupError(_describe(e)) from e
 
@@ -211,7 +212,9 @@ class Setup:
                                backbone=backbone.params)
     labels = optim.param_labels(params, tuple(config.optim.frozen_patterns))
     trainable, frozen = optim.split_params(params, labels)
-    self.frozen = jax.device_put(frozen, self.replicated)
+    # Stored in the compute dtype once (bf16 for model.dtype='bfloat16'; the step never casts
+    # it); the trainable partition stays float32 (the optimiser's master copies).
+    self.frozen = jax.device_put(ltdpt.cast_frozen(frozen, self.model), self.replicated)
     self.tx = optim.make_optimizer(config.optim, total_steps=self.total_steps,
                                    global_batch=int(config.data.batch_size),
                                    seed=int(config.train.seed))
@@ -225,10 +228,19 @@ class Setup:
     """The evaluators of `config.evals`, writing their records into `workdir`."""
     return evaluators_lib.from_config(
         self.config, predict_fn=self.predict_fn, frozen=self.frozen, mesh=self.mesh,
-        info=self.info, steps_per_epoch=self.steps_per_epoch, workdir=workdir)
+        info=self.info, steps_per_epoch=self.steps_per_epoch, workdir=workdir, model=self.model)
 
   def abstract_state(self):
     return ckpt_lib.replicated_abstract(self.state, self.replicated)
+
+  def learning_rate(self, step: int) -> float:
+    """The optimiser's learning rate at `step` (what the train records log)."""
+    return float(optim.learning_rate(self.config.optim, self.total_steps,
+                                     int(self.config.data.batch_size))(step))
+
+  def log_start(self, compiled) -> dict[str, Any]:
+    """Logs the config, devices, parameters and FLOPs; returns what `run_info.json` records."""
+    return _log_start(self, compiled)
 
   def meta(self, epoch: int, **extra) -> dict[str, Any]:
     return {'config': self.config.to_dict(), 'epoch': epoch,
@@ -269,8 +281,8 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
 # Training.
 # ---------------------------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False
-                       ) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False,
+                       setup_cls: type | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results.
 
   Returns {'last', 'best', 'workdir'} (the records of the last and the best evaluation by
@@ -278,18 +290,23 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   after a checkpoint. A workdir whose run has finished is not trained again: its stored results
   are returned. A resume falls back past damaged checkpoints (set aside as `<step>.damaged`) and
   refuses a config that differs from the stored one beyond `workdir.RESUME_ALLOWED`, or another
-  backbone file, unless `allow_config_change` (the change is recorded in the workdir). The workdir is checked to be writable and locked (`workdir.WorkdirLock`) before
-  anything is built. Raises SetupError for bad inputs (before any step: an unwritable or busy
+  backbone file, unless `allow_config_change` (the change is recorded in the workdir). The
+  workdir is checked to be writable, seen by every process (multi-host) and locked
+  (`workdir.WorkdirLock`) before anything is built. Raises SetupError for bad inputs (before any step: an unwritable or busy
   workdir included) and FloatingPointError if training diverges.
+
+  `setup_cls` (default `Setup`) builds the run from the config: another trainer with the same
+  loop, checkpoints, metrics and resume (`ltdpt_jax.pretrain`'s) passes a `Setup` subclass.
   """
   try:
     created = workdir_lib.prepare(workdir)
+    workdir_lib.check_shared(workdir)  # multi-host: one workdir that every host sees
   except workdir_lib.WorkdirError as e:
     raise SetupError(str(e)) from e
   lock = _lock(workdir)  # before anything is built
   preemption = _Preemption()  # early: a signal during set-up or compilation stops cleanly too
   try:
-    return _train_and_evaluate(config, workdir, preemption, allow_config_change)
+    return _train_and_evaluate(config, workdir, preemption, allow_config_change, setup_cls)
   except SetupError:
     lock.release()
     if jax.process_index() == 0:
@@ -358,8 +375,9 @@ def _finished_results(workdir: str, primary, meta: dict[str, Any], step: int) ->
 
 
 def _train_and_evaluate(config, workdir: str, preemption: _Preemption,
-                        allow_config_change: bool) -> dict[str, Any]:
-  setup = _setup_or_raise(config)
+                        allow_config_change: bool, setup_cls: type | None = None
+                        ) -> dict[str, Any]:
+  setup = _setup_or_raise(config, setup_cls)
   if setup.info.bad_images and jax.process_index() == 0:  # data.on_bad_image='skip'
     (epath.Path(workdir) / 'bad_images.txt').write_text(
         ''.join(f'{path}\t{problem}\n' for path, problem in setup.info.bad_images))
@@ -504,7 +522,7 @@ def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpoin
   batches = sharding.prefetch_to_device(train_iter, setup.batch_sharding)
   first_batch = next(batches)
   compiled = setup.train_step.lower(state, setup.frozen, first_batch[0]).compile()
-  start_info = _log_start(setup, compiled)
+  start_info = setup.log_start(compiled)
   if first_step == 0:
     metrics_lib.write_json(epath.Path(workdir) / 'run_info.json', start_info)
 
@@ -536,6 +554,8 @@ def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpoin
         writer.write(step, ev.name, evaluators_lib.scalars(record))
         value = tracker.update(ev.name, record, step, step // spe)
         best_value = value if value is not None else best_value
+      if tc.get('plots', True):
+        _plot(writer, workdir)
       progress.paused += time.perf_counter() - t0
 
     saved = epoch_end or itstime(step, tc.checkpoint_every_steps, total)
@@ -558,6 +578,19 @@ def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpoin
   return None
 
 
+def _plot(writer, workdir: str) -> None:
+  """`plot.plot_run` on process 0 after an evaluation (config.train.plots); a figure that
+  cannot be drawn is a warning, never the end of a run."""
+  if jax.process_index() != 0:
+    return
+  writer.flush()  # the learning curves read metrics.jsonl
+  try:
+    from ltdpt_jax import plot as plot_lib  # pylint: disable=g-import-not-at-top
+    plot_lib.plot_run(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Plots of %s not drawn: %s: %s', workdir, type(e).__name__, e)
+
+
 def _write_train_metrics(writer, ready, progress, setup, step):
   """Averages fetched step metrics, checks for NaN, prints and writes one train record."""
   fetched = jax.device_get(ready)
@@ -570,9 +603,7 @@ def _write_train_metrics(writer, ready, progress, setup, step):
         '--config.optim.lr or check the data and rerun.')
   rates = progress.report(step)
   epoch = step / setup.steps_per_epoch
-  lr = optim.learning_rate(setup.config.optim, setup.total_steps,
-                           int(setup.config.data.batch_size))(step)
-  scalars.update(rates, epoch=epoch, lr=float(lr))
+  scalars.update(rates, epoch=epoch, lr=setup.learning_rate(step))
   writer.write(step, 'train', scalars)
   logging.info('[step %d/%d, epoch %.2f] loss %.4f | %.1f img/s | %.2f steps/s | ETA %s',
                step, setup.total_steps, epoch, scalars.get('loss', float('nan')),
@@ -595,6 +626,11 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, *,
   when the checkpoint is damaged (naming the steps that can be evaluated); and when the config's
   model or evaluation data, or the backbone file, differ from the run's (see `_accept_config`).
   """
+  if jax.process_count() > 1 and epath.Path(workdir).is_dir():
+    try:
+      workdir_lib.check_shared(workdir)  # or process 0 alone would find the checkpoints
+    except workdir_lib.WorkdirError as e:
+      raise SetupError(str(e)) from e
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
     available = checkpointer.all_steps()

@@ -61,7 +61,7 @@ def normalize_images(images: jax.Array) -> jax.Array:
 def forward(model, params, images_uint8, *, train: bool, rng=None):
   """Saliency + normalisation + the model on a uint8 batch; returns the model's output dict."""
   sal = None
-  if model.method != 'vpt':
+  if model.method not in ('vpt', 'linear'):  # the methods without a saliency bias
     ph, pw = model.arch.patch_size
     if ph != pw:
       raise ValueError(f'Saliency needs square patches; got {(ph, pw)}.')

@@ -14,6 +14,10 @@
   unless `--allow_config_change`; `record_config_change` writes an accepted change into the
   workdir (`config.json` becomes the config that runs on, `config_changes.jsonl` keeps every
   change with both values), so the workdir always says what ran.
+* `check_shared(workdir)`: a multi-host run needs one workdir that every host sees (a gs://
+  bucket, or a shared file system mounted at the same path): with a local disk on each host,
+  each would hold only its part of every checkpoint. Process 0 writes a probe file, every
+  process looks for it, and all of them refuse the run in one line when any cannot see it.
 * `WorkdirLock(workdir)`: an exclusive `fcntl.flock` on `<workdir>/.lock`, taken before any
   work and held until the run ends. The kernel releases it when the process dies, however it
   dies (kill -9 included), so a stale lock never blocks a restart. A second run on the same
@@ -84,6 +88,38 @@ def prepare(workdir: str) -> list[str]:
     raise WorkdirError(e.errno, f'Cannot write to --workdir={workdir}: {e.strerror} '
                        f'({e.filename or workdir}); {_os_fix(e)}.') from e
   return created
+
+
+def check_shared(workdir: str) -> None:
+  """Raises WorkdirError on every process when some process does not see the files process 0
+  writes in `workdir` (see the module docstring); nothing to check on one process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+  token = bytes(np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint8)).hex()
+  probe = epath.Path(workdir) / f'.shared_probe.{token}'
+  if jax.process_index() == 0:
+    probe.write_text(token)
+  multihost_utils.sync_global_devices('ltdpt_jax: shared-workdir probe written')
+  try:
+    seen = probe.exists() and probe.read_text() == token
+  except OSError:
+    seen = False
+  seen_by = np.asarray(multihost_utils.process_allgather(np.array([seen]))).reshape(-1)
+  multihost_utils.sync_global_devices('ltdpt_jax: shared-workdir probe read')
+  if jax.process_index() == 0:
+    probe.unlink(missing_ok=True)
+  blind = [i for i, ok in enumerate(seen_by) if not ok]
+  if blind:
+    raise WorkdirError(
+        errno.EXDEV, f'--workdir={workdir} is not shared by the {len(seen_by)} processes of '
+        f'this run: process(es) {blind} do not see the files process 0 writes there (a local '
+        'disk on each host would hold only its part of every checkpoint). Use a gs:// '
+        'workdir (Cloud TPU) or a shared file system mounted at the same path on every host.')
 
 
 def remove_if_unused(workdir: str, created: list[str]) -> None:
@@ -221,16 +257,20 @@ def os_failure(exc: BaseException, workdir: str | None = None) -> str | None:
 # Config keys (fnmatch patterns over dotted names) that may differ when a run resumes: they
 # change how often things are logged, saved or evaluated, where files are read from, or how fast
 # the input is read, never what the run computes. The backbone file's path may change
-# (model.checkpoint): its SHA-256, recorded at the start, is checked instead.
+# (model.checkpoint): its SHA-256, recorded at the start, is checked instead. The attention
+# implementation, its padding and remat change the float rounding only (a run may move between
+# a GPU with cuDNN and a TPU); model.dtype changes more and is refused.
 RESUME_ALLOWED = (
     'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-    'train.eval_every_epochs', 'evals.*', 'data.eval_batch_size', 'data.num_workers',
-    'data.data_dir', 'data.split_dir', 'model.checkpoint', 'model.checkpoint_sha256',
+    'train.eval_every_epochs', 'train.plots', 'train.attention_stats', 'evals.*',
+    'data.eval_batch_size', 'data.num_workers', 'data.data_dir', 'data.split_dir', 'model.checkpoint', 'model.checkpoint_sha256',
+    'model.attention', 'model.pad_attention_to', 'model.remat', 'model.remat_policy',
 )
 # What an evaluation of a checkpoint depends on (the rest only changes how the run trained).
 EVAL_RELEVANT = (
     'model.*', 'data.dataset', 'data.image_size', 'data.imbalance_ratio', 'data.seed',
     'data.num_classes', 'data.num_train_max', 'data.num_test_per_class', 'data.eval_split',
+    'data.class_set',
     'train.seed', 'optim.frozen_patterns',
 )
 CONFIG_CHANGES = 'config_changes.jsonl'

@@ -22,8 +22,9 @@ from ltdpt_jax.models import ltdpt
 # A low XLA CPU optimisation level halves compile times here; FLOP counts (from the HLO) are
 # unchanged, and these tests check values, not speed.
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
-DEMO_OVERRIDES = ('--config.model.vit.num_layers=2', '--config.data.batch_size=16',
-                  '--config.data.eval_batch_size=50')
+# The demo with a 2-block random backbone (the shipped pretrained one has 4 blocks).
+DEMO_OVERRIDES = ('--config.model.vit.num_layers=2', '--config.model.checkpoint=',
+                  '--config.data.batch_size=16', '--config.data.eval_batch_size=50')
 
 
 def _tiny(**kw):
@@ -67,9 +68,9 @@ def _xla_forward_per_image(config, num_classes):
 
 # The record's fields, which bench/gpu_bench.sh and users read (the order too).
 RECORD_FIELDS = {
-    'config': ['file', 'dataset', 'synthetic', 'backbone', 'method', 'dtype', 'num_fr_prompts',
-               'num_br_prompts', 'num_br_blocks', 'image_size', 'batch_size', 'eval_batch_size',
-               'num_classes', 'checkpoint'],
+    'config': ['file', 'dataset', 'synthetic', 'backbone', 'method', 'dtype', 'attention',
+               'remat', 'num_fr_prompts', 'num_br_prompts', 'num_br_blocks', 'image_size',
+               'batch_size', 'eval_batch_size', 'num_classes', 'checkpoint'],
     'device': ['platform', 'device_kind', 'num_devices', 'num_processes', 'jax',
                'peak_tflops_per_device', 'peak_source', 'peak_note'],
     'host': ['before', 'after'],
@@ -226,3 +227,50 @@ def test_peak_table():
   assert bench_parts.peak_tflops_for('TPU v5p') == 459.0
   assert bench_parts.peak_tflops_for('TPU v6 lite') == 918.0
   assert bench_parts.peak_tflops_for('cpu') is None
+
+
+def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
+  """--parts=memory: the step compiled for abstract arguments at each per-device batch, with
+  and without remat; its numbers add up, remat's FLOPs are reported against no remat, and the
+  abstract step compiles to exactly the buffers of train.Setup's step."""
+  from ltdpt_jax import sharding  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+  c = _tiny()
+  c.model.dtype = 'bfloat16'
+  r = bench.run_benchmark(c, steps=1, warmup=0, repeats=1, parts=('memory',),
+                          memory_batches=(4, 8), memory_remat_policies=('nothing',),
+                          compiler_options=FAST_COMPILE)
+  assert 'train_step' not in r and 'memory_report' in r
+  m = r['memory_report']
+  assert (m['dtype'], m['platform'], m['num_devices']) == ('bfloat16', 'cpu', 1)
+  # In a process whose backend has started, XLA:CPU keeps its concurrency schedule (the CLI
+  # switches it before), and the table says so.
+  assert m['memory_minimising_schedule'] is False
+  assert [(row['per_device_batch'], row['remat_policy']) for row in m['rows']] == [
+      (4, 'none'), (4, 'nothing'), (8, 'none'), (8, 'nothing')]
+  for row in m['rows']:
+    assert row['total_bytes'] == (row['argument_bytes'] + row['output_bytes']
+                                  - row['alias_bytes'] + row['temp_bytes'])
+    assert row['bytes_per_image'] == pytest.approx(row['total_bytes'] / row['per_device_batch'])
+    assert row['alias_bytes'] > 0  # the donated state
+  assert [row['flops_over_no_remat'] for row in m['rows'][::2]] == [1.0, 1.0]
+  for row in m['rows'][1::2]:  # a whole extra forward of every block, at most
+    assert 1.05 < row['flops_over_no_remat'] < 1.6, row
+  assert m['rows'][2]['temp_bytes'] > m['rows'][0]['temp_bytes']  # grows with the batch
+  table = bench_report.format_table(r)
+  assert 'memory report' in table and 'concurrency schedule' in table
+  with pytest.raises(ValueError, match='memory_remat_policies'):
+    bench.run_benchmark(c, parts=('memory',), memory_remat_policies=('everything',))
+  # The abstract step is Setup's step.
+  setup = train.Setup(c)
+  batch = sharding.to_global(bench_parts.random_batch(16, 16, setup.num_classes, 0,
+                                                      eval_batch=False), setup.batch_sharding)
+  real = setup.train_step.lower(setup.state, setup.frozen, batch).compile(FAST_COMPILE)
+  step, args = bench_parts.abstract_train_step(setup.config, setup.info, setup.mesh)
+  assert bench_parts.memory_analysis(step.lower(*args).compile(FAST_COMPILE)) == \
+      bench_parts.memory_analysis(real)
+  # The CLI's switch to the memory-minimising schedule: only before a backend starts.
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  assert not bench_parts.use_cpu_memory_schedule()
+  monkeypatch.setenv('XLA_FLAGS', bench_parts.CPU_MEMORY_SCHEDULE_FLAG)
+  assert bench_parts.use_cpu_memory_schedule() and bench_parts.cpu_memory_schedule_in_effect()

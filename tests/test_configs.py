@@ -8,6 +8,8 @@ import pytest
 
 import train_utils
 from ltdpt_jax import config_lib
+from ltdpt_jax import fetch
+from ltdpt_jax import pretrain
 
 CONFIG_FILES = sorted(p.stem for p in (train_utils.REPO / 'configs').glob('*.py'))
 ARGS = {'cifar100_lt': ('ratio=200', 'ratio=100', 'ratio=50', 'ratio=10'),
@@ -31,11 +33,12 @@ def test_the_paper_configs_are_all_here():
 @pytest.mark.parametrize('name', CONFIG_FILES)
 def test_config_loads_validates_and_adds_no_key(name):
   """Validates on one device; sets only fields base_config has (a misspelt field would be a
-  new key that nothing reads)."""
-  base = set(train_utils.leaves(config_lib.base_config().to_dict()))
+  new key that nothing reads). Pretraining configs (`pretrain_*`) against `pretrain`'s."""
+  lib = pretrain if name.startswith('pretrain_') else config_lib
+  base = set(train_utils.leaves(lib.base_config().to_dict()))
   for arg in ARGS.get(name, (None,)):
     c = train_utils.load_config(name, arg)
-    config_lib.validate(c, num_devices=1, num_processes=1)
+    lib.validate(c, num_devices=1, num_processes=1)
     extra = set(train_utils.leaves(c.to_dict())) - base
     assert not extra, f'configs/{name}.py sets fields base_config() lacks: {sorted(extra)}'
 
@@ -79,9 +82,12 @@ def test_folder_config():
 
 
 def test_demo_runs_offline():
-  """Synthetic data and a random backbone: nothing to download."""
+  """Synthetic data and the backbone shipped in the package: nothing to download."""
   c = train_utils.load_config('demo')
-  assert c.data.dataset == 'synthetic' and c.model.checkpoint == ''
+  assert c.data.dataset == 'synthetic' and c.data.class_set == 'downstream'
+  assert not fetch.is_url(c.model.checkpoint) and c.model.checkpoint.endswith(
+      'ltdpt_jax/assets/vit_demo.npz')
+  assert fetch.sha256_of(c.model.checkpoint) == c.model.checkpoint_sha256
   assert c.model.backbone == 'custom' and c.data.num_workers == 0
 
 

@@ -34,7 +34,7 @@ def test_eval_step_counts_per_class_with_mask():
   rs = np.random.RandomState(3)
   batch = {'image': rs.randint(0, 256, (16, 16, 16, 3)).astype(np.uint8),
            'label': rs.randint(0, 6, (16,)).astype(np.int32), 'mask': np.arange(16) < 11}
-  correct, count = ev.eval_step(tr, fr, batch)
+  correct, count, confusion = ev.eval_step(tr, fr, batch)
   logits = jax.jit(lambda p, images: step_lib.forward(model, p, images, train=False)['logits'],
                    compiler_options=train_utils.QUICK)(params, batch['image'])
   pred = np.asarray(jnp.argmax(logits, -1))
@@ -43,6 +43,9 @@ def test_eval_step_counts_per_class_with_mask():
                              minlength=6)
   np.testing.assert_array_equal(np.asarray(count), want_count)
   np.testing.assert_array_equal(np.asarray(correct), want_correct)
+  want_confusion = np.zeros((6, 6), np.int64)
+  np.add.at(want_confusion, (batch['label'][:11], pred[:11]), 1)
+  np.testing.assert_array_equal(np.asarray(confusion), want_confusion)
 
 
 def test_summarize_eval_by_hand():
@@ -81,7 +84,7 @@ def test_from_config_builds_each_evaluator_with_its_period():
   assert [(e.name, e.every_steps) for e in got] == [('eval', 10), ('val', 15)]
   assert all(isinstance(e.evaluator, longtail.Evaluator) for e in got)
   assert got[1].evaluator.record_path(15) == '/tmp/w/val_15.json'
-  assert set(evaluators.REGISTRY) == {'longtail'}
+  assert set(evaluators.REGISTRY) == {'longtail', 'attention'}
 
 
 @pytest.mark.parametrize('step,every,total,last,want', [

@@ -465,3 +465,104 @@ def test_dropout_and_errors(ckpt):
   mv = build(cv)
   np.testing.assert_array_equal(run(mv, pv, images, None)[0]['logits'],
                                 run(mv, pv, images, sal)[0]['logits'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention implementation and masked padding (config.model.attention, pad_attention_to).
+# ---------------------------------------------------------------------------------------------
+
+def _trainable_grads(model, params, images, sal):
+  trainable = {k: v for k, v in params.items() if k != 'backbone'}
+
+  def loss(t):
+    out = model.apply({'params': dict(t, backbone=params['backbone'])}, images, sal)
+    return (out['logits'] ** 2).sum() + out['feature'].sum()
+
+  return jax.jit(jax.grad(loss), compiler_options=QUICK)(trainable)
+
+
+@pytest.mark.parametrize('model_kw', [
+    dict(method='fr_br'), dict(method='fr_br', prompt_mode='carry', per_block_scales=True),
+])
+def test_padded_attention_equals_unpadded(ckpt, model_kw):
+  """Queries and keys padded to a multiple of 8 with masked keys (the layout the cuDNN path
+  needs), on the XLA path: the same outputs, gradients and sown (unpadded) attention maps.
+  Sequences here: 17 image tokens + 3 FR (+ 2 BR) prompts = 20 or 22 keys, queries 17, 20-22 or
+  6 rows: every one gets padded rows and masked keys."""
+  c, params = setup_model(ckpt[0], **model_kw)
+  images, sal = photos(), saliency()
+  plain, padded = build(c), build(c, pad_attention_to=8)
+  assert plain.pad_attention_to == 0 and padded.pad_attention_to == 8
+  o1, v1 = run(plain, params, images, sal)
+  o2, v2 = run(padded, params, images, sal)
+  for k in o1:
+    np.testing.assert_allclose(o2[k], o1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for name in ('attention_logits', 'attention_probs'):
+    for l in range(TINY['depth']):
+      a = v1['backbone']['Transformer'][f'encoderblock_{l}']['MultiHeadDotProductAttention_1']
+      b = v2['backbone']['Transformer'][f'encoderblock_{l}']['MultiHeadDotProductAttention_1']
+      assert a[name][0].shape == b[name][0].shape, (name, l)
+      np.testing.assert_allclose(b[name][0], a[name][0], rtol=1e-5, atol=1e-5)
+  g1 = _trainable_grads(plain, params, images, sal)
+  g2 = _trainable_grads(padded, params, images, sal)
+  for path, a, b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree.leaves(g1),
+                        jax.tree.leaves(g2)):
+    scale = float(np.abs(np.asarray(a)).max()) + 1e-12
+    np.testing.assert_allclose(np.asarray(b) / scale, np.asarray(a) / scale, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path[0]))
+  assert float(np.abs(np.asarray(g1['alpha'])).max()) > 0  # the bias gradient flows through it
+
+
+def test_attend_pads_and_masks():
+  """`vit.attend` with padding: padded keys get exp(MASK_VALUE - max) = 0 probability, the
+  output rows and the sown maps are the unpadded ones."""
+  from ltdpt_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+             for s in ((2, 5, 3, 4), (2, 7, 3, 4), (2, 7, 3, 4)))
+  bias = jnp.asarray(rng.standard_normal((2, 1, 5, 7)), jnp.float32)
+  sown, sown_padded = {}, {}
+  want = vit_lib.attend(q, k, v, bias, sow=sown.__setitem__)
+  got = vit_lib.attend(q, k, v, bias, pad_to=8, sow=sown_padded.__setitem__)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert got.shape == (2, 5, 3, 4)
+  for name in ('attention_logits', 'attention_probs'):
+    assert sown_padded[name].shape == sown[name].shape == (2, 3, 5, 7)
+    np.testing.assert_allclose(sown_padded[name], sown[name], rtol=1e-6, atol=1e-6)
+  pq, pk, _, pb = vit_lib.pad_attention(q, k, v, bias, 8)
+  assert pq.shape[1] == pk.shape[1] == 8 and pb.shape == (2, 1, 8, 8)
+  assert (np.asarray(pb[..., 7:]) == vit_lib.MASK_VALUE).all()
+  np.testing.assert_array_equal(pb[:, :, :5, :7], bias)
+  assert vit_lib.pad_attention(q, k, v, None, 1)[3] is None  # nothing padded, no bias
+  assert vit_lib.pad_attention(q, q, q, None, 5)[3] is None  # 5 already a multiple
+  assert vit_lib.padded_length(217, 8) == 224 and vit_lib.padded_length(21, 8) == 24
+
+
+def test_attention_options_on_cpu(ckpt, caplog):
+  """'auto' (the default) on a CPU is the XLA path, bit for bit, and says so once in the log;
+  'cudnn' there is a clear error; invalid values are refused when the model is built."""
+  from ltdpt_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  c, params = setup_model(ckpt[0], method='fr_br')
+  assert c.model.attention == 'auto' and build(c).attention == 'auto'
+  images, sal = photos(), saliency()
+  vit_lib._LOGGED.clear()  # pylint: disable=protected-access
+  with caplog.at_level('INFO'):
+    auto, _ = run(build(c), params, images, sal)
+    run(build(c, dropout=0.2), params, images, sal)  # a second model: no second line
+  xla, _ = run(build(c, attention='xla'), params, images, sal)
+  np.testing.assert_array_equal(auto['logits'], xla['logits'])
+  lines = [r.getMessage() for r in caplog.records if "attention='auto'" in r.getMessage()]
+  assert len(lines) == 1 and 'XLA attention path' in lines[0] and "'cpu'" in lines[0]
+  bf16 = tiny_config(ckpt[0], method='fr_br', dtype='bfloat16', attention='cudnn')
+  with pytest.raises(ValueError, match="attention='cudnn' cannot run"):
+    jax.eval_shape(lambda: build(bf16).apply({'params': params}, images, sal))
+  with pytest.raises(ValueError, match="needs dtype='bfloat16'"):
+    build(tiny_config(attention='cudnn'))
+  for bad, match in ((dict(attention='flash'), 'attention'),
+                     (dict(remat_policy='everything'), 'remat_policy'),
+                     (dict(pad_attention_to=-8), 'pad_attention_to'),
+                     (dict(pad_attention_to=7), 'odd')):
+    with pytest.raises(ValueError, match=match):
+      build(tiny_config(**bad))
+    with pytest.raises(ValueError, match=match):
+      config_lib.validate(tiny_config(**bad))

@@ -43,8 +43,10 @@ def _free_port() -> int:
 _config = train_utils.run_config
 
 
-def _launch(workdir, cache, *, worker=False, **extra_env):
-  """Starts the two processes of one multi-host run; returns their Popen objects."""
+def _launch(workdir, cache, *, worker=False, cwds=None, workdir_arg=None, **extra_env):
+  """Starts the two processes of one multi-host run; returns their Popen objects. The logs go
+  beside `workdir`; `cwds`: the working directory of each process (default the repository);
+  `workdir_arg`: the --workdir they get (default `workdir`)."""
   port = _free_port()
   procs = []
   for i in range(2):
@@ -56,8 +58,8 @@ def _launch(workdir, cache, *, worker=False, **extra_env):
     env.update({k: str(v) for k, v in extra_env.items()})
     log = open(workdir.parent / f'{workdir.name}_process_{i}.log', 'a')
     procs.append(subprocess.Popen(
-        cli_worker.cli_command(_config(), workdir, worker=worker), env=env,
-        cwd=train_utils.REPO, stdout=log, stderr=subprocess.STDOUT))
+        cli_worker.cli_command(_config(), workdir_arg or workdir, worker=worker), env=env,
+        cwd=cwds[i] if cwds else train_utils.REPO, stdout=log, stderr=subprocess.STDOUT))
     log.close()
   return procs
 
@@ -181,3 +183,22 @@ def test_two_process_checkpoint_resumes_in_one_process(run, tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
   with open(run.workdir / 'results.json') as f:
     assert results['last']['accuracy'] == json.load(f)['last']['accuracy']
+
+
+def test_a_workdir_each_host_has_alone_is_refused(cache, tmp_path):
+  """Hosts with their own disks: the relative --workdir=run means another directory in each
+  process's working directory, as a local path does on each host of a TPU slice. Both processes
+  refuse the run in one line before anything is built, and neither writes a checkpoint."""
+  hosts = [tmp_path / 'host_0', tmp_path / 'host_1']
+  for h in hosts:
+    h.mkdir()
+  logs_at = tmp_path / 'run'  # where _launch/_wait keep the logs (run_process_*.log)
+  procs = _launch(logs_at, cache, cwds=hosts, workdir_arg='run')
+  logs = _wait(procs, logs_at, timeout=240, code=2)
+  for log in logs:
+    errors = [line for line in log.splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1, log[-3000:]
+    assert 'is not shared by the 2 processes' in errors[0] and 'process(es) [1]' in errors[0]
+    assert 'gs://' in errors[0] and 'Traceback' not in log
+  for h in hosts:
+    assert not (h / 'run' / 'checkpoints').exists()

@@ -30,6 +30,7 @@ from ltdpt_jax import train
 from ltdpt_jax.models import ltdpt
 
 import cli_worker
+import fake_gcs
 import train_utils
 
 STEPS = 14          # 2 epochs of 7 steps
@@ -458,16 +459,16 @@ def _tb_scalars(tb_dir):
 def test_metric_writer_on_a_remote_workdir(tmp_path, monkeypatch):
   """gs:// cannot be appended to: records are staged locally and copied whole on flush/close;
   a second writer (a resumed run) continues the same JSON lines."""
-  monkeypatch.setattr(metrics_lib, 'is_remote', lambda path: True)
-  workdir = tmp_path / 'bucket' / 'run'
-  writer = metrics_lib.MetricWriter(str(workdir), enabled=True, sync_every_s=1e9)
+  fake_gcs.serve(tmp_path / 'gcs', monkeypatch)  # gs://bucket/run is tmp_path/gcs/bucket/run
+  workdir = tmp_path / 'gcs' / 'bucket' / 'run'
+  writer = metrics_lib.MetricWriter('gs://bucket/run', enabled=True, sync_every_s=1e9)
   writer.write(1, 'train', {'loss': np.float32(1.5), 'images_per_s': 10.0})
   assert not (workdir / 'metrics.jsonl').exists()
   writer.flush()
   assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == 1
   writer.write(2, 'eval', {'accuracy': 0.5, 'head_accuracy': None})
   writer.close()
-  writer = metrics_lib.MetricWriter(str(workdir), enabled=True)
+  writer = metrics_lib.MetricWriter('gs://bucket/run', enabled=True)
   writer.write(3, 'train', {'loss': 2.0})
   writer.close()
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]

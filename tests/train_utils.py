@@ -59,6 +59,7 @@ def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr
   c.train.eval_every_epochs = 1
   c.train.checkpoint_every_steps = 3
   c.train.log_every_steps = 2
+  c.train.plots = False  # a few seconds per evaluation; tests/test_visualize.py turns them on
   return c
 
 

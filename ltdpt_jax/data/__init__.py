@@ -9,7 +9,8 @@ Public API:
   steps_per_epoch(config.data, info), num_eval_batches(config.data, info), num_workers(n)
   cifar_lt_counts, cifar_lt_indices, exponential_counts
   read_split_file, fetch_split_file, match_split_entries
-  SyntheticLT, get_sources, open_tfds; DATASETS, EVAL_SPLITS, NUM_CLASSES, ON_BAD_IMAGE
+  SyntheticLT, get_sources, open_tfds; DATASETS, EVAL_SPLITS, NUM_CLASSES, ON_BAD_IMAGE,
+  CLASS_SETS (the synthetic class sets: 'default', 'upstream', 'downstream')
   files: image folders and list files (scan_folder, read_list, decode_image, ImageFiles)
 
 Nothing in this package imports JAX at module level (grain workers stay NumPy-only); the
@@ -36,4 +37,5 @@ from ltdpt_jax.data.sources import open_tfds
 from ltdpt_jax.data.splits import fetch_split_file
 from ltdpt_jax.data.splits import match_split_entries
 from ltdpt_jax.data.splits import read_split_file
+from ltdpt_jax.data.synthetic import CLASS_SETS
 from ltdpt_jax.data.synthetic import SyntheticLT

@@ -97,6 +97,17 @@ def walk_images(folder: str, ignored: dict[str, int] | None = None) -> list[str]
   return sorted(out)
 
 
+def _local_only(path: str, key: str) -> str:
+  """Image files are read with os.scandir and Pillow: a gs:// path gets one line saying how to
+  bring the images to a local (or mounted) file system."""
+  if '://' in str(path):
+    raise DataError(f'config.data.{key}={path!r} is remote: image folders and list files are '
+                    'read from a local or mounted file system. Copy them to local disk '
+                    '(gcloud storage cp -r SRC DEST) or mount the bucket (gcsfuse), and point '
+                    f'config.data.{key} there.')
+  return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def _class_folders(root: str, key: str) -> list[str]:
   if not root:
     raise DataError(f"config.data.{key} is not set; point it at a folder of class folders "
@@ -121,7 +132,7 @@ def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str
   otherwise they are the sorted folder names. `allow_empty_classes` (eval folders): a class of
   `class_names` may have no folder or no image there.
   """
-  root = os.path.abspath(os.path.expanduser(str(root)))
+  root = _local_only(root, key) if root else ''
   folders = _class_folders(root, key)
   names = tuple(class_names) if class_names else tuple(folders)
   index = {n: i for i, n in enumerate(names)}
@@ -184,13 +195,13 @@ def read_list(path: str, *, image_root: str = '', class_names: Sequence[str] | N
   if not path:
     raise DataError(f'config.data.{key} is not set; point it at a list file of '
                     "'<relative/path> <label>' lines or a 'path,label' CSV.")
-  path = os.path.abspath(os.path.expanduser(str(path)))
+  path = _local_only(path, key)
   if not os.path.isfile(path):
     raise DataError(f'config.data.{key}={path!r} does not exist.')
   rows = _parse_lines(path)
   if not rows:
     raise DataError(f'List file {path} has no entries.')
-  root = os.path.abspath(os.path.expanduser(image_root)) if image_root else os.path.dirname(path)
+  root = _local_only(image_root, 'image_root') if image_root else os.path.dirname(path)
   texts = [t for _, _, t in rows]
   if class_names:
     names = tuple(class_names)

@@ -10,7 +10,7 @@ reads them in worker processes, so nothing here imports JAX.
 | 'imagenet_lt' | imagenet2012 (5.1.0) | ImageNet_LT_train.txt in `train` | ImageNet_LT_test.txt |
 | 'places_lt' | places365_small (2.1.0) | Places_LT_train.txt in `train` | Places_LT_test.txt |
 | 'inat2018' | i_naturalist2018 (1.0.0) | `train` (437,513) | `validation` (24,426) |
-| 'synthetic' | none (synthetic.py) | long-tailed train | balanced test |
+| 'synthetic' | none (synthetic.py; `data.class_set`) | long-tailed train | balanced test |
 | 'folder' | none (files.py) | `data.train_dir` class folders | `data.eval_dir` |
 | 'list' | none (files.py) | `data.train_list` under `data.image_root` | `data.eval_list` |
 
@@ -275,13 +275,14 @@ def inat2018_sources(data_dir: str) -> Sources:
 
 
 def synthetic_sources(*, num_classes: int, imbalance_ratio: float, num_train_max: int,
-                      num_test_per_class: int, image_size: int, seed: int) -> Sources:
+                      num_test_per_class: int, image_size: int, seed: int,
+                      class_set: str = 'default') -> Sources:
   kw = dict(num_classes=num_classes, imbalance_ratio=imbalance_ratio,
             num_train_max=num_train_max, num_test_per_class=num_test_per_class,
-            image_size=image_size, seed=seed)
+            image_size=image_size, seed=seed, class_set=class_set)
   return Sources('synthetic', synthetic.SyntheticLT('train', **kw),
                  synthetic.SyntheticLT('test', **kw), num_classes, 'test',
-                 tuple(synthetic.class_names(num_classes)))
+                 tuple(synthetic.class_names(num_classes, class_set)))
 
 
 def file_sources(dataset: str, *, train: str, eval_: str, image_root: str,
@@ -322,7 +323,8 @@ def _key(d) -> tuple:
     return common
   if d.dataset == 'synthetic':
     return common + (int(d.num_classes), float(d.imbalance_ratio), int(d.num_train_max),
-                     int(d.num_test_per_class), int(d.image_size), int(d.seed))
+                     int(d.num_test_per_class), int(d.image_size), int(d.seed),
+                     str(d.get('class_set', 'default')))
   if d.dataset in ('folder', 'list'):
     where = ((d.train_dir, d.eval_dir) if d.dataset == 'folder' else (d.train_list, d.eval_list))
     return common + tuple(str(w) for w in where) + (
@@ -344,9 +346,10 @@ def _sources_for_key(key: tuple) -> Sources:
     _, _, train, eval_, image_root, class_names, on_bad_image = key
     return file_sources(dataset, train=train, eval_=eval_, image_root=image_root,
                         class_names=class_names, on_bad_image=on_bad_image)
-  _, _, k, ratio, nmax, ntest, size, seed = key
+  _, _, k, ratio, nmax, ntest, size, seed, class_set = key
   return synthetic_sources(num_classes=k, imbalance_ratio=ratio, num_train_max=nmax,
-                           num_test_per_class=ntest, image_size=size, seed=seed)
+                           num_test_per_class=ntest, image_size=size, seed=seed,
+                           class_set=class_set)
 
 
 def get_sources(data) -> Sources:

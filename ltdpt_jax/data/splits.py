@@ -36,6 +36,7 @@ import logging
 import os
 import pathlib
 
+from etils import epath
 import numpy as np
 
 from ltdpt_jax import fetch
@@ -78,9 +79,9 @@ def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
   """Parses an OLTR split file into [(relative_path, label), ...] in file order.
 
   Blank lines are skipped. A line that is not `<path> <non-negative int>` raises a ValueError
-  naming the file and the 1-based line number.
+  naming the file and the 1-based line number. Local or remote (gs://, through `etils.epath`).
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'Split file {path} does not exist.')
   entries = []
@@ -113,13 +114,14 @@ def class_counts(entries: Sequence[tuple[str, int]], num_classes: int | None = N
 def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
                      cache: str | os.PathLike | None = None,
                      urls: Sequence[str] | None = None, sha256: str | None = None,
-                     timeout: float | None = None) -> pathlib.Path:
+                     timeout: float | None = None) -> epath.Path:
   """Returns a local path of the OLTR split file `name` (e.g. 'Places_LT_train.txt').
 
   With `split_dir`, the file is taken from `<split_dir>/<name>` or `<split_dir>/<prefix>/<name>`
   (prefix 'ImageNet_LT' / 'Places_LT', the OLTR layout); a checksum different from the published
   one is logged, not fatal, so that custom lists can be used. Without it, the file is downloaded
   once from `urls` (default: the published mirrors), its sha256 verified, and cached.
+  `split_dir` may be remote (gs://, read through `etils.epath`, as on Cloud TPU VMs).
   """
   if name not in SPLIT_FILES and (urls is None or sha256 is None):
     raise ValueError(f'Unknown split file {name!r}; known: {sorted(SPLIT_FILES)} '
@@ -129,7 +131,7 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
   mirrors = tuple(urls) if urls is not None else mirrors
   prefix = name.rsplit('_', 1)[0]
   if split_dir:
-    split_dir = pathlib.Path(split_dir)
+    split_dir = epath.Path(split_dir)
     for cand in (split_dir / name, split_dir / prefix / name):
       if cand.is_file():
         got = fetch.sha256_of(cand)

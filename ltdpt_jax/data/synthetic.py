@@ -1,9 +1,26 @@
 """An embedded synthetic long-tailed benchmark, generated in code (SPEC "Data", issue 4 item 3).
 
-Class c is the (shape, colour pattern) of one foreground object: shape `c % S`, pattern `c // S`,
-with S shapes in use (5 for the default K = 20 classes, so 5 shapes x 4 patterns):
+A class is the (shape, colour pattern) of one foreground object. Which pairs the K classes are
+is the `class_set` (`config.data.class_set`):
 
-  shapes:   circle, square, triangle, cross, ring, diamond, frame, star
+* 'default' (what this module always did): shape `SHAPES[c % S]`, pattern `PATTERNS[c // S]`,
+  with S shapes in use (5 for K = 20, so 5 shapes x 4 patterns), K <= 64.
+* 'upstream' (the demo backbone's balanced pretraining task, `configs/pretrain_synthetic.py`):
+  every pair of the 8 `SHAPES` and the 8 `PATTERNS`, class c = (`SHAPES[c % 8]`,
+  `PATTERNS[c // 8]`), K <= 64 (the demo's backbone uses all 64).
+* 'downstream' (the demo's long-tailed task, `configs/demo.py`): the 5 `DOWNSTREAM_SHAPES`,
+  which no upstream class has, each with 4 (K = 20) to 8 (K = 40) of the patterns: class c =
+  (`DOWNSTREAM_SHAPES[c % 5]`, `PATTERNS[(c // 5 + c % 5) % 8]`), K <= 40; every pair occurs
+  once, and head, medium and tail classes each mix shapes and patterns.
+
+So upstream and downstream share the patterns (colours, textures) and the kind of backgrounds
+and noise, the low-level statistics a backbone learns, but no class: no downstream object has an
+upstream shape, and the demo measures transfer through prompts, not a reused head
+(`class_table`, tested disjoint). (The demo's pretraining also draws its images with another
+`data.seed`, so even the background pools differ.)
+
+  shapes (default, upstream):  circle, square, triangle, cross, ring, diamond, frame, star
+  shapes (downstream only):    crescent, hourglass, arrow, heart, dome
   patterns: red, green, blue, stripes, yellow, checker, cyan, magenta
             (solid hues jittered by +-12 degrees with random saturation/value; stripes and
             checker use two random colours, so only their texture identifies them)
@@ -16,7 +33,7 @@ The training split has the exponential long-tailed profile
 n_i = int(num_train_max * (1/ratio)^(i/(K-1))) (class 0 the head), the test split
 `num_test_per_class` images per class.
 
-Every image is a pure function of (seed, split, index): it is generated on the fly in
+Every image is a pure function of (seed, split, index, class set): it is generated on the fly in
 `__getitem__` (about 0.4 ms at 32 px, 2.5 ms at 224 px on one core), so the source is
 random-access, picklable (the background pool is rebuilt lazily in each worker) and needs no
 storage.
@@ -38,7 +55,14 @@ PATTERNS = ('red', 'green', 'blue', 'stripes', 'yellow', 'checker', 'cyan', 'mag
 _HUES = {'red': 0.0, 'yellow': 60.0, 'green': 120.0, 'cyan': 180.0, 'blue': 240.0,
          'magenta': 300.0}
 MAX_CLASSES = len(SHAPES) * len(PATTERNS)
+# Shapes that only the 'downstream' class set draws (never an upstream or default class).
+DOWNSTREAM_SHAPES = ('crescent', 'hourglass', 'arrow', 'heart', 'dome')
+CLASS_SETS = ('default', 'upstream', 'downstream')
+MAX_CLASSES_OF = {'default': MAX_CLASSES, 'upstream': MAX_CLASSES,
+                  'downstream': len(DOWNSTREAM_SHAPES) * len(PATTERNS)}
 _SPLIT_CODE = {'train': 0, 'test': 1}
+# Folded into the image RNG of the non-default class sets (the default's streams are unchanged).
+_CLASS_SET_CODE = {'upstream': 1, 'downstream': 2}
 
 
 def shape_pattern_grid(num_classes: int) -> tuple[int, int]:
@@ -51,10 +75,30 @@ def shape_pattern_grid(num_classes: int) -> tuple[int, int]:
   return num_shapes, math.ceil(num_classes / num_shapes)
 
 
-def class_names(num_classes: int) -> list[str]:
+def class_table(num_classes: int, class_set: str = 'default') -> list[tuple[str, str]]:
+  """The (shape, pattern) of each of the K classes of `class_set` (see the module docstring)."""
+  if class_set not in CLASS_SETS:
+    raise ValueError(f'Unknown synthetic class set {class_set!r} (config.data.class_set); choose '
+                     f'one of {CLASS_SETS}.')
+  top = MAX_CLASSES_OF[class_set]
+  if not 2 <= num_classes <= top:
+    raise ValueError(f'The synthetic dataset supports 2..{top} classes'
+                     + ('' if class_set == 'default' else f' in class set {class_set!r}')
+                     + f', got {num_classes} (config.data.num_classes).')
+  if class_set == 'default':
+    s, _ = shape_pattern_grid(num_classes)
+    return [(SHAPES[c % s], PATTERNS[c // s]) for c in range(num_classes)]
+  if class_set == 'upstream':
+    s = len(SHAPES)
+    return [(SHAPES[c % s], PATTERNS[c // s]) for c in range(num_classes)]
+  s = len(DOWNSTREAM_SHAPES)
+  return [(DOWNSTREAM_SHAPES[c % s], PATTERNS[(c // s + c % s) % len(PATTERNS)])
+          for c in range(num_classes)]
+
+
+def class_names(num_classes: int, class_set: str = 'default') -> list[str]:
   """'<pattern> <shape>' for each class, e.g. 'red circle'."""
-  num_shapes, _ = shape_pattern_grid(num_classes)
-  return [f'{PATTERNS[c // num_shapes]} {SHAPES[c % num_shapes]}' for c in range(num_classes)]
+  return [f'{pattern} {shape}' for shape, pattern in class_table(num_classes, class_set)]
 
 
 def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -80,7 +124,20 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     theta = np.arctan2(u, -v)
     rho = np.sqrt(u * u + v * v)
     return rho <= 0.45 + 0.55 * np.abs(np.cos(2.5 * theta)) ** 4
-  raise ValueError(f'Unknown shape {shape!r}; known: {SHAPES}.')
+  # The downstream-only shapes.
+  if shape == 'crescent':  # the unit disc minus a disc of radius 0.72 shifted right and up
+    return (u * u + v * v <= 1.0) & ((u - 0.45) ** 2 + (v + 0.15) ** 2 >= 0.72 ** 2)
+  if shape == 'hourglass':  # two triangles meeting at the centre, apex to apex
+    return (av <= 0.9) & (au <= 0.85 * av + 0.06)
+  if shape == 'arrow':  # pointing up: a triangular head over a shaft
+    head = (v >= -0.95) & (v <= -0.05) & (au <= 0.95 * (v + 0.95) / 0.9)
+    return head | ((au <= 0.28) & (v > -0.1) & (v <= 0.95))
+  if shape == 'heart':  # the classic sextic (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, scaled
+    x, y = 1.25 * u, 0.25 - 1.25 * v
+    return (x * x + y * y - 1.0) ** 3 - x * x * y ** 3 <= 0.0
+  if shape == 'dome':  # the upper half of a unit disc, flat side down
+    return (u * u + (v - 0.4) ** 2 <= 1.0) & (v <= 0.4)
+  raise ValueError(f'Unknown shape {shape!r}; known: {SHAPES + DOWNSTREAM_SHAPES}.')
 
 
 def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
@@ -119,17 +176,22 @@ class SyntheticLT:
 
   `source[i]` -> {'image': uint8 (S, S, 3), 'label': int, 'id': i}. Train images are ordered
   class by class (class 0, the head, first); `labels` holds every label without generating images.
+  `class_set` chooses which (shape, pattern) pairs the classes are (`class_table`); with
+  imbalance_ratio 1 every class has `num_train_max` training images (a balanced task).
   """
 
   def __init__(self, split: str = 'train', *, num_classes: int = 20,
                imbalance_ratio: float = 100.0, num_train_max: int = 200,
                num_test_per_class: int = 20, image_size: int = 32, seed: int = 0,
-               num_backgrounds: int = 32):
+               num_backgrounds: int = 32, class_set: str = 'default'):
     if split not in _SPLIT_CODE:
       raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if image_size < 8:
       raise ValueError(f'image_size must be >= 8 pixels, got {image_size}.')
-    self.num_shapes, self.num_patterns = shape_pattern_grid(num_classes)
+    self.class_set = str(class_set)
+    self.classes = class_table(num_classes, self.class_set)  # [(shape, pattern)] per class
+    self.num_shapes = len({shape for shape, _ in self.classes})
+    self.num_patterns = len({pattern for _, pattern in self.classes})
     self.split, self.num_classes, self.image_size = split, num_classes, int(image_size)
     self.seed, self.num_backgrounds = int(seed), int(num_backgrounds)
     if split == 'train':
@@ -172,14 +234,31 @@ class SyntheticLT:
     if not 0 <= index < len(self):
       raise IndexError(f'index {index} out of range for {len(self)} synthetic {self.split} images.')
     label = int(self.labels[index])
-    rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
-    return {'image': self.render(label, rng), 'label': label, 'id': index}
+    return {'image': self.render(label, self._rng(index)), 'label': label, 'id': index}
+
+  def _rng(self, index: int) -> np.random.Generator:
+    """The generator of image `index` (the default class set's streams as they always were)."""
+    key = [self.seed, _SPLIT_CODE[self.split], index]
+    if self.class_set in _CLASS_SET_CODE:
+      key.append(_CLASS_SET_CODE[self.class_set])
+    return np.random.default_rng(key)
+
+  def object_mask(self, index: int) -> np.ndarray:
+    """The (S, S) bool mask of the object in `self[index]`'s image (the pixels the object
+    covers, before the noise): the ground truth of where a model should look."""
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f'index {index} out of range for {len(self)} synthetic {self.split} images.')
+    return self.render_with_mask(int(self.labels[index]), self._rng(index))[1]
 
   def render(self, label: int, rng: np.random.Generator) -> np.ndarray:
     """Draws one image of class `label` with randomness from `rng`."""
+    return self.render_with_mask(label, rng)[0]
+
+  def render_with_mask(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`render`, and the (S, S) bool mask of the object's pixels."""
     size = self.image_size
-    shape = SHAPES[label % self.num_shapes]
-    pattern = PATTERNS[label // self.num_shapes]
+    shape, pattern = self.classes[label]
     bg = self.backgrounds[rng.integers(self.num_backgrounds)]
     if rng.random() < 0.5:
       bg = bg[:, ::-1]
@@ -210,4 +289,6 @@ class SyntheticLT:
     img[y0:y1, x0:x1] = np.where(mask[..., None], fg.astype(np.int16), patch)
     oy, ox = rng.integers(0, size, 2)
     img += self.noise[oy:oy + size, ox:ox + size]
-    return np.clip(img, 0, 255).astype(np.uint8)
+    full = np.zeros((size, size), bool)
+    full[y0:y1, x0:x1] = mask
+    return np.clip(img, 0, 255).astype(np.uint8), full

@@ -3,7 +3,9 @@
 `config.evals` holds one section per evaluator; its key is the evaluator's name (the prefix of
 its metrics in `metrics.jsonl` / TensorBoard and of the files it writes), and its fields are
 `type` (a key of `REGISTRY`), `every_epochs` (0: `config.train.eval_every_epochs`) and whatever
-else that type takes. The base config has one, `eval` (type 'longtail'). Every evaluator also
+else that type takes. The base config has one, `eval` (type 'longtail'); 'attention'
+(`evaluators/attention.py`: foreground shares of Grad-CAM and prompt attention) measures where
+the prompts look during training; `config.train.attention_stats=True` adds it with its defaults. Every evaluator also
 runs after the last step, and `--mode=eval` runs them all on a checkpoint.
 
 An evaluator is a small object built as `Type(predict_fn, name=..., frozen=..., mesh=...,
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from ltdpt_jax.evaluators import attention
 from ltdpt_jax.evaluators import longtail
 
 # type name -> evaluator class (the values config.evals.<name>.type accepts).
-REGISTRY: dict[str, type] = {'longtail': longtail.Evaluator}
+REGISTRY: dict[str, type] = {'longtail': longtail.Evaluator, 'attention': attention.Evaluator}
 _SCHEDULE_FIELDS = ('type', 'every_epochs')
 
 
@@ -36,13 +39,23 @@ def every_epochs(eval_config, train_config) -> int:
 
 
 def from_config(config, *, predict_fn: Callable[..., Any], frozen: Any, mesh, info,
-                steps_per_epoch: int, workdir: str | None) -> list[Scheduled]:
-  """The evaluators of `config.evals`, in config order, with their periods in steps."""
+                steps_per_epoch: int, workdir: str | None, model=None) -> list[Scheduled]:
+  """The evaluators of `config.evals`, in config order, with their periods in steps. Types
+  that look inside the model (`needs_model`, e.g. 'attention') also get `model` and the loss
+  scale s."""
   out = []
-  for name, section in config.evals.items():
+  sections = list(config.evals.items())
+  if config.train.get('attention_stats', False) and not any(
+      s.get('type') == 'attention' for _, s in sections):
+    sections.append(('attention', {'type': 'attention', 'every_epochs': 0}))
+  for name, section in sections:
     kwargs = {k: v for k, v in section.items() if k not in _SCHEDULE_FIELDS}
-    evaluator = REGISTRY[section.type](predict_fn, name=name, frozen=frozen, mesh=mesh,
-                                       data=config.data, info=info, workdir=workdir, **kwargs)
+    cls = REGISTRY[section['type']]
+    if getattr(cls, 'needs_model', False):
+      kwargs.setdefault('model', model)
+      kwargs.setdefault('scale', float(config.loss.s))
+    evaluator = cls(predict_fn, name=name, frozen=frozen, mesh=mesh, data=config.data,
+                    info=info, workdir=workdir, **kwargs)
     out.append(Scheduled(name, every_epochs(section, config.train) * steps_per_epoch, evaluator))
   return out
 

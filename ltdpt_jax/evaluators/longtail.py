@@ -4,8 +4,9 @@ What it measures (SPEC "Evaluation"): top-1 over every evaluation image, the acc
 head (> 100 training images), medium (20..100, both ends included) and tail (< 20) classes
 (thresholds `config.data.shot_thresholds`), sample-weighted within each group and `None` for a
 group with no class (never 0), the accuracy of every class (`None` for a class without
-evaluation images) and their mean, and a per-class record {name, train_count, eval_count,
-accuracy, group} of each class. Groups always come from the *training* counts
+evaluation images) and their mean, a per-class record {name, train_count, eval_count,
+accuracy, group} of each class and, for runs of up to 100 classes, the confusion matrix
+(`confusion`[true][predicted] counts). Groups always come from the *training* counts
 (`facebookresearch/classifier-balancing: utils.py` `shot_acc`, the convention the paper states).
 
 How (big_vision `evaluators/classification.py`): one jitted step over the data-sharded eval
@@ -37,6 +38,7 @@ from ltdpt_jax import sharding
 HEAD_MIN = 100
 TAIL_MAX = 20
 GROUPS = ('head', 'medium', 'tail')
+MAX_CONFUSION_CLASSES = 100  # records of larger runs carry no confusion matrix
 
 
 def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEAD_MIN,
@@ -63,11 +65,13 @@ def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEA
 
 def summarize_eval(correct: np.ndarray, count: np.ndarray, class_counts: np.ndarray, *,
                    class_names: Sequence[str] | None = None,
-                   thresholds: tuple[int, int] = (TAIL_MAX, HEAD_MIN)) -> dict[str, Any]:
+                   thresholds: tuple[int, int] = (TAIL_MAX, HEAD_MIN),
+                   confusion: np.ndarray | None = None) -> dict[str, Any]:
   """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class.
 
   `thresholds` = (tail_max, head_min) (config.data.shot_thresholds). With `class_names`, also
   'per_class': [{name, train_count, eval_count, accuracy (None without eval images), group}].
+  With `confusion` (C, C) counts (row: true class, column: predicted), also 'confusion'.
   """
   correct = np.asarray(correct, np.float64)
   count = np.asarray(count, np.float64)
@@ -89,6 +93,8 @@ def summarize_eval(correct: np.ndarray, count: np.ndarray, class_counts: np.ndar
                          'accuracy': acc, 'group': group_of[c]}
                         for c, (name, n, e, acc) in enumerate(zip(
                             class_names, class_counts, count, out['per_class_accuracy']))]
+  if confusion is not None:
+    out['confusion'] = np.asarray(confusion, np.int64).tolist()
   return out
 
 
@@ -118,42 +124,59 @@ class Evaluator:
                         else tuple(str(c) for c in range(info.num_classes)))
     self._batch_sharding = sharding.batch_sharded(mesh)
     num_classes = int(info.num_classes)
+    # A confusion matrix for runs of up to MAX_CONFUSION_CLASSES classes (plotted by plot.py).
+    self.with_confusion = num_classes <= MAX_CONFUSION_CLASSES
 
     def eval_step(trainable, frozen_params, batch):
-      """Per-class (correct, count), int32 (C,); rows with mask False count nowhere."""
+      """Per-class (correct, count), int32 (C,), and the (C, C) confusion counts (or a (1, 1)
+      placeholder); rows with mask False count nowhere."""
       cosine = predict_fn(trainable, frozen_params, batch['image'])['logits']
       mask = batch['mask'].astype(jnp.int32)
-      correct = (jnp.argmax(cosine, -1) == batch['label']).astype(jnp.int32) * mask
+      predicted = jnp.argmax(cosine, -1).astype(jnp.int32)
+      correct = (predicted == batch['label']).astype(jnp.int32) * mask
       labels = batch['label'].astype(jnp.int32)
       per_class_correct = jnp.zeros((num_classes,), jnp.int32).at[labels].add(correct)
       per_class_count = jnp.zeros((num_classes,), jnp.int32).at[labels].add(mask)
-      return per_class_correct, per_class_count
+      if self.with_confusion:
+        confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(
+            mask)
+      else:
+        confusion = jnp.zeros((1, 1), jnp.int32)
+      return per_class_correct, per_class_count, confusion
 
     rep = sharding.replicated(mesh)
     self.eval_step = jax.jit(eval_step, in_shardings=(rep, rep, self._batch_sharding),
-                             out_shardings=(rep, rep))
+                             out_shardings=(rep, rep, rep))
 
-  def counts(self, trainable: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class (correct, count) over the whole eval split."""
+  def counts(self, trainable: Any, *, with_confusion: bool = False):
+    """Per-class (correct, count) over the whole eval split (and the confusion counts, or None
+    beyond MAX_CONFUSION_CLASSES classes, with `with_confusion`)."""
     correct = count = jnp.zeros((self.info.num_classes,), jnp.int32)
+    confusion = None
     for batch in data_lib.make_eval_iterator(self.data):
       batch = sharding.to_global({k: batch[k] for k in ('image', 'label', 'mask')},
                                  self._batch_sharding)
-      c, n = self.eval_step(trainable, self.frozen, batch)
+      c, n, m = self.eval_step(trainable, self.frozen, batch)
       correct, count = correct + c, count + n
-    return np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(count))
+      confusion = m if confusion is None else confusion + m
+    out = (np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(count)))
+    if with_confusion:
+      keep = self.with_confusion and confusion is not None
+      return out + (np.asarray(jax.device_get(confusion)) if keep else None,)
+    return out
 
   def record_path(self, step: int) -> str | None:
     return None if self.workdir is None else os.path.join(self.workdir, f'{self.name}_{step}.json')
 
   def run(self, trainable: Any, *, step: int, epoch: int) -> dict[str, Any]:
     """Evaluates `trainable`; writes and returns {step, epoch, **summarize_eval(...)}."""
-    correct, count = self.counts(trainable)
+    correct, count, confusion = self.counts(trainable, with_confusion=True)
     record = {'step': int(step), 'epoch': int(epoch),
               **summarize_eval(correct, count, self.info.class_counts,
                                class_names=self.class_names,
                                thresholds=tuple(self.data.get('shot_thresholds',
-                                                              (TAIL_MAX, HEAD_MIN))))}
+                                                              (TAIL_MAX, HEAD_MIN))),
+                               confusion=confusion)}
     path = self.record_path(step)
     if path is not None:
       metrics_lib.write_json(path, record)

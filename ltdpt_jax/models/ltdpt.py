@@ -50,7 +50,20 @@ and 'head' {'kernel': (D, C)}.
 
 Building: `build_model(config.model, num_classes, image_size)`, `init_params(model, rng,
 image_size, backbone=...)` (the backbone from `vit_checkpoint.load_backbone`, or random),
-`abstract_params`, `parameter_report`; no file I/O here.
+`abstract_params`, `parameter_report`, `cast_frozen` (the frozen partition in the compute
+dtype, as `train.Setup` stores it); no file I/O here.
+
+Performance knobs (config.model, SPEC "Performance knobs"), passed to the backbone's blocks
+(`vit.attend`, `vit.Encoder`); none changes what is computed beyond float rounding:
+  * `dtype` 'bfloat16': bf16 matmuls with the frozen backbone stored in bf16 once
+    (`cast_frozen`, by `train.Setup`); prompts, keys, alpha/beta and head stay float32 master
+    copies (cast to bf16 where they enter a matmul), the residual stream, LayerNorm statistics,
+    attention logits/softmax, the cosine logits and the loss are float32.
+  * `attention` 'auto' (default) | 'xla' | 'cudnn': cuDNN fused attention with the saliency bias
+    where it runs ('auto': a GPU and bf16), the einsum/softmax path elsewhere. Only the XLA path
+    sows the attention maps, so `ltdpt_jax.maps` runs its model with attention='xla'.
+  * `pad_attention_to`: masked padding of queries and keys (0: cuDNN's 8 only).
+  * `remat`, `remat_policy`: rematerialise each block in the backward pass.
 """
 
 from __future__ import annotations
@@ -69,6 +82,11 @@ import numpy as np
 from ltdpt_jax.models import vit as vit_lib
 
 Array = jax.Array
+
+# The image tokens [CLS | patches] entering the last block: sown into 'intermediates' and, when a
+# 'perturbations' collection is passed, perturbed by it (Flax `perturb`) so their gradient can be
+# taken (Grad-CAM, `ltdpt_jax.maps`). Both are no-ops in the train step.
+LAST_BLOCK_TOKENS = 'last_block_tokens'
 
 # Token types, for building the attention bias of a block's (query, key) layout.
 CLS, PATCH, FR, BR = 0, 1, 2, 3
@@ -184,7 +202,7 @@ class CosineClassifier(nn.Module):
 
 # What config.model.{method, feature, prompt_mode, dtype} accept (config_lib.validate checks
 # these declarations too).
-METHODS = ('vpt', 'fr', 'fr_br')
+METHODS = ('vpt', 'fr', 'fr_br', 'linear')  # 'linear': models/linear_probe.py (no prompts)
 FEATURES = ('cls_prompt_mean', 'cls')
 PROMPT_MODES = ('replace', 'carry')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -246,6 +264,11 @@ class LTDPT(nn.Module):
   (ignored, may be None, for method 'vpt'). Returns {'logits' (B, C) cosine similarities,
   'feature' (B, D)} plus, for 'fr_br', 'br_weights' (B, k), 'br_indices' (B, k) and
   'br_similarity' (B, G). Dropout on the feature needs rngs={'dropout': key} when train=True.
+
+  For looking inside (`ltdpt_jax.maps`): with mutable 'intermediates', every block sows its
+  attention logits and probabilities and the last block's input image tokens
+  (`LAST_BLOCK_TOKENS`); with a 'perturbations' collection {LAST_BLOCK_TOKENS: zeros (B, 1 + m,
+  D)}, the gradient with respect to it is the gradient with respect to those tokens.
   """
   num_classes: int
   patch_size: int | tuple[int, int] = 16
@@ -267,8 +290,14 @@ class LTDPT(nn.Module):
   dropout: float = 0.1
   dtype: Any = jnp.float32
   skip_dead_prompt_work: bool = True
+  # Performance knobs (SPEC "Performance knobs"; see `vit.attend` and `vit.Encoder`).
+  attention: str = 'auto'
+  pad_attention_to: int = 0
+  remat: bool = False
+  remat_policy: str = 'dots_with_no_batch_dims'
 
   def _validate(self):
+    check_performance_fields(self)
     checks = [
         (self.method in METHODS, f'method={self.method!r}: use one of {METHODS}'),
         (self.feature in FEATURES, f'feature={self.feature!r}: use one of {FEATURES}'),
@@ -333,9 +362,7 @@ class LTDPT(nn.Module):
   def __call__(self, images: Array, saliency: Array | None = None, *,
                train: bool = False) -> dict[str, Array]:
     self._validate()
-    backbone = vit_lib.VisionTransformer(self.patch_size, self.hidden_size, self.num_layers,
-                                         self.num_heads, self.mlp_dim, dtype=self.dtype,
-                                         name='backbone')
+    backbone = self.make_backbone()
     params = self._prompt_params()
     x = backbone.embed(images)  # (B, 1 + m, D): CLS and patch tokens
     sizes = self.segment_sizes(x.shape[1] - 1)
@@ -350,16 +377,28 @@ class LTDPT(nn.Module):
         br_prompts, weights, indices = select_group_prompts(sim, params['br_prompts'],
                                                             self.top_k)
         out.update(br_weights=weights, br_indices=indices, br_similarity=sim)
+      if l == self.num_layers - 1:  # Grad-CAM's activations: the tokens entering the last block
+        x = self.perturb(LAST_BLOCK_TOKENS, x)  # + 0: its gradient is d output / d x (maps.py)
+        self.sow('intermediates', LAST_BLOCK_TOKENS, x)
       p = self._block_prompts(l, x.shape[0], params, br_prompts, prompt_out).astype(x.dtype)
-      kv = jnp.concatenate([x, p], axis=1)
       bias = self._block_bias(l, layout, sizes, saliency, params)  # Eq. 3 and 5
-      y = backbone.block(l, _queries(x, p, kv, layout), kv, bias)
+      # Keys [x | p]; queries the layout's rows (the concatenations happen inside the block).
+      image_rows, prompt_rows = _queries(x, p, layout)
+      y = backbone.block(l, image_rows, x, bias, prompt_rows, p)
       n_img = BlockLayout.count([s for s in layout.queries if s not in _PROMPT_SEGMENTS], sizes)
       x, prompt_out = y[:, :n_img], y[:, n_img:]
     out['feature'] = self._feature(backbone.norm(x[:, 0]).astype(jnp.float32), prompt_out)
     feature = nn.Dropout(self.dropout)(out['feature'], deterministic=not train)
     out['logits'] = CosineClassifier(self.num_classes, name='head')(feature)
     return out
+
+  def make_backbone(self) -> vit_lib.VisionTransformer:
+    """The frozen ViT submodule 'backbone' with this model's dtype and performance knobs (call
+    it from a compact `__call__`)."""
+    return vit_lib.VisionTransformer(
+        self.patch_size, self.hidden_size, self.num_layers, self.num_heads, self.mlp_dim,
+        dtype=self.dtype, attention=self.attention, pad_attention_to=self.pad_attention_to,
+        remat=self.remat, remat_policy=self.remat_policy, name='backbone')
 
   def _prompt_params(self) -> dict[str, Array]:
     """The trainable prompt parameters: fr_prompts (L, n_f, D); for 'fr_br' br_prompts
@@ -421,17 +460,52 @@ class LTDPT(nn.Module):
     return (cls + prompt_out.astype(jnp.float32).mean(axis=1)) / 2
 
 
-def _queries(x: Array, p: Array, kv: Array, layout: BlockLayout) -> Array:
-  """The query rows of `layout`, from the image tokens x = [CLS | patches] and the prompts p
-  (kv = [x | p]): kv itself when every row is a query."""
-  if layout.queries == layout.keys:
-    return kv
+def check_performance_fields(model) -> None:
+  """ValueError for invalid `attention`, `pad_attention_to`, `remat_policy` (or a combination
+  that cannot run: cuDNN attention needs a bf16 compute dtype and even padded lengths)."""
+  if model.attention not in vit_lib.ATTENTIONS:
+    raise ValueError(f'LTDPT: attention={model.attention!r}: use one of {vit_lib.ATTENTIONS}.')
+  if model.remat_policy not in vit_lib.REMAT_POLICIES:
+    raise ValueError(f'LTDPT: remat_policy={model.remat_policy!r}: use one of '
+                     f'{tuple(vit_lib.REMAT_POLICIES)}.')
+  pad = model.pad_attention_to
+  if not (isinstance(pad, (int, np.integer)) and pad >= 0):
+    raise ValueError(f'LTDPT: pad_attention_to={pad!r} must be an integer >= 0 (0: none on the '
+                     f'XLA path, {vit_lib.CUDNN_PAD_MULTIPLE} on the cuDNN path).')
+  if model.attention != 'xla' and pad > 1 and pad % 2:
+    raise ValueError(f"LTDPT: pad_attention_to={pad} is odd; attention={model.attention!r} may "
+                     'use cuDNN, which needs even query and key lengths (use 8).')
+  if model.attention == 'cudnn' and jnp.dtype(model.dtype) != jnp.dtype(jnp.bfloat16):
+    raise ValueError(f"LTDPT: attention='cudnn' needs dtype='bfloat16' (got "
+                     f"{jnp.dtype(model.dtype).name}); use attention='auto' or 'xla'.")
+
+
+def cast_frozen(frozen: Any, model: LTDPT) -> Any:
+  """The frozen partition as it is stored on the device: every floating array in the model's
+  compute dtype (bf16 for config.model.dtype='bfloat16': cast once, at set-up, never in the
+  step), others unchanged. Arrays or ShapeDtypeStructs; unchanged for float32."""
+  dtype = jnp.dtype(model.dtype)
+
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+
+  return jax.tree.map(cast, frozen)
+
+
+def _queries(x: Array, p: Array, layout: BlockLayout) -> tuple[Array, Array | None]:
+  """The query rows of `layout` as (image rows, prompt rows or None), from the image tokens
+  x = [CLS | patches] and the prompts p (the keys are [x | p]): the queries are their
+  concatenation, [x | p] itself when every row is a query."""
   image = x if 'patches' in layout.queries else x[:, :1]
   if not layout.biased:
-    return image
+    return image, None
   if layout.biased != layout.prompts:
     raise ValueError(f'A block computes all of its prompt rows or none; got {layout}.')
-  return jnp.concatenate([image, p], axis=1)
+  return image, p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,10 +534,18 @@ def build_model(model_config, num_classes: int, image_size: int | Sequence[int] 
       alpha_init=float(mc.alpha_init), beta_init=float(mc.beta_init),
       per_block_scales=bool(mc.per_block_scales), feature=mc.feature,
       prompt_mode=mc.prompt_mode, dropout=float(mc.dropout), dtype=DTYPES[dtype],
-      skip_dead_prompt_work=bool(mc.get('skip_dead_prompt_work', True)))
+      skip_dead_prompt_work=bool(mc.get('skip_dead_prompt_work', True)),
+      attention=mc.get('attention', 'auto'), pad_attention_to=int(mc.get('pad_attention_to', 0)),
+      remat=bool(mc.get('remat', False)),
+      remat_policy=mc.get('remat_policy', 'dots_with_no_batch_dims'))
   fields.update(overrides)
-  model = LTDPT(**fields)
+  if fields['method'] == 'linear':  # the linear probe: frozen ViT + cosine head, no prompts
+    from ltdpt_jax.models import linear_probe  # pylint: disable=g-import-not-at-top
+    model = linear_probe.LinearProbe(**fields)
+  else:
+    model = LTDPT(**fields)
   model._validate()  # pylint: disable=protected-access
+  check_performance_fields(model)  # also for subclasses with their own _validate
   return model
 
 

@@ -21,17 +21,40 @@ Inputs: NHWC float32 images normalised with mean = std = 0.5 (values in [-1, 1])
 
 Pieces the LT-DPT model uses (`VisionTransformer` methods, callable on a bound/child module):
   * `embed(images) -> (B, 1 + m, D)`: patch tokens with CLS prepended and position embedding added.
-  * `block(i, x_q, x_kv=None, bias=None) -> (B, Nq, D)`: block i with queries from `x_q` and
-    keys/values from `x_kv` (defaults to `x_q`); `bias` is an additive attention-logit bias
-    broadcastable to (B, heads or 1, Nq, Nk), added after the 1/sqrt(head_dim) scaling, before the
-    softmax. Only the `x_q` rows get the residual, attention output and MLP: this is how LT-DPT
-    skips the query rows of prompts that serve only as keys/values.
+  * `block(i, x_q, x_kv=None, bias=None, q_extra=None, kv_extra=None) -> (B, Nq, D)`: block i
+    with queries from `x_q` and keys/values from `x_kv` (defaults to `x_q`), each followed by
+    the rows of `q_extra` / `kv_extra` when given (concatenated inside the block: under remat
+    only the parts are kept for the backward pass, not the concatenation); `bias` is an additive
+    attention-logit bias broadcastable to (B, heads or 1, Nq, Nk), added after the
+    1/sqrt(head_dim) scaling, before the softmax. Only the query rows get the residual,
+    attention output and MLP: this is how LT-DPT skips the query rows of prompts that serve
+    only as keys/values.
   * `norm(x)`: the final `Transformer/encoder_norm` LayerNorm.
 
 Mixed precision: `dtype` is the compute dtype of the convolution, the Dense layers, the attention
-matmuls and the LayerNorm outputs; parameters stay float32, LayerNorm statistics are computed in
-float32 (Flax's default) and the attention logits and softmax are float32. The residual stream
-keeps the promoted dtype (float32 when the position embedding is float32).
+matmuls and the LayerNorm outputs; LayerNorm statistics are computed in float32 (Flax's default)
+and the attention logits and softmax are float32. The parameters may be float32 or already
+stored in `dtype` (LT-DPT stores its frozen backbone in bf16 once, `ltdpt.cast_frozen`); either
+way the residual stream (the embedding output and every block's residual adds) is float32, as
+PyTorch autocast keeps it.
+
+Performance knobs (fields of `VisionTransformer`, passed down to every block; SPEC "Performance
+knobs"):
+  * `attention`: 'xla' (default; the einsum + float32 softmax below, which sows the logits and
+    probabilities), 'cudnn' (`jax.nn.dot_product_attention(..., implementation='cudnn')`: cuDNN's
+    fused flash attention with the additive bias, bf16/fp16 on an NVIDIA GPU; nothing is sown,
+    so the maps of `ltdpt_jax.maps` need 'xla'), or 'auto' (cuDNN where it can run: a GPU
+    backend, a bf16/fp16 compute dtype and a shape cuDNN accepts; the XLA path elsewhere, said
+    once in the log). See `attend`.
+  * `pad_attention_to`: pad the queries and keys of every attention to a multiple of this
+    (masked: padded keys get `MASK_VALUE` on their logits, padded query rows are dropped). 0 =
+    no padding on the XLA path and a multiple of 8 on the cuDNN path (which needs even lengths
+    when the bias is differentiated); the same padding on the XLA path is how the cuDNN path's
+    padding is tested on a CPU.
+  * `remat`, `remat_policy`: rematerialise each block in the backward pass (`jax.checkpoint`
+    saving only what the policy allows, `REMAT_POLICIES`), each block's recomputation made to
+    wait for its output's cotangent (`rematerialised`) so that no compiler can hoist them all
+    and keep them live. Blocks are not rematerialised while 'intermediates' is mutable.
 
 Output of `VisionTransformer.__call__`: a dict with
   * `'pre_logits'` (B, D): the final-LayerNorm CLS token (also under `'cls'`), as the issue and
@@ -46,6 +69,7 @@ Output of `VisionTransformer.__call__`: a dict with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Any, Sequence
 
@@ -53,6 +77,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 Array = jax.Array
 Dtype = Any
@@ -178,6 +203,127 @@ class MlpBlock(nn.Module):
                     name='Dense_1')(x)
 
 
+# What `attention` accepts, and the remat policies (`remat_policy`, jax.checkpoint_policies):
+# 'dots_with_no_batch_dims' saves the outputs of the weight matmuls (Q/K/V/out projections, MLP)
+# and recomputes the attention matmuls, LayerNorms, softmax and GELU; 'dots' also saves the
+# batched attention matmuls (QK^T logits, PV); 'nothing' saves only each block's input and
+# recomputes the whole block (about one more forward in FLOPs).
+ATTENTIONS = ('auto', 'xla', 'cudnn')
+REMAT_POLICIES = {
+    'dots_with_no_batch_dims': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'dots': jax.checkpoint_policies.dots_saveable,
+    'nothing': jax.checkpoint_policies.nothing_saveable,
+}
+# The logit added on padded keys: exp(MASK_VALUE - max) is exactly 0 in float32 and bf16, and it
+# is finite, so no row becomes -inf - (-inf) (every row keeps its real keys).
+MASK_VALUE = -1e9
+CUDNN_PAD_MULTIPLE = 8
+_HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+  if message not in _LOGGED:
+    _LOGGED.add(message)
+    logging.info('%s', message)
+
+
+def padded_length(n: int, multiple: int) -> int:
+  """n rounded up to a multiple of `multiple` (n itself for multiple <= 1)."""
+  return n if multiple <= 1 else -(-n // multiple) * multiple
+
+
+def pad_attention(q: Array, k: Array, v: Array, bias: Array | None, multiple: int
+                  ) -> tuple[Array, Array, Array, Array | None]:
+  """Queries and keys/values padded with zero rows to a multiple of `multiple`, and the bias
+  (B or 1, heads or 1, Tq, Tk) that masks the padded keys (`MASK_VALUE`) and is 0 on every
+  other padded entry. q (B, Nq, h, d), k and v (B, Nk, h, d); bias broadcastable to
+  (B, h, Nq, Nk) or None. Unchanged when nothing needs padding. The padded query rows attend to
+  the real keys like any row (finite, never read) and are dropped by the caller.
+  """
+  nq, nk = q.shape[1], k.shape[1]
+  tq, tk = padded_length(nq, multiple), padded_length(nk, multiple)
+  if (tq, tk) == (nq, nk):
+    return q, k, v, bias
+  rows = lambda x, t: jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0)))
+  q, k, v = rows(q, tq), rows(k, tk), rows(v, tk)
+  key_mask = None
+  if tk > nk:
+    key_mask = jnp.where(jnp.arange(tk) < nk, 0.0, MASK_VALUE).astype(jnp.float32)
+    key_mask = key_mask[None, None, None, :]
+  if bias is None:
+    if key_mask is not None:
+      bias = jnp.broadcast_to(key_mask, (1, 1, tq, tk))
+    return q, k, v, bias
+  bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+  bias = jnp.broadcast_to(bias, bias.shape[:2] + (nq, nk)).astype(jnp.float32)
+  bias = jnp.pad(bias, ((0, 0), (0, 0), (0, tq - nq), (0, tk - nk)))
+  return q, k, v, bias if key_mask is None else bias + key_mask
+
+
+def _cudnn_unavailable(dtype) -> str | None:
+  """Why cuDNN fused attention cannot run here (None when it may: the shape is checked by
+  jax when the call is traced)."""
+  if jax.default_backend() != 'gpu':
+    return f'the backend is {jax.default_backend()!r}, not an NVIDIA GPU'
+  if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _HALF_DTYPES]:
+    return f'the compute dtype is {jnp.dtype(dtype).name} (cuDNN needs bfloat16 or float16)'
+  return None
+
+
+def attend(q: Array, k: Array, v: Array, bias: Array | None, *, implementation: str = 'xla',
+           pad_to: int = 0, sow=None) -> Array:
+  """softmax(q k^T / sqrt(d) + bias) v per head: q (B, Nq, h, d), k and v (B, Nk, h, d), bias
+  broadcastable to (B, h or 1, Nq, Nk) -> (B, Nq, h, d) in v's dtype.
+
+  implementation 'xla': float32 logits and softmax (`attention_weights_logits`); `sow(name,
+  value)` (optional) receives the unpadded 'attention_logits' and 'attention_probs'
+  (B, h, Nq, Nk). 'cudnn': `jax.nn.dot_product_attention(..., implementation='cudnn')` with
+  the bias cast to q's dtype (cuDNN computes the softmax in float32); nothing is sown. 'auto':
+  cuDNN where it runs (see `_cudnn_unavailable`, plus the shape checks jax makes while tracing
+  the call), else 'xla', said once in the log.
+
+  Padding (`pad_attention`): to a multiple of `pad_to` (> 1) on either path; the cuDNN path pads
+  to a multiple of `CUDNN_PAD_MULTIPLE` when `pad_to` is 0 or 1.
+  """
+  if implementation not in ATTENTIONS:
+    raise ValueError(f'attention={implementation!r} is not valid; choose one of {ATTENTIONS}.')
+  if implementation != 'xla':
+    reason = _cudnn_unavailable(q.dtype)
+    if reason is None:
+      try:
+        return _attend_cudnn(q, k, v, bias, pad_to)
+      except (NotImplementedError, ValueError, RuntimeError) as e:
+        if implementation == 'cudnn':
+          raise ValueError(f"attention='cudnn' cannot run this attention (q {q.shape} "
+                           f'{q.dtype}, k {k.shape}): {e}') from e
+        reason = f'cuDNN refused the shapes (q {q.shape}, k {k.shape}): {e}'
+    elif implementation == 'cudnn':
+      raise ValueError(f"attention='cudnn' cannot run: {reason}. Use attention='auto' or 'xla'.")
+    _log_once(f"attention='auto': the XLA attention path is used because {reason}.")
+  nq, nk = q.shape[1], k.shape[1]
+  q, k, v, bias = pad_attention(q, k, v, bias, pad_to)
+  logits = attention_weights_logits(q, k, bias)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if sow is not None:
+    padded = logits.shape[2:] != (nq, nk)
+    sow('attention_logits', logits[:, :, :nq, :nk] if padded else logits)
+    sow('attention_probs', probs[:, :, :nq, :nk] if padded else probs)
+  out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+  return out[:, :nq] if out.shape[1] != nq else out
+
+
+def _attend_cudnn(q: Array, k: Array, v: Array, bias: Array | None, pad_to: int) -> Array:
+  nq = q.shape[1]
+  multiple = pad_to if pad_to > 1 else CUDNN_PAD_MULTIPLE
+  q, k, v, bias = pad_attention(q, k, v, bias, multiple)
+  if bias is not None:
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    bias = jnp.broadcast_to(bias, bias.shape[:2] + (q.shape[1], k.shape[1])).astype(q.dtype)
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation='cudnn')
+  return out[:, :nq] if out.shape[1] != nq else out
+
+
 def attention_weights_logits(q: Array, k: Array, bias: Array | None) -> Array:
   """Scaled dot-product logits `q k^T / sqrt(head_dim) + bias` in float32, shape (B, h, Nq, Nk).
 
@@ -195,11 +341,16 @@ class MultiHeadAttention(nn.Module):
 
   The parameter layout equals Flax's `nn.MultiHeadDotProductAttention` (and so the checkpoints):
   query/key/value kernels (D, heads, head_dim), out kernel (heads, head_dim, D). The attention
-  logits (after bias) are sown into the 'intermediates' collection as `attention_logits` (a no-op
-  unless that collection is mutable), for tests and visualisation.
+  logits (after bias) and their softmax are sown into the 'intermediates' collection as
+  `attention_logits` and `attention_probs` (no-ops unless that collection is mutable, as in the
+  train step: training pays nothing), for tests and the maps of `ltdpt_jax.maps`: on the XLA
+  path only (`attention` 'xla', or 'auto' where it falls back), unpadded, (B, h, Nq, Nk).
+  `attention`, `pad_attention_to`: see `attend`.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
+  pad_attention_to: int = 0
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None = None) -> Array:
@@ -220,10 +371,8 @@ class MultiHeadAttention(nn.Module):
       except ValueError:
         raise ValueError(f'attention bias of shape {bias.shape} does not broadcast to '
                          f'(B, heads, Nq, Nk) = {expect}.') from None
-    logits = attention_weights_logits(q, k, bias)
-    self.sow('intermediates', 'attention_logits', logits)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    out = attend(q, k, v, bias, implementation=self.attention, pad_to=self.pad_attention_to,
+                 sow=lambda name, value: self.sow('intermediates', name, value))
     return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, kernel_init=_kernel_init,
                            bias_init=nn.initializers.zeros, name='out')(out)
 
@@ -232,18 +381,27 @@ class Encoder1DBlock(nn.Module):
   """Pre-LN transformer block whose queries may be a subset of its keys/values.
 
   `x_q` (B, Nq, D) are the tokens that get the attention output, residual and MLP; `x_kv`
-  (B, Nk, D) (default `x_q`) the tokens attended to. Both go through the same `LayerNorm_0`.
+  (B, Nk, D) (default `x_q`) the tokens attended to. `q_extra` / `kv_extra` (optional) are rows
+  appended to the queries / keys inside the block. Both go through the same `LayerNorm_0`.
   """
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
+  pad_attention_to: int = 0
 
   @nn.compact
-  def __call__(self, x_q: Array, x_kv: Array | None = None, bias: Array | None = None) -> Array:
+  def __call__(self, x_q: Array, x_kv: Array | None = None, bias: Array | None = None,
+               q_extra: Array | None = None, kv_extra: Array | None = None) -> Array:
+    if kv_extra is not None:
+      x_kv = jnp.concatenate([x_q if x_kv is None else x_kv, kv_extra], axis=1)
+    if q_extra is not None:
+      x_q = jnp.concatenate([x_q, q_extra], axis=1)
     ln0 = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')
     y_q = ln0(x_q)
     y_kv = y_q if x_kv is None else ln0(x_kv)
-    y = MultiHeadAttention(self.num_heads, dtype=self.dtype,
+    y = MultiHeadAttention(self.num_heads, dtype=self.dtype, attention=self.attention,
+                           pad_attention_to=self.pad_attention_to,
                            name='MultiHeadDotProductAttention_1')(y_q, y_kv, bias)
     x = x_q + y
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_2')(x)
@@ -251,25 +409,92 @@ class Encoder1DBlock(nn.Module):
     return x + y
 
 
+def _call_block(block: nn.Module, *args):
+  return block(*args)
+
+
+def _after(tree, cotangent):
+  """`tree` with a data dependence on `cotangent` that changes no value: each floating leaf
+  plus 0 * (one element of the cotangent). XLA keeps float `0 * x` (it is NaN for x = inf), so
+  no compiler can compute what depends on these leaves before the cotangent exists (an
+  `optimization_barrier` does not survive XLA:CPU's passes)."""
+  leaf = next((x for x in jax.tree.leaves(cotangent) if x is not None and x.size), None)
+  if leaf is None:
+    return tree
+  zero = 0.0 * leaf.reshape(-1)[0].astype(jnp.float32)
+  return jax.tree.map(
+      lambda x: x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+@functools.lru_cache(maxsize=None)
+def rematerialised(policy_name: str):
+  """f(block, *args) = block(*args), rematerialised in the backward pass: the forward keeps only
+  what `REMAT_POLICIES[policy_name]` saves (`jax.checkpoint`), and the backward pass recomputes
+  the rest only once the cotangent of the block's output exists.
+
+  That last part is what plain `jax.checkpoint` leaves to the compiler: the recomputation
+  depends only on saved values, so a scheduler may run every block's recomputation right after
+  the forward pass and keep them all live (XLA:CPU does: remat then costs FLOPs and saves no
+  memory). Here the saved values pass through an `optimization_barrier` together with the
+  incoming cotangent, so block l is recomputed after block l + 1's backward, whatever the
+  scheduler. A `nn.custom_vjp` whose forward is `jax.vjp` of the checkpointed pure block (its
+  vjp function is a pytree of exactly the saved values) and whose backward applies that vjp
+  behind the barrier; the same values and gradients as without remat (tested).
+  """
+  policy = REMAT_POLICIES[policy_name]
+
+  def forward(block, *args):
+    module, variables = block.unbind()
+    pure = jax.checkpoint(lambda v, *a: module.apply(v, *a), policy=policy)
+    return jax.vjp(pure, variables, *args)
+
+  def backward(vjp_fn, cotangent):
+    vjp_fn = _after(vjp_fn, cotangent)
+    return vjp_fn(cotangent)  # (variables' cotangents, *the arguments' cotangents)
+
+  return nn.custom_vjp(_call_block, forward_fn=forward, backward_fn=backward)
+
+
 class Encoder(nn.Module):
   """`Transformer`: position embedding, `encoderblock_{i}` and `encoder_norm` (setup-defined so
-  the parent can call the pieces one at a time)."""
+  the parent can call the pieces one at a time: `run_block`). With `remat`, each block is
+  rematerialised in the backward pass under `REMAT_POLICIES[remat_policy]` (`rematerialised`;
+  the parameter names do not change)."""
   num_layers: int
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
+  pad_attention_to: int = 0
+  remat: bool = False
+  remat_policy: str = 'dots_with_no_batch_dims'
 
   def setup(self):
+    if self.remat and self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'remat_policy={self.remat_policy!r} is not valid; choose one of '
+                       f'{tuple(REMAT_POLICIES)}.')
     self.posembed_input = AddPositionEmbs()
     # A list attribute named `encoderblock` yields the module names encoderblock_0, _1, ...
-    self.encoderblock = [Encoder1DBlock(self.mlp_dim, self.num_heads, dtype=self.dtype)
+    self.encoderblock = [Encoder1DBlock(self.mlp_dim, self.num_heads, dtype=self.dtype,
+                                        attention=self.attention,
+                                        pad_attention_to=self.pad_attention_to)
                          for _ in range(self.num_layers)]
     self.encoder_norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
 
+  def run_block(self, i: int, *args) -> Array:
+    """Block i on (x_q, x_kv, bias, q_extra, kv_extra) (see `Encoder1DBlock`), rematerialised
+    in the backward pass when `remat` -- except when 'intermediates' is mutable (looking inside
+    the model, `ltdpt_jax.maps`: what a block sows cannot leave a custom_vjp), where it runs
+    as is, with the same values."""
+    block = self.encoderblock[i]
+    if not self.remat or self.is_mutable_collection('intermediates'):
+      return block(*args)
+    return rematerialised(self.remat_policy)(block, *args)
+
   def __call__(self, x: Array) -> Array:
     x = self.posembed_input(x)
-    for blk in self.encoderblock:
-      x = blk(x)
+    for i in range(self.num_layers):
+      x = self.run_block(i, x, None, None, None, None)
     return self.encoder_norm(x)
 
 
@@ -283,6 +508,10 @@ class VisionTransformer(nn.Module):
   num_classes: int | None = None
   representation_size: int | None = None
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
+  pad_attention_to: int = 0
+  remat: bool = False
+  remat_policy: str = 'dots_with_no_batch_dims'
 
   @property
   def arch(self) -> ViTArch:
@@ -295,7 +524,9 @@ class VisionTransformer(nn.Module):
                              dtype=self.dtype, name='embedding')
     self.cls = self.param('cls', nn.initializers.zeros, (1, 1, self.hidden_size))
     # pylint: disable-next=invalid-name
-    self.Transformer = Encoder(self.num_layers, self.mlp_dim, self.num_heads, dtype=self.dtype)
+    self.Transformer = Encoder(self.num_layers, self.mlp_dim, self.num_heads, dtype=self.dtype,
+                               attention=self.attention, pad_attention_to=self.pad_attention_to,
+                               remat=self.remat, remat_policy=self.remat_policy)
     if self.representation_size:
       self.pre_logits = nn.Dense(self.representation_size, dtype=self.dtype,
                                  kernel_init=_kernel_init, name='pre_logits')
@@ -316,12 +547,15 @@ class VisionTransformer(nn.Module):
     x = x.reshape(b, h * w, d)
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, d))
     x = jnp.concatenate([cls, x], axis=1)
+    # The residual stream is float32 whatever the compute dtype and the parameters' dtype.
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return self.Transformer.posembed_input(x)
 
-  def block(self, i: int, x_q: Array, x_kv: Array | None = None,
-            bias: Array | None = None) -> Array:
-    """Block i: queries `x_q`, keys/values `x_kv` (default `x_q`), additive logit `bias`."""
-    return self.Transformer.encoderblock[i](x_q, x_kv, bias)
+  def block(self, i: int, x_q: Array, x_kv: Array | None = None, bias: Array | None = None,
+            q_extra: Array | None = None, kv_extra: Array | None = None) -> Array:
+    """Block i: queries `x_q` (+ `q_extra` rows), keys/values `x_kv` (default `x_q`; +
+    `kv_extra` rows), additive logit `bias`."""
+    return self.Transformer.run_block(i, x_q, x_kv, bias, q_extra, kv_extra)
 
   def norm(self, x: Array) -> Array:
     """The final LayerNorm (`Transformer/encoder_norm`)."""

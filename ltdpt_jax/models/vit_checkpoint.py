@@ -274,9 +274,9 @@ class Backbone(NamedTuple):
 def load_backbone(model_config, image_size: int | Sequence[int]) -> Backbone:
   """The frozen backbone of `config.model` (params None when `checkpoint` is '': random init).
 
-  Reads `model_config.checkpoint` (local path, gs:// path or URL; checked against
-  `model_config.checkpoint_sha256` when set), requires the architecture that
-  `model_config.backbone` names (ValueError naming both otherwise), resizes the position
+  Reads `model_config.checkpoint` (local path, gs:// path or URL), requires the architecture
+  that `model_config.backbone` names (ValueError naming both otherwise), checks the file against
+  `model_config.checkpoint_sha256` when set (a download as it arrives), resizes the position
   embedding to `image_size` and drops head and representation layer. The params are float32
   numpy arrays, nested like `LTDPT`'s 'backbone' parameters; the SHA-256 of the file is what a
   run records, so that a resume can tell another file with the same shapes.
@@ -284,11 +284,20 @@ def load_backbone(model_config, image_size: int | Sequence[int]) -> Backbone:
   ckpt = model_config.checkpoint
   if not ckpt:
     return Backbone(None, None, '')
-  path = fetch.fetch_checkpoint(ckpt, sha256=model_config.get('checkpoint_sha256') or None)
+  want = (model_config.get('checkpoint_sha256') or '').lower() or None
+  # A download is verified as it arrives; a local file after its architecture check, which
+  # says more about a wrong file than a digest does.
+  path = fetch.fetch_checkpoint(ckpt, sha256=want if fetch.is_url(ckpt) else None)
   flat = load_npz(path)
   info = infer_architecture(flat)  # fail fast, before the shape checks of every array
   vit_lib.check_architecture(
       info.arch, vit_lib.arch_from_config(model_config), found_what=f'checkpoint {ckpt!r}',
       expected_what=f'config.model.backbone={model_config.backbone!r}')
+  sha = fetch.sha256_of(path)
+  if want and sha != want:
+    raise ValueError(f'Checkpoint {ckpt!r} has SHA-256 {sha}, but config.model.checkpoint_sha256 '
+                     f'is {want}: point config.model.checkpoint at the file with that digest, or '
+                     "set config.model.checkpoint_sha256 to '' (or to this file's digest) to use "
+                     'this one.')
   _, params = params_from_flat(flat, image_size=image_size)
-  return Backbone(backbone_params(params), fetch.sha256_of(path), path)
+  return Backbone(backbone_params(params), sha, path)

@@ -1,0 +1,191 @@
+r"""Figure 1 as a command: where a trained run looks, as pictures and as numbers.
+
+  python -m ltdpt_jax.visualize --workdir=runs/demo --out=runs/demo/maps
+  python -m ltdpt_jax.visualize --workdir=runs/ltdpt --compare_workdir=runs/vpt \
+      --num_images=8 --out=figure1
+  python -m ltdpt_jax.visualize --workdir=RUN --images=photos/ a.jpg list.txt --out=DIR
+
+Writes `<out>/maps.png`: one column per image; rows = the image, its spectral-residual saliency,
+Grad-CAM (of the true class when known, else of the predicted one), the FR prompts' attention,
+the BR prompts' attention, and with --compare_workdir the other run's Grad-CAM under this run's
+(as in the paper's Figure 1, e.g. a `method=vpt` run against an LT-DPT run); column titles give
+the true class and each run's prediction and probability. Maps are drawn over the image in grey
+in a perceptually uniform colour map (magma, whose lightness rises monotonically, so it survives
+greyscale printing), each scaled to its own maximum; the object's outline is drawn in white
+where it is known (the synthetic dataset). And `<out>/attention_stats.json`: the mean foreground share (the fraction
+of a map's mass on the object, `maps.shares`) of Grad-CAM, FR / BR / CLS attention and of S,
+over the images, overall and per head / medium / tail group, for this run and the compared one,
+with the reference used (the synthetic dataset's object masks; otherwise the top 25% most
+salient patches) and the reference's own area (what a map spread evenly would score).
+
+Without --images the images are a fixed, seeded sample (--seed) of the run's evaluation split,
+spread over its head, medium and tail classes in turn (the run's dataset must be readable here);
+with --images, PATHs as `ltdpt_jax.predict` takes them (images, directories, list files).
+The runs are rebuilt from their workdirs alone (`predict.Predictor.from_workdir`). All maps come
+from one jitted, batched program per run (`maps.make_maps_fn`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from ltdpt_jax import maps as maps_lib
+from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import optim
+from ltdpt_jax import plot as plot_lib
+from ltdpt_jax import predict as predict_lib
+from ltdpt_jax.data import files
+from ltdpt_jax.data import transforms
+from ltdpt_jax.evaluators import longtail
+
+def define_flags() -> None:
+  """The command's flags (defined when it runs: this module imports `predict` and `plot`)."""
+  flags.DEFINE_string('workdir', None, 'The trained run to look inside.')
+  flags.DEFINE_string('compare_workdir', None, 'Another run of the same classes and image size '
+                      '(e.g. method=vpt): its Grad-CAM row and statistics are added.')
+  flags.DEFINE_integer('checkpoint_step', None, 'The checkpoint (default: the latest).')
+  flags.DEFINE_multi_string('images', None, 'Images, directories or list files (default: a '
+                            'sample of the eval split).')
+  flags.DEFINE_integer('num_images', 8, 'How many eval images (without --images).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the eval-image sample.')
+  flags.DEFINE_string('out', None, 'The output directory.')
+
+
+class Run:
+  """A trained run and its maps (`maps.make_maps_fn`) on the images."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    self.workdir = workdir
+    self.predictor = predict_lib.Predictor.from_workdir(workdir, step)
+    setup = self.predictor.setup
+    self.params = optim.merge_params(self.predictor.params, setup.frozen)
+    self.model, self.image_size = setup.model, setup.image_size
+    self.class_names = self.predictor.class_names
+    self.config = setup.config
+    self.patch_size = self.model.arch.patch_size[0]
+
+  def maps(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    return maps_lib.compute(self.model, self.params, images, np.maximum(labels, 0),
+                            image_size=self.image_size, scale=float(self.config.loss.s),
+                            batch_size=int(self.config.data.eval_batch_size))
+
+  def groups(self) -> dict[str, np.ndarray]:
+    tail_max, head_min = self.config.data.get('shot_thresholds',
+                                              (longtail.TAIL_MAX, longtail.HEAD_MIN))
+    return longtail.shot_groups(self.predictor.setup.info.class_counts, tail_max=int(tail_max),
+                                head_min=int(head_min))
+
+
+def sample_eval_images(run: Run, num: int, seed: int) -> dict[str, Any]:
+  """`maps.sample_eval_images` of the run's eval split and groups."""
+  return maps_lib.sample_eval_images(run.config.data, run.groups(), num, seed,
+                                     image_size=run.image_size)
+
+
+def load_images(paths: Sequence[str], run: Run) -> dict[str, Any]:
+  """Images given by PATHs (labelled when in class folders or labelled lists; else -1)."""
+  image_paths, labels = predict_lib.resolve_inputs(paths, run.class_names)
+  if not image_paths:
+    raise predict_lib.PredictError(f'no image found in {list(paths)}.')
+  bad = files.check_images(image_paths, cache=False)
+  if bad:
+    raise predict_lib.PredictError(f'{len(bad)} file(s) are not readable images: '
+                                   + '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5]))
+  images = np.stack([transforms.eval_transform(files.decode_image(p), run.image_size)
+                     for p in image_paths])
+  labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
+  return {'images': images, 'labels': labels, 'masks': None, 'paths': image_paths}
+
+
+def statistics(run: Run, maps: dict[str, np.ndarray], labels: np.ndarray,
+               masks: np.ndarray | None) -> dict[str, Any]:
+  """The foreground shares of `run`'s maps: per group means (see `maps.share_stats`)."""
+  per_image, reference = maps_lib.shares(maps, patch_size=run.patch_size, masks=masks)
+  if (labels < 0).all():  # no true classes: the true-class Grad-CAM is the predicted one's
+    per_image.pop('gradcam_true', None)
+  known = labels >= 0
+  groups = run.groups() if known.all() else {}
+  return {'workdir': run.workdir, 'step': run.predictor.step,
+          'method': run.config.model.method, 'reference': reference,
+          'accuracy': float(np.mean(maps['prediction'][known] == labels[known]))
+          if known.any() else None,
+          **maps_lib.share_stats(per_image, labels, groups)}
+
+
+def run_visualize(workdir: str, out: str, *, compare_workdir: str | None = None,
+                  images: Sequence[str] | None = None, num_images: int = 8, seed: int = 0,
+                  step: int | None = None) -> dict[str, Any]:
+  """What the command does; returns the attention statistics it writes."""
+  run = Run(workdir, step)
+  other = Run(compare_workdir) if compare_workdir else None
+  if other is not None and (other.image_size != run.image_size
+                            or other.class_names != run.class_names):
+    raise predict_lib.PredictError(
+        f'--compare_workdir={compare_workdir} is a run of other classes or image size '
+        f'({len(other.class_names)} classes, {other.image_size} px) than --workdir={workdir} '
+        f'({len(run.class_names)} classes, {run.image_size} px): compare runs of one dataset.')
+  batch = load_images(images, run) if images else sample_eval_images(run, num_images, seed)
+  mine = run.maps(batch['images'], batch['labels'])
+  theirs = other.maps(batch['images'], batch['labels']) if other is not None else None
+  os.makedirs(out, exist_ok=True)
+  stats = {'num_images': int(len(batch['images'])),
+           'maps': {k: v for k, v in maps_lib.PATCH_MAPS.items()},
+           'run': statistics(run, mine, batch['labels'], batch['masks'])}
+  if theirs is not None:
+    stats['compare'] = statistics(other, theirs, batch['labels'], batch['masks'])
+  metrics_lib.write_json(os.path.join(out, 'attention_stats.json'), stats)
+  plot_lib.figure_maps(os.path.join(out, 'maps.png'), batch['images'], batch['labels'], mine,
+                       run.class_names, compare=theirs,
+                       names=(_run_name(run), _run_name(other) if other else None),
+                       image_size=run.image_size, masks=batch['masks'])
+  _log_stats(stats)
+  return stats
+
+
+def _run_name(run: Run) -> str:
+  return f'{run.config.model.method} ({os.path.basename(os.path.normpath(run.workdir))})'
+
+
+def _log_stats(stats: dict[str, Any]) -> None:
+  for key in ('run', 'compare'):
+    if key not in stats:
+      continue
+    s = stats[key]['overall']
+    shown = ', '.join(f'{name} {s[name]:.2f}' for name in
+                      ('gradcam_pred', 'fr_attention', 'br_attention', 'cls_attention',
+                       'patch_scores', 'foreground_area') if s.get(name) is not None)
+    logging.info('%s (%s): foreground share (%s) %s', stats[key]['workdir'],
+                 stats[key]['method'], stats[key]['reference'], shown)
+
+
+def main(argv: Sequence[str]) -> None:
+  f = flags.FLAGS
+  paths = list(f.images or []) + list(argv[1:])
+  try:
+    if not f.workdir or not f.out:
+      raise predict_lib.PredictError('pass --workdir=RUN and --out=DIR.')
+    run_visualize(f.workdir, f.out, compare_workdir=f.compare_workdir, images=paths or None,
+                  num_images=f.num_images, seed=f.seed, step=f.checkpoint_step)
+  except (predict_lib.PredictError, files.DataError, ValueError, FileNotFoundError) as e:
+    logging.debug('Traceback of the error below:', exc_info=True)
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+  logging.info('Wrote %s and %s.', os.path.join(f.out, 'maps.png'),
+               os.path.join(f.out, 'attention_stats.json'))
+
+
+def run() -> None:
+  define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

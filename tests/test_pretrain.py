@@ -1,0 +1,235 @@
+"""The demo's pretrained backbone: the shipped `.npz`, the class split, the demo's shot groups,
+and the pretraining command (`python -m ltdpt_jax.pretrain`) at toy size, resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cli_worker
+import train_utils
+from ltdpt_jax import data as data_lib
+from ltdpt_jax import fetch
+from ltdpt_jax import pretrain
+from ltdpt_jax import train
+from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.data import synthetic
+from ltdpt_jax.data import transforms
+from ltdpt_jax.evaluators import longtail
+from ltdpt_jax.models import vit_checkpoint
+
+REPO = train_utils.REPO
+ASSET = REPO / 'ltdpt_jax' / 'assets' / 'vit_demo.npz'
+SIDECAR = REPO / 'ltdpt_jax' / 'assets' / 'vit_demo.json'
+
+
+def _sidecar():
+  return json.loads(SIDECAR.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped checkpoint.
+# ---------------------------------------------------------------------------------------------
+
+def test_shipped_checkpoint_is_the_demo_default_small_and_recorded():
+  demo = train_utils.load_config('demo')
+  assert os.path.samefile(demo.model.checkpoint, ASSET)
+  sha = fetch.sha256_of(ASSET)
+  assert demo.model.checkpoint_sha256 == sha == _sidecar()['sha256']
+  assert ASSET.stat().st_size < 2_000_000  # well under 5 MB
+  side = _sidecar()
+  assert side['command'].startswith('python -m ltdpt_jax.pretrain --config=configs/'
+                                    'pretrain_synthetic.py')
+  assert side['eval']['accuracy'] > 0.5 and side['steps'] > 0
+  assert side['config'] == train_utils.load_config('pretrain_synthetic').to_dict() | {
+      'data': side['config']['data']}  # the shipped file came from the config as committed
+  assert side['config']['data'] == train_utils.load_config('pretrain_synthetic').data.to_dict()
+
+
+def test_shipped_checkpoint_loads_with_its_head_and_reproduces_its_upstream_predictions():
+  model, params = vit_checkpoint.from_npz(str(ASSET))
+  assert model.arch.describe().startswith('ViT(patch 4, width 64, depth 4, heads 4, mlp 128)')
+  assert model.num_classes == 64 and model.representation_size is None
+  assert params['head']['kernel'].shape == (64, 64) and params['head']['bias'].shape == (64,)
+  side = _sidecar()
+  data = train_utils.load_config('pretrain_synthetic').data
+  src = data_lib.get_sources(data).eval
+  ref = side['reference']
+  images = np.stack([transforms.eval_transform(src[i]['image'], data.image_size)
+                     for i in ref['indices']])
+  logits = np.asarray(model.apply({'params': params},
+                                  step_lib.normalize_images(jnp.asarray(images)))['logits'])
+  np.testing.assert_allclose(logits, np.asarray(ref['logits']), atol=2e-4, rtol=1e-4)
+  assert logits.argmax(-1).tolist() == ref['predictions']
+  assert [int(src[i]['label']) for i in ref['indices']] == ref['labels']
+  assert side['class_names'] == synthetic.class_names(64, 'upstream')
+
+
+# ---------------------------------------------------------------------------------------------
+# The class split and the demo's task.
+# ---------------------------------------------------------------------------------------------
+
+def test_upstream_and_downstream_classes_are_disjoint():
+  up = set(synthetic.class_table(64, 'upstream'))
+  down = set(synthetic.class_table(synthetic.MAX_CLASSES_OF['downstream'], 'downstream'))
+  assert len(up) == 64 and len(down) == 40 and not up & down
+  assert not {s for s, _ in up} & {s for s, _ in down}  # no downstream shape is upstream
+  assert {p for _, p in down} == set(synthetic.PATTERNS)  # patterns are shared
+  demo, pre = train_utils.load_config('demo'), train_utils.load_config('pretrain_synthetic')
+  assert (demo.data.class_set, pre.data.class_set) == ('downstream', 'upstream')
+  demo_names = set(data_lib.get_dataset_info(demo.data).class_names)
+  assert len(demo_names) == 20 and not demo_names & set(_sidecar()['class_names'])
+  # The default class set is unchanged (its first classes are upstream ones).
+  assert synthetic.class_names(20)[:2] == ['red circle', 'red square']
+  with pytest.raises(ValueError, match="class set 'downstream'"):
+    synthetic.class_table(41, 'downstream')
+  with pytest.raises(ValueError, match='Unknown synthetic class set'):
+    synthetic.SyntheticLT('train', class_set='sideways')
+
+
+def test_class_sets_render_their_own_shapes_and_keep_the_object_mask():
+  kw = dict(num_classes=20, imbalance_ratio=1, num_train_max=2, image_size=32, seed=0)
+  default = synthetic.SyntheticLT('train', **kw)
+  down = synthetic.SyntheticLT('train', class_set='downstream', **kw)
+  assert not np.array_equal(default[0]['image'], down[0]['image'])
+  image, mask = down.render_with_mask(0, np.random.default_rng(0))
+  assert image.shape == (32, 32, 3) and mask.dtype == bool and 0.02 < mask.mean() < 0.7
+  np.testing.assert_array_equal(down.object_mask(3), down.render_with_mask(
+      int(down.labels[3]), down._rng(3))[1])  # pylint: disable=protected-access
+  v, u = (np.mgrid[0:200, 0:200] + 0.5) / 100 - 1
+  for shape in synthetic.DOWNSTREAM_SHAPES:
+    assert 0.2 < synthetic.shape_mask(shape, u, v).mean() < 0.7, shape
+
+
+def test_demo_config_has_head_medium_and_tail_classes():
+  demo = train_utils.load_config('demo')
+  info = data_lib.get_dataset_info(demo.data)
+  groups = longtail.shot_groups(info.class_counts, tail_max=demo.data.shot_thresholds[0],
+                                head_min=demo.data.shot_thresholds[1])
+  sizes = {g: len(v) for g, v in groups.items()}
+  assert min(sizes.values()) >= 5, sizes
+  assert demo.data.imbalance_ratio >= 50 and info.class_counts.min() < 20
+  assert demo.model.method == 'fr_br' and demo.loss.noise_mul == 1.0
+  assert demo.data.crop_min_scale == 0.08
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretraining command, a few steps.
+# ---------------------------------------------------------------------------------------------
+
+# configs/pretrain_synthetic.py with 2 images per class: 4 steps of 32, evaluated once.
+TOY = {'data.num_train_max': 2, 'data.num_test_per_class': 1, 'data.batch_size': 32,
+       'data.eval_batch_size': 64, 'data.num_workers': 0, 'train.epochs': 1,
+       'optim.warmup_epochs': 0.5, 'train.checkpoint_every_steps': 2,
+       'train.log_every_steps': 1, 'train.eval_every_epochs': 1}
+
+
+def _toy_config():
+  c = train_utils.load_config('pretrain_synthetic')
+  for key, value in TOY.items():
+    section, field = key.split('.')
+    c[section][field] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return cli_worker.cache_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory, cache):
+  """The pretraining command at toy size, through the CLI: (out .npz, workdir, stderr)."""
+  root = tmp_path_factory.mktemp('pretrain')
+  out, workdir = root / 'vit.npz', root / 'wd'
+  args = [sys.executable, '-m', 'ltdpt_jax.pretrain', '--config=configs/pretrain_synthetic.py',
+          f'--workdir={workdir}', f'--out={out}'] + [f'--config.{k}={v}' for k, v in TOY.items()]
+  proc = cli_worker.run_cli(args, cache, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, workdir, proc.stderr
+
+
+def test_pretraining_command_writes_an_official_npz_with_head(straight):
+  out, workdir, log = straight
+  for needle in ('Pretraining ViT(patch 4, width 64, depth 4', '64-class head', 'all trained',
+                 '[step 4/4, epoch 1.00] loss', '[eval step 4, epoch 1] top-1', 'Wrote '):
+    assert needle in log, needle
+  model, params = vit_checkpoint.from_npz(str(out))
+  assert model.num_classes == 64
+  keys = set(vit_checkpoint.flatten(params))
+  assert {'embedding/kernel', 'cls', 'Transformer/posembed_input/pos_embedding', 'head/bias',
+          'Transformer/encoderblock_3/MultiHeadDotProductAttention_1/query/kernel',
+          'Transformer/encoder_norm/scale'} <= keys
+  side = json.loads((out.parent / 'vit.json').read_text())
+  assert side['sha256'] == fetch.sha256_of(out) and side['steps'] == 4
+  assert side['command'].startswith('python -m ltdpt_jax.pretrain --config=configs/')
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3, 4]
+  assert all(r['lr'] >= 0 for r in records if r['split'] == 'train')
+  assert (workdir / 'checkpoints' / '4').is_dir() and (workdir / 'eval_4.json').is_file()
+
+
+def test_pretraining_resumed_ends_with_the_same_weights(straight, cache, tmp_path, monkeypatch):
+  """Stopped after step 2 (as SIGTERM would) and rerun: the same .npz bytes as the CLI's
+  uninterrupted run, in another process (deterministic for the seed)."""
+  out = str(tmp_path / 'vit.npz')
+  workdir = str(tmp_path / 'wd')
+  config = _toy_config()
+  with cli_worker.use_compilation_cache(cache):
+    with monkeypatch.context() as m:
+      m.setattr(train._Preemption, 'should_stop', lambda self, step: step == 2)  # pylint: disable=protected-access
+      assert pretrain.run(config, workdir, out) == {'stopped_at': 2}
+    assert not os.path.exists(out)
+    result = pretrain.run(config, workdir, out)
+  assert result['sha256'] == fetch.sha256_of(straight[0])
+  assert pretrain.run(config, workdir, out)['sha256'] == result['sha256']  # finished: re-export
+
+
+def test_pretraining_bad_input_is_one_line(tmp_path, cache):
+  args = [sys.executable, '-m', 'ltdpt_jax.pretrain', '--config=configs/pretrain_synthetic.py',
+          f'--out={tmp_path / "vit.npz"}', '--config.optim.warmup_epochs=40']
+  proc = cli_worker.run_cli(args, cache, timeout=120)
+  cli_worker.one_error_line(proc, 2, 'config.optim.warmup_epochs=40', 'config.train.epochs=30')
+  assert not (tmp_path / 'vit_pretrain').exists()
+
+
+def test_pretraining_on_an_image_folder(tmp_path, cache):
+  """Any source of the data module: a folder of class folders, two steps."""
+  import image_folders  # pylint: disable=g-import-not-at-top
+  train_dir, eval_dir = tmp_path / 'train', tmp_path / 'val'
+  image_folders.write_folder(train_dir, [8, 8], names=['a', 'b'])
+  image_folders.write_folder(eval_dir, [2, 2], names=['a', 'b'], seed=1)
+  config = pretrain.base_config()
+  config.data.dataset = 'folder'
+  config.data.train_dir, config.data.eval_dir = str(train_dir), str(eval_dir)
+  config.data.image_size, config.data.batch_size, config.data.eval_batch_size = 16, 8, 8
+  config.data.num_workers = 0
+  config.model.vit.update(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=32)
+  config.train.update(epochs=1, log_every_steps=1, eval_every_epochs=1)
+  config.optim.warmup_epochs = 0.5
+  pretrain.validate(config)
+  with cli_worker.use_compilation_cache(cache):
+    result = pretrain.run(config, str(tmp_path / 'wd'), str(tmp_path / 'folder.npz'))
+  model, params = vit_checkpoint.from_npz(result['out'])
+  assert model.num_classes == 2 and params['head']['kernel'].shape == (32, 2)
+  assert json.loads((tmp_path / 'folder.json').read_text())['class_names'] == ['a', 'b']
+
+
+def test_weight_decay_only_on_kernels_and_schedule():
+  params = {'embedding': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}, 'cls': jnp.ones(3),
+            'head': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
+  mask = pretrain._decay_mask(params)  # pylint: disable=protected-access
+  assert jax.tree.leaves(mask) == jax.tree.leaves(
+      {'embedding': {'kernel': True, 'bias': False}, 'cls': False,
+       'head': {'kernel': True, 'bias': False}})
+  o = pretrain.base_config().optim
+  o.lr, o.warmup_epochs = 1.0, 1.0
+  sched = pretrain.learning_rate_schedule(o, total_steps=10, steps_per_epoch=2)
+  assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(1.0)
+  assert float(sched(6)) == pytest.approx(0.5) and float(sched(10)) == pytest.approx(0.0)
