@@ -471,14 +471,18 @@ def test_dropout_and_errors(ckpt):
 # Attention implementation and masked padding (config.model.attention, pad_attention_to).
 # ---------------------------------------------------------------------------------------------
 
-def _trainable_grads(model, params, images, sal):
+def _outputs_maps_grads(model, params, images, sal):
+  """(outputs, sown intermediates, gradients of the trainable parameters) in one program."""
   trainable = {k: v for k, v in params.items() if k != 'backbone'}
 
   def loss(t):
-    out = model.apply({'params': dict(t, backbone=params['backbone'])}, images, sal)
-    return (out['logits'] ** 2).sum() + out['feature'].sum()
+    out, v = model.apply({'params': dict(t, backbone=params['backbone'])}, images, sal,
+                         mutable=['intermediates'])
+    return (out['logits'] ** 2).sum() + out['feature'].sum(), (out, v['intermediates'])
 
-  return jax.jit(jax.grad(loss), compiler_options=QUICK)(trainable)
+  (_, (out, inter)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                     compiler_options=QUICK)(trainable)
+  return out, inter, grads
 
 
 @pytest.mark.parametrize('model_kw', [
@@ -493,8 +497,8 @@ def test_padded_attention_equals_unpadded(ckpt, model_kw):
   images, sal = photos(), saliency()
   plain, padded = build(c), build(c, pad_attention_to=8)
   assert plain.pad_attention_to == 0 and padded.pad_attention_to == 8
-  o1, v1 = run(plain, params, images, sal)
-  o2, v2 = run(padded, params, images, sal)
+  o1, v1, g1 = _outputs_maps_grads(plain, params, images, sal)
+  o2, v2, g2 = _outputs_maps_grads(padded, params, images, sal)
   for k in o1:
     np.testing.assert_allclose(o2[k], o1[k], rtol=1e-5, atol=1e-6, err_msg=k)
   for name in ('attention_logits', 'attention_probs'):
@@ -503,8 +507,6 @@ def test_padded_attention_equals_unpadded(ckpt, model_kw):
       b = v2['backbone']['Transformer'][f'encoderblock_{l}']['MultiHeadDotProductAttention_1']
       assert a[name][0].shape == b[name][0].shape, (name, l)
       np.testing.assert_allclose(b[name][0], a[name][0], rtol=1e-5, atol=1e-5)
-  g1 = _trainable_grads(plain, params, images, sal)
-  g2 = _trainable_grads(padded, params, images, sal)
   for path, a, b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree.leaves(g1),
                         jax.tree.leaves(g2)):
     scale = float(np.abs(np.asarray(a)).max()) + 1e-12
@@ -548,7 +550,8 @@ def test_attention_options_on_cpu(ckpt, caplog):
   vit_lib._LOGGED.clear()  # pylint: disable=protected-access
   with caplog.at_level('INFO'):
     auto, _ = run(build(c), params, images, sal)
-    run(build(c, dropout=0.2), params, images, sal)  # a second model: no second line
+    other = build(c, dropout=0.2)  # a second model, traced: no second line
+    jax.eval_shape(lambda: other.apply({'params': params}, images, sal))
   xla, _ = run(build(c, attention='xla'), params, images, sal)
   np.testing.assert_array_equal(auto['logits'], xla['logits'])
   lines = [r.getMessage() for r in caplog.records if "attention='auto'" in r.getMessage()]
@@ -566,3 +569,36 @@ def test_attention_options_on_cpu(ckpt, caplog):
       build(tiny_config(**bad))
     with pytest.raises(ValueError, match=match):
       config_lib.validate(tiny_config(**bad))
+
+
+def test_cudnn_branch_pads_to_what_cudnn_accepts(ckpt, monkeypatch):
+  """The cuDNN branch on a CPU, with `jax.nn.dot_product_attention` replaced by a stand-in that
+  checks what cuDNN requires (bf16 q/k/v, a 4-D bf16 bias of the full padded (T, S), even T and
+  S: multiples of 8 here) and computes with XLA: the model's outputs equal the XLA path's."""
+  from ltdpt_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  seen = []
+  xla_attention = jax.nn.dot_product_attention
+
+  def stand_in(q, k, v, bias=None, *, implementation=None):
+    assert implementation == 'cudnn'
+    assert q.dtype == k.dtype == v.dtype == jnp.bfloat16
+    assert q.shape[1] % 8 == 0 and k.shape[1] % 8 == 0, (q.shape, k.shape)
+    if bias is not None:
+      assert bias.ndim == 4 and bias.dtype == jnp.bfloat16
+      assert bias.shape[2:] == (q.shape[1], k.shape[1]), (bias.shape, q.shape, k.shape)
+    seen.append((q.shape[1], k.shape[1], None if bias is None else bias.shape))
+    return xla_attention(q, k, v, bias=bias, implementation='xla')
+
+  c, params = setup_model(ckpt[0], method='fr_br', dtype='bfloat16')
+  images, sal = photos(), saliency()
+  want, _ = run(build(c, attention='xla'), params, images, sal)
+  monkeypatch.setattr(vit_lib, '_cudnn_unavailable', lambda dtype: None)
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', stand_in)
+  model = build(c, attention='cudnn')
+  got = jax.jit(lambda p: model.apply({'params': p}, images, sal))(params)
+  # 17 image rows, 20 / 22 keys: padded to 24; the last block's 6 query rows to 8.
+  assert [s[:2] for s in seen] == [(24, 24), (24, 24), (8, 24)]
+  assert seen[0][2] == (1, 2, 24, 24) and seen[2][2] == (3, 2, 8, 24)  # mask only; saliency
+  for k in ('logits', 'feature'):
+    np.testing.assert_allclose(np.asarray(got[k], np.float32), np.asarray(want[k], np.float32),
+                               atol=2e-2, err_msg=k)

@@ -264,9 +264,10 @@ def test_train_step_loss_is_eq7_in_numpy():
 # ---------------------------------------------------------------------------------------------
 
 def test_remat_gives_the_same_loss_and_gradients():
-  """Each block rematerialised in the backward pass (two policies) changes nothing but the
-  schedule: the loss and the gradients of the trainable parameters equal those without remat
-  (float32, to rounding), and the program really holds the rematerialised blocks."""
+  """Each block rematerialised in the backward pass (the default policy; the others share the
+  mechanism) changes nothing but the schedule: the loss and the gradients of the trainable
+  parameters equal those without remat (float32, to rounding), and the backward pass really
+  recomputes the blocks."""
   config = train_utils.tiny_config(image_size=16, batch_size=8)
   size = config.data.image_size
   base = ltdpt.build_model(config.model, 6, size)
@@ -276,7 +277,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   batch = _batch(config, 6)
   rng = jax.random.key(3)
   results = {}
-  for policy in (None, 'dots_with_no_batch_dims', 'nothing'):
+  for policy in (None, 'dots_with_no_batch_dims'):
     model = base if policy is None else base.clone(remat=True, remat_policy=policy)
     loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
     value_fn = lambda t, m=loss_fn: m(t, frozen, batch, rng, False)[0]  # pylint: disable=unnecessary-lambda-assignment
@@ -286,7 +287,7 @@ def test_remat_gives_the_same_loss_and_gradients():
     assert sum(e.primitive.name == 'remat2' for e in eqns) == (0 if policy is None else 2)
     results[policy] = jax.jit(grad_fn, compiler_options=train_utils.QUICK)(trainable)
   (loss0, grads0) = results[None]
-  for policy in ('dots_with_no_batch_dims', 'nothing'):
+  for policy in ('dots_with_no_batch_dims',):
     loss, grads = results[policy]
     np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-6)
     for path, a, b in zip(jax.tree_util.tree_leaves_with_path(grads0), jax.tree.leaves(grads0),
@@ -297,7 +298,7 @@ def test_remat_gives_the_same_loss_and_gradients():
 
 
 # bf16 against float32 on the tiny model: the loss within 1% (relative), each trainable leaf's
-# update within 5% (relative L2); measured 0.05% and 0.05-1.6% (bf16 keeps 8 significant bits).
+# update within 5% (relative L2); measured 0.01% and 0.5-1.9% (bf16 keeps 8 significant bits).
 BF16_LOSS_RTOL = 1e-2
 BF16_UPDATE_RTOL = 5e-2
 
@@ -306,30 +307,37 @@ def test_bfloat16_step_agrees_with_float32_and_stores_the_backbone_in_bf16():
   """config.model.dtype='bfloat16': train.Setup stores the frozen backbone in bf16 once (the
   compiled step's backbone arguments are bf16, so no cast runs per step, and they take half the
   bytes), the trainable parameters and the optimiser state stay float32, and one step's loss
-  and updates agree with the float32 step's on the same batch within the stated tolerance."""
+  and updates agree within the stated tolerance with the float32 step's (the same model in
+  float32 on the same backbone values, state and batch)."""
   from ltdpt_jax import sharding  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+  config = train_utils.tiny_config(image_size=16, batch_size=8)
+  config.model.dtype = 'bfloat16'
+  setup = train.Setup(config)
+  batch = sharding.to_global(_batch(config, setup.num_classes, seed=4), setup.batch_sharding)
+  model32 = setup.model.clone(dtype=jnp.float32)
+  steps = {
+      'bfloat16': (setup.train_step, setup.frozen),
+      'float32': (_train_step(model32, setup.tx, config, setup.info.class_counts,
+                              setup.drw_start_step, setup.mesh),
+                  jax.tree.map(lambda x: x.astype(jnp.float32), setup.frozen)),
+  }
+  before = jax.device_get(setup.state.params)
   out = {}
-  for dtype in ('float32', 'bfloat16'):
-    config = train_utils.tiny_config(image_size=16, batch_size=8)
-    config.model.dtype = dtype
-    setup = train.Setup(config)
-    batch = sharding.to_global(_batch(config, setup.num_classes, seed=4), setup.batch_sharding)
-    compiled = setup.train_step.lower(setup.state, setup.frozen, batch).compile(
-        train_utils.QUICK)
+  for dtype, (step, frozen) in steps.items():
+    state = jax.tree.map(jnp.copy, setup.state)  # the step donates it
+    compiled = step.lower(state, frozen, batch).compile(train_utils.QUICK)
     (state_info, frozen_info, _), _ = compiled.args_info
-    before = jax.device_get(setup.state.params)
-    state, metrics = compiled(setup.state, setup.frozen, batch)
+    new_state, metrics = compiled(state, frozen, batch)
     out[dtype] = dict(
-        loss=float(metrics['loss']), before=before, after=jax.device_get(state.params),
-        frozen={str(x.dtype) for x in jax.tree.leaves(setup.frozen)},
+        loss=float(metrics['loss']), after=jax.device_get(new_state.params),
         frozen_args={str(a.dtype) for a in jax.tree.leaves(frozen_info)},
         state_args={str(a.dtype) for a in jax.tree.leaves(state_info)},
         arg_bytes=compiled.memory_analysis().argument_size_in_bytes,
-        frozen_bytes=sum(x.nbytes for x in jax.tree.leaves(setup.frozen)))
+        frozen_bytes=sum(x.nbytes for x in jax.tree.leaves(frozen)))
   f32, bf16 = out['float32'], out['bfloat16']
-  assert f32['frozen'] == f32['frozen_args'] == {'float32'}
-  assert bf16['frozen'] == bf16['frozen_args'] == {'bfloat16'}
+  assert {str(x.dtype) for x in jax.tree.leaves(setup.frozen)} == {'bfloat16'}
+  assert bf16['frozen_args'] == {'bfloat16'} and f32['frozen_args'] == {'float32'}
   assert bf16['state_args'] == f32['state_args'] and 'bfloat16' not in bf16['state_args']
   assert {str(x.dtype) for x in jax.tree.leaves(bf16['after'])} == {'float32'}
   assert bf16['frozen_bytes'] * 2 == f32['frozen_bytes']
@@ -337,12 +345,10 @@ def test_bfloat16_step_agrees_with_float32_and_stores_the_backbone_in_bf16():
   loss_err = abs(bf16['loss'] - f32['loss']) / abs(f32['loss'])
   print(f"loss float32 {f32['loss']:.5f}, bfloat16 {bf16['loss']:.5f} (rel {loss_err:.2e})")
   assert loss_err < BF16_LOSS_RTOL
-  for path, b32, a32, b16, a16 in zip(
-      jax.tree_util.tree_leaves_with_path(f32['before']), jax.tree.leaves(f32['before']),
-      jax.tree.leaves(f32['after']), jax.tree.leaves(bf16['before']),
-      jax.tree.leaves(bf16['after'])):
-    np.testing.assert_array_equal(b16, b32)  # the same initial trainable parameters
-    u32, u16 = np.asarray(a32, np.float64) - b32, np.asarray(a16, np.float64) - b16
+  for path, b, a32, a16 in zip(jax.tree_util.tree_leaves_with_path(before),
+                               jax.tree.leaves(before), jax.tree.leaves(f32['after']),
+                               jax.tree.leaves(bf16['after'])):
+    u32, u16 = np.asarray(a32, np.float64) - b, np.asarray(a16, np.float64) - b
     err = np.linalg.norm(u16 - u32) / max(np.linalg.norm(u32), 1e-30)
     print(f'{optim.path_name(path[0])}: update rel err {err:.2e}')
     assert err < BF16_UPDATE_RTOL, (optim.path_name(path[0]), err)

@@ -281,7 +281,8 @@ def attend(q: Array, k: Array, v: Array, bias: Array | None, *, implementation: 
   (B, h, Nq, Nk). 'cudnn': `jax.nn.dot_product_attention(..., implementation='cudnn')` with
   the bias cast to q's dtype (cuDNN computes the softmax in float32); nothing is sown. 'auto':
   cuDNN where it runs (see `_cudnn_unavailable`, plus the shape checks jax makes while tracing
-  the call), else 'xla', said once in the log.
+  the call), else 'xla', said once in the log. (A refusal later, when XLA builds the cuDNN
+  graph, is an error in either mode: use 'xla' there.)
 
   Padding (`pad_attention`): to a multiple of `pad_to` (> 1) on either path; the cuDNN path pads
   to a multiple of `CUDNN_PAD_MULTIPLE` when `pad_to` is 0 or 1.
@@ -318,8 +319,13 @@ def _attend_cudnn(q: Array, k: Array, v: Array, bias: Array | None, pad_to: int)
   multiple = pad_to if pad_to > 1 else CUDNN_PAD_MULTIPLE
   q, k, v, bias = pad_attention(q, k, v, bias, multiple)
   if bias is not None:
+    # cuDNN wants the full (T, S); the heads are broadcast too: (1 | B, heads, T, S) are the
+    # bias shapes jax's own cuDNN tests differentiate. Small here: the mask alone is
+    # (1, heads, T, S), and the saliency bias covers only the rows that have it (in the default
+    # layout the last block's 24 padded query rows).
     bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
-    bias = jnp.broadcast_to(bias, bias.shape[:2] + (q.shape[1], k.shape[1])).astype(q.dtype)
+    bias = jnp.broadcast_to(bias, (bias.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+    bias = bias.astype(q.dtype)
   out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation='cudnn')
   return out[:, :nq] if out.shape[1] != nq else out
 
@@ -435,11 +441,14 @@ def rematerialised(policy_name: str):
   That last part is what plain `jax.checkpoint` leaves to the compiler: the recomputation
   depends only on saved values, so a scheduler may run every block's recomputation right after
   the forward pass and keep them all live (XLA:CPU does: remat then costs FLOPs and saves no
-  memory). Here the saved values pass through an `optimization_barrier` together with the
-  incoming cotangent, so block l is recomputed after block l + 1's backward, whatever the
-  scheduler. A `nn.custom_vjp` whose forward is `jax.vjp` of the checkpointed pure block (its
-  vjp function is a pytree of exactly the saved values) and whose backward applies that vjp
-  behind the barrier; the same values and gradients as without remat (tested).
+  memory). Here the saved values are made to depend on the incoming cotangent, so block l is
+  recomputed after block l + 1's backward: on a CPU by a data dependence (`_after`: XLA:CPU
+  drops optimization barriers before it schedules), elsewhere by an `optimization_barrier` over
+  the saved values and the cotangent (free; a data dependence would cost a pass over every
+  saved value on an accelerator). A `nn.custom_vjp` whose forward is `jax.vjp` of the
+  checkpointed pure block (its vjp function is a pytree of exactly the saved values) and whose
+  backward applies that vjp after the tie; the same values and gradients as without remat
+  (tested).
   """
   policy = REMAT_POLICIES[policy_name]
 
@@ -449,7 +458,10 @@ def rematerialised(policy_name: str):
     return jax.vjp(pure, variables, *args)
 
   def backward(vjp_fn, cotangent):
-    vjp_fn = _after(vjp_fn, cotangent)
+    if jax.default_backend() == 'cpu':
+      vjp_fn = _after(vjp_fn, cotangent)
+    else:  # GPU/TPU schedulers keep the barrier; it costs nothing, unlike a pass over the values
+      vjp_fn, cotangent = jax.lax.optimization_barrier((vjp_fn, cotangent))
     return vjp_fn(cotangent)  # (variables' cotangents, *the arguments' cotangents)
 
   return nn.custom_vjp(_call_block, forward_fn=forward, backward_fn=backward)
