@@ -32,7 +32,7 @@ import ltdpt_jax
 from ltdpt_jax import config_lib
 
 BACKBONE = os.path.join(os.path.dirname(ltdpt_jax.__file__), 'assets', 'vit_demo.npz')
-BACKBONE_SHA256 = 'a43f45b60a5ceb962f8b1a21c6877580e74c1d2a0394639efb940c29464f16f7'
+BACKBONE_SHA256 = 'cb616c6148e846534c9f80b2ff5f7c6aba8e994c7594fc4314c7fd76fdaafa3d'
 LR = 0.1
 
 
