@@ -305,13 +305,30 @@ def attend(q: Array, k: Array, v: Array, bias: Array | None, *, implementation: 
   nq, nk = q.shape[1], k.shape[1]
   q, k, v, bias = pad_attention(q, k, v, bias, pad_to)
   logits = attention_weights_logits(q, k, bias)
-  probs = jax.nn.softmax(logits, axis=-1)
-  if sow is not None:
+  # softmax(logits) v as (e v) / sum(e) with e = exp(logits - max): the normalisation divides the
+  # (B, h, Nq, d) output instead of the (B, h, Nq, Nk) probabilities (the max is a constant of
+  # the softmax, hence stop_gradient). Equal to softmax-then-matmul up to float32 rounding.
+  e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  total = e.sum(axis=-1, keepdims=True)
+  if sow is not None:  # unused (and so not computed) unless the collection is mutable
+    probs = e / total
     padded = logits.shape[2:] != (nq, nk)
     sow('attention_logits', logits[:, :, :nq, :nk] if padded else logits)
     sow('attention_probs', probs[:, :, :nq, :nk] if padded else probs)
-  out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+  b, h, tq, tk = e.shape
+  # One batch dimension (B * heads) with the heads leading: XLA:CPU runs these batched matmuls
+  # about 1.5x faster than with the two batch dimensions (b, h) of 'bhqk,bkhd->bqhd' (measured
+  # on the ViT-Ti/16 shapes); the result is the same.
+  out = jnp.einsum('nqk,nkd->nqd', e.astype(v.dtype).reshape(b * h, tq, tk), _heads_major(v),
+                   preferred_element_type=jnp.float32)
+  out = (out.reshape(b, h, tq, -1) / total).astype(v.dtype).transpose(0, 2, 1, 3)
   return out[:, :nq] if out.shape[1] != nq else out
+
+
+def _heads_major(x: Array) -> Array:
+  """(B, N, h, d) -> (B * h, N, d)."""
+  b, n, h, d = x.shape
+  return x.transpose(0, 2, 1, 3).reshape(b * h, n, d)
 
 
 def _attend_cudnn(q: Array, k: Array, v: Array, bias: Array | None, pad_to: int) -> Array:
@@ -335,8 +352,13 @@ def attention_weights_logits(q: Array, k: Array, bias: Array | None) -> Array:
 
   q: (B, Nq, h, d), k: (B, Nk, h, d); bias broadcastable to (B, h or 1, Nq, Nk).
   """
+  # The scale multiplies q (Nq x d numbers) rather than the logits (Nq x Nk); exact where it is
+  # a power of two (head_dim 16, 64: ViT-Ti/S/B/L).
   scale = 1.0 / np.sqrt(q.shape[-1])
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  b, nq, h, _ = q.shape
+  logits = jnp.einsum('nqd,nkd->nqk', _heads_major(q * jnp.asarray(scale, q.dtype)),
+                      _heads_major(k), preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, h, nq, k.shape[1])
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   return logits
