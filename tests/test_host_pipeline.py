@@ -1,0 +1,27 @@
+"""bench/host_pipeline.py: per-worker images/s of the host transforms and the workers needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import train_utils
+
+
+def test_host_pipeline_reports_both_paths_and_the_workers_for_the_target(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location(
+      'host_pipeline', os.path.join(train_utils.REPO, 'bench', 'host_pipeline.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  out = tmp_path / 'h.json'
+  assert mod.main(['--seconds=0.2', '--num_jpegs=2', '--size=64', '--target=1000',
+                   f'--out={out}']) == 0
+  rec = json.loads(out.read_text())
+  assert set(rec['paths']) == {'cifar', 'jpeg'}
+  for r in rec['paths'].values():
+    assert r['images_per_s_per_worker'] > 0
+    assert r['workers_for_target'] == math.ceil(1000 / r['images_per_s_per_worker'])
+  assert rec['jpeg_kb'] > 10  # photograph-like JPEGs, not flat images
+  assert '| path |' in capsys.readouterr().out
