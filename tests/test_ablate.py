@@ -58,20 +58,21 @@ def test_table_mean_and_sample_std():
 
 
 def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path, cache):
-  """Two rows x two seeds of a tiny config through the CLI; each cell is a run of its own."""
+  """Two rows x one seed of a tiny config through the CLI, each cell a run of its own (the mean +- std
+  over several seeds is checked on recorded cells above)."""
   workdir = tmp_path / 'ablate'
   args = [sys.executable, '-m', 'ltdpt_jax.ablate', f'--config={train_utils.REPO / "configs/demo.py"}',
-          f'--workdir={workdir}', '--seeds=2', '--rows=linear,fr_br',
+          f'--workdir={workdir}', '--seeds=1', '--rows=linear,fr_br',
           *cli_worker.cli_overrides(_toy())]
   proc = cli_worker.run_cli(args, cache, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((workdir / 'ablation.json').read_text())
-  assert [r['row'] for r in table['rows']] == ['linear', 'fr_br'] and table['seeds'] == [0, 1]
+  assert [r['row'] for r in table['rows']] == ['linear', 'fr_br'] and table['seeds'] == [0]
   md = (workdir / 'ablation.md').read_text()
   assert md.startswith('| method | top-1 | head | medium | tail | seeds |')
-  assert md in proc.stdout and 'Linear probe (head only)' in md and ' ± ' in md
+  assert md in proc.stdout and 'Linear probe (head only)' in md and 'FR + BR: LT-DPT (C)' in md
   for row in ('linear', 'fr_br'):
-    for seed in (0, 1):
+    for seed in (0,):
       cell = workdir / row / f'seed_{seed}'
       results = json.loads((cell / 'results.json').read_text())
       config = json.loads((cell / 'config.json').read_text())
@@ -79,7 +80,7 @@ def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path, cache)
       got = table['rows'][['linear', 'fr_br'].index(row)]['cells'][str(seed)]['accuracy']
       assert got == results['last']['accuracy']
   lin = table['rows'][0]
-  assert lin['accuracy']['n'] == 2 and lin['accuracy']['std'] is not None
+  assert lin['accuracy']['n'] == 1 and lin['accuracy']['std'] is None
   run_info = json.loads((workdir / 'linear' / 'seed_0' / 'run_info.json').read_text())
   assert run_info['parameters']['fr_prompts'] == 0 and run_info['parameters']['trainable'] == (
       run_info['parameters']['head'])
