@@ -181,7 +181,7 @@ def test_loss_goes_down_on_synthetic_long_tailed_stream():
   it = data_lib.make_train_iterator(config.data, seed=config.train.seed, process_index=0,
                                     process_count=1)
   losses_seen, accs = [], []
-  for _ in range(240):
+  for _ in range(200):  # the schedule is for 240 steps; the loss is compared up to step 200
     batch = next(it)
     state, metrics = step(state, frozen, {'image': batch['image'], 'label': batch['label']})
     losses_seen.append(metrics['loss_lt'])
