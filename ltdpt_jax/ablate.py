@@ -226,10 +226,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.set_up_logging()
-  cli.maybe_initialize_distributed()
+  cli.start(argv)
   f = flags.FLAGS
   config = cli.load_config(f['config'])
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):

@@ -21,6 +21,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -88,6 +89,15 @@ def quiet_background_errors():
 
   threading.excepthook = thread_hook
   sys.unraisablehook = unraisable_hook
+
+
+def start(argv) -> None:
+  """What every command's absl main does first: refuse positional arguments, set up the logging
+  (`set_up_logging`) and, on multi-host runs, `maybe_initialize_distributed`."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  set_up_logging()
+  maybe_initialize_distributed()
 
 
 def set_up_logging():

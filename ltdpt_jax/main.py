@@ -33,7 +33,7 @@ from ltdpt_jax.cli import EXIT_DIVERGED
 from ltdpt_jax.cli import EXIT_FINISHED
 from ltdpt_jax.cli import EXIT_INTERRUPTED
 from ltdpt_jax.cli import EXIT_STOPPED
-from ltdpt_jax.cli import maybe_initialize_distributed
+from ltdpt_jax.cli import maybe_initialize_distributed  # pylint: disable=unused-import
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py), optionally `file.py:arg`.',
@@ -50,10 +50,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.set_up_logging()
-  maybe_initialize_distributed()
+  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import config_lib  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top

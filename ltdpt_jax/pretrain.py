@@ -241,17 +241,8 @@ class PretrainSetup(train.Setup):
 
   def __init__(self, config, *, info: data_lib.DatasetInfo | None = None,
                for_training: bool = True):  # pylint: disable=super-init-not-called
-    self.config = config
-    self.mesh = sharding.make_mesh()
-    self.replicated = sharding.replicated(self.mesh)
-    self.batch_sharding = sharding.batch_sharded(self.mesh)
-    self.info = info if info is not None else data_lib.get_dataset_info(config.data)
-    self.num_classes = int(self.info.num_classes)
-    self.steps_per_epoch = (data_lib.steps_per_epoch(config.data, self.info) if for_training
-                            else 1)
-    self.total_steps = self.steps_per_epoch * config.train.epochs
+    self._init_mesh_and_data(config, info, for_training)
     self.drw_start_step = self.total_steps  # no DRW here
-    self.image_size = int(config.data.image_size)
     self.model = build_model(config, self.num_classes)
     self.backbone_sha256 = None  # trained from a random init (train.seed)
     images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
@@ -404,10 +395,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.set_up_logging()
-  cli.maybe_initialize_distributed()
+  cli.start(argv)
   f = flags.FLAGS
   config = cli.load_config(f['config'])
   try:

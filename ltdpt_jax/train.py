@@ -194,17 +194,8 @@ class Setup:
 
   def __init__(self, config, *, info: data_lib.DatasetInfo | None = None,
                for_training: bool = True):
-    self.config = config
-    self.mesh = sharding.make_mesh()
-    self.replicated = sharding.replicated(self.mesh)
-    self.batch_sharding = sharding.batch_sharded(self.mesh)
-    self.info = info if info is not None else data_lib.get_dataset_info(config.data)
-    self.num_classes = int(self.info.num_classes)
-    self.steps_per_epoch = (data_lib.steps_per_epoch(config.data, self.info) if for_training
-                            else 1)
-    self.total_steps = self.steps_per_epoch * config.train.epochs
+    self._init_mesh_and_data(config, info, for_training)
     self.drw_start_step = self.steps_per_epoch * (config.train.epochs - config.train.drw_epochs)
-    self.image_size = int(config.data.image_size)
     self.model = ltdpt.build_model(config.model, self.num_classes, self.image_size)
     backbone = vit_checkpoint.load_backbone(config.model, self.image_size)
     self.backbone_sha256 = backbone.sha256  # None for a random init (from train.seed)
@@ -223,6 +214,21 @@ class Setup:
         self.model, self.tx, loss_config=config.loss, seed=int(config.train.seed),
         class_counts=self.info.class_counts, drw_start_step=self.drw_start_step, mesh=self.mesh)
     self.predict_fn = step_lib.make_predict_fn(self.model)
+
+  def _init_mesh_and_data(self, config, info: data_lib.DatasetInfo | None,
+                          for_training: bool) -> None:
+    """The config, mesh and shardings, the dataset info and the step counts (also
+    `pretrain.PretrainSetup`'s)."""
+    self.config = config
+    self.mesh = sharding.make_mesh()
+    self.replicated = sharding.replicated(self.mesh)
+    self.batch_sharding = sharding.batch_sharded(self.mesh)
+    self.info = info if info is not None else data_lib.get_dataset_info(config.data)
+    self.num_classes = int(self.info.num_classes)
+    self.steps_per_epoch = (data_lib.steps_per_epoch(config.data, self.info) if for_training
+                            else 1)
+    self.total_steps = self.steps_per_epoch * config.train.epochs
+    self.image_size = int(config.data.image_size)
 
   def evaluators(self, workdir: str | None) -> list[evaluators_lib.Scheduled]:
     """The evaluators of `config.evals`, writing their records into `workdir`."""
