@@ -20,8 +20,9 @@
 #   BATCHES="256" ATTENTIONS="cudnn" CASE_TIMEOUT=300 bash bench/gpu_bench.sh   # a subset of the cases
 #   DRY_RUN=1 bash bench/gpu_bench.sh          # (or --dry_run) print the commands, run none
 #
-# The venv ($VENV) is reinstalled whenever $VENV/.ltdpt_stamp does not hold the sha256 of
-# requirements.txt + pyproject.toml + the jax requirement, in one resolver call:
+# The venv ($VENV; `ensure_venv` of launch/venv.sh, as launch/gpu.sh) is reinstalled whenever
+# $VENV/.ltdpt_stamp does not hold the sha256 of requirements.txt + pyproject.toml + the jax
+# requirement, in one resolver call:
 # pip install -r requirements.txt "jax[$JAX_EXTRA]>=0.10,<0.13". VENV_PYTHON (default python3,
 # >= 3.11) creates it. GPU memory is left to JAX's default (preallocate 75%, may grow); export
 # XLA_CLIENT_MEM_FRACTION or XLA_PYTHON_CLIENT_PREALLOCATE=false to change it. The peak memory in
@@ -50,18 +51,9 @@ CASE_TIMEOUT=${CASE_TIMEOUT:-150}
 JAX_EXTRA=${JAX_EXTRA:-cuda13}
 JAX_REQ="jax[$JAX_EXTRA]>=0.10,<0.13"
 
-die() { echo "gpu_bench.sh: $*" >&2; exit 1; }
-show() {
-  local line=+ a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then line+=" $a"; else line+=" '${a//\'/\'\\\'\'}'"; fi
-  done
-  printf '%s\n' "$line"
-}
-run() {
-  show "$@"
-  [[ "$DRY_RUN" == 1 ]] || "$@"
-}
+ME=gpu_bench.sh
+# shellcheck source=launch/venv.sh
+source launch/venv.sh  # die, show, run, ensure_venv
 [[ "$JAX_EXTRA" =~ ^[a-z0-9_-]+$ ]] || die "JAX_EXTRA=$JAX_EXTRA: expected cuda13 or cuda12"
 for x in $BATCHES $CASE_TIMEOUT; do
   [[ "$x" =~ ^[1-9][0-9]*$ ]] || die "BATCHES / CASE_TIMEOUT: '$x' is not a positive integer"
@@ -73,41 +65,9 @@ for x in $ATTENTIONS; do
   [[ "$x" == xla || "$x" == cudnn || "$x" == auto ]] || die "ATTENTIONS: '$x' is not xla, cudnn or auto"
 done
 
-install() {
-  local py_check='import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else "ltdpt_jax needs Python >= 3.11, %s is %d.%d: set VENV_PYTHON=python3.12" % ((sys.executable,) + v))'
-  local pip_src=()
-  [[ -z "${WHEELS:-}" ]] || pip_src=(--no-index --find-links "$WHEELS")
-  run "$VENV_PYTHON" -c "$py_check"
-  if [[ "$DRY_RUN" == 1 ]] || ! "$VENV/bin/python" -c "$py_check" >/dev/null 2>&1; then
-    run "$VENV_PYTHON" -m venv --clear "$VENV"
-  fi
-  [[ -n "${WHEELS:-}" ]] || run "$VENV/bin/python" -m pip install -q -U pip
-  run "$VENV/bin/python" -m pip install ${pip_src[@]+"${pip_src[@]}"} -r requirements.txt "$JAX_REQ"
-  if [[ "$DRY_RUN" == 1 ]]; then
-    echo "+ echo $stamp > $STAMP"
-  else
-    echo "$stamp" >"$STAMP"
-  fi
-}
-
 if [[ -z "${PYTHON:-}" ]]; then
   VENV=${VENV:-.venv-gpu}
-  VENV_PYTHON=${VENV_PYTHON:-python3}
-  STAMP=$VENV/.ltdpt_stamp
-  stamp=$(cat requirements.txt pyproject.toml <(printf '%s\n' "$JAX_REQ") | sha256sum | cut -d' ' -f1)
-  if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$stamp" ]]; then
-    if [[ "$DRY_RUN" == 1 ]]; then
-      echo "+ flock $VENV.lock  # held while the venv is created and installed"
-      install
-    else
-      mkdir -p "$(dirname "$VENV")"
-      exec 9>"$VENV.lock"
-      flock 9
-      [[ "$(cat "$STAMP" 2>/dev/null || true)" == "$stamp" ]] || install
-      flock -u 9
-      exec 9>&-
-    fi
-  fi
+  ensure_venv "$VENV" "${VENV_PYTHON:-python3}" "$JAX_REQ" "${WHEELS:-}" VENV_PYTHON
   PYTHON="$VENV/bin/python"
 fi
 

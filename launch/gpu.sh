@@ -11,7 +11,7 @@
 # Print what it would do (venv, pip, the final command) and do none of it:
 #   DRY_RUN=1 bash launch/gpu.sh ...      (or --dry_run as the first argument)
 #
-# The venv ($VENV, default .venv) is (re)installed whenever its stamp ($VENV/.ltdpt_stamp) does not
+# The venv ($VENV, default .venv; `ensure_venv` of launch/venv.sh) is (re)installed whenever its stamp ($VENV/.ltdpt_stamp) does not
 # hold the sha256 of requirements.txt + pyproject.toml + the jax requirement, in one resolver call:
 #   pip install -r requirements.txt "jax[$JAX_EXTRA]>=0.10,<0.13"
 # JAX_EXTRA: cuda13 (default, what the JAX installation guide lists first; CUDA 13 wheels need an
@@ -39,55 +39,13 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 JAX_EXTRA=${JAX_EXTRA:-cuda13}
 JAX_REQ="jax[$JAX_EXTRA]>=0.10,<0.13"
-STAMP=$VENV/.ltdpt_stamp
 
-die() { echo "gpu.sh: $*" >&2; exit 1; }
-show() {
-  local line=+ a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then line+=" $a"; else line+=" '${a//\'/\'\\\'\'}'"; fi
-  done
-  printf '%s\n' "$line"
-}
-run() {
-  show "$@"
-  [[ "$DRY_RUN" == 1 ]] || "$@"
-}
+ME=gpu.sh
+# shellcheck source=launch/venv.sh
+source launch/venv.sh  # die, show, run, ensure_venv
 
 [[ "$JAX_EXTRA" =~ ^[a-z0-9_-]+$ ]] || die "JAX_EXTRA=$JAX_EXTRA: expected cuda13 or cuda12"
-stamp=$(cat requirements.txt pyproject.toml <(printf '%s\n' "$JAX_REQ") | sha256sum | cut -d' ' -f1)
-
-install() {
-  local py_check='import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else "ltdpt_jax needs Python >= 3.11 (jax, flax, orbax, grain), %s is %d.%d: set PYTHON=python3.12" % ((sys.executable,) + v))'
-  run "$PYTHON" -c "$py_check"
-  if [[ "$DRY_RUN" == 1 ]] || ! "$VENV/bin/python" -c "$py_check" >/dev/null 2>&1; then
-    run "$PYTHON" -m venv --clear "$VENV"  # none, or a broken or too old one
-  fi
-  run "$VENV/bin/python" -m pip install -q -U pip
-  run "$VENV/bin/python" -m pip install -r requirements.txt "$JAX_REQ"
-  if [[ "$DRY_RUN" == 1 ]]; then
-    echo "+ echo $stamp > $STAMP"
-  else
-    echo "$stamp" >"$STAMP"
-  fi
-}
-
-if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$stamp" ]]; then
-  if [[ "$DRY_RUN" == 1 ]]; then
-    echo "+ flock $VENV.lock  # held while the venv is created and installed"
-    install
-  else
-    mkdir -p "$(dirname "$VENV")"
-    exec 9>"$VENV.lock"
-    flock 9
-    # Another node may have installed it while this one waited for the lock.
-    [[ "$(cat "$STAMP" 2>/dev/null || true)" == "$stamp" ]] || install
-    flock -u 9
-    exec 9>&-
-  fi
-else
-  echo "gpu.sh: $VENV is up to date ($STAMP matches requirements.txt, pyproject.toml, $JAX_REQ)" >&2
-fi
+ensure_venv "$VENV" "$PYTHON" "$JAX_REQ"
 
 envs=()
 if [[ -n "${COORDINATOR:-}" ]]; then
