@@ -11,11 +11,15 @@ checkpoint, its SHA-256 checked. `--config.model.checkpoint=PATH.npz
 --config.model.checkpoint_sha256=` swaps in another one (with a matching architecture and
 image size).
 
-Task: the *downstream* class set of `data/synthetic.py`, 20 classes whose shapes (crescent,
-hourglass, arrow, heart, dome) no upstream class has, so nothing is a reused upstream class;
-long-tailed with imbalance ratio 50 (300 training images in the largest class, 6 in the
-smallest): 6 head (> 100 images), 8 medium (20-100) and 6 tail (< 20) classes; 40 test images
-per class.
+Task: the *downstream* class set of `data/synthetic.py`, 20 classes, each an object pattern in a
+scene ('red on sky', 'stripes on night', ...: 7 of the 8 patterns over 5 scenes, sky, grass,
+sand, night, brick); every object is drawn with one of 5 shapes (crescent, hourglass, arrow, heart, dome) no
+upstream class has, which carries no label, and the scenes are backgrounds the upstream never
+shows, so nothing is a reused upstream class. The backbone learned upstream to look past the
+background (it never carried a label there); here the class needs it, the context the paper's
+BR prompts are for. Long-tailed with imbalance ratio 50 (300 training images in the largest
+class, 6 in the smallest): 6 head (> 100 images), 8 medium (20-100) and 6 tail (< 20) classes;
+40 test images per class.
 
 Recipe: the paper's (Section 5.3) at demo size: FR + BR prompts with the saliency bias (4 + 4
 prompts, 8 groups, top-2, BR in the last 2 of 4 blocks), GCL (s 25, m 0.1, noise 1.0) with DRW

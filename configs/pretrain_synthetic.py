@@ -1,6 +1,7 @@
 r"""Pretraining of the demo's backbone: a small ViT, every weight trained, on the balanced
-*upstream* synthetic task (all 64 shape x pattern classes of `data/synthetic.py`; the demo's
-downstream classes are other shapes, so none of them is an upstream class).
+*upstream* synthetic task (all 64 shape x pattern classes of `data/synthetic.py`, on the shared
+random backgrounds; the demo's downstream classes are patterns in scenes, drawn on other shapes,
+so none of them is an upstream class).
 
   python -m ltdpt_jax.pretrain --config=configs/pretrain_synthetic.py \
       --workdir=runs/pretrain --out=ltdpt_jax/assets/vit_demo.npz

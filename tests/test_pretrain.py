@@ -79,8 +79,16 @@ def test_upstream_and_downstream_classes_are_disjoint():
   up = set(synthetic.class_table(64, 'upstream'))
   down = set(synthetic.class_table(synthetic.MAX_CLASSES_OF['downstream'], 'downstream'))
   assert len(up) == 64 and len(down) == 40 and not up & down
-  assert not {s for s, _ in up} & {s for s, _ in down}  # no downstream shape is upstream
-  assert {p for _, p in down} == set(synthetic.PATTERNS)  # patterns are shared
+  # No downstream object has an upstream shape, no upstream image a downstream scene.
+  assert not {s for c in up for s in c.shapes} & {s for c in down for s in c.shapes}
+  assert {c.scene for c in up} == {None} and {c.scene for c in down} == set(synthetic.SCENES)
+  assert {c.pattern for c in down} == set(synthetic.PATTERNS)  # patterns are shared
+  # Every (pattern, scene) pair once; the demo's 20 avoid the patterns camouflaged in a scene.
+  assert len({(c.pattern, c.scene) for c in down}) == 40
+  demo20 = synthetic.class_table(20, 'downstream')
+  assert not {(c.pattern, c.scene) for c in demo20} & {
+      ('blue', 'sky'), ('cyan', 'sky'), ('green', 'grass'), ('yellow', 'sand'), ('red', 'brick'),
+      ('magenta', 'brick')}
   demo, pre = train_utils.load_config('demo'), train_utils.load_config('pretrain_synthetic')
   assert (demo.data.class_set, pre.data.class_set) == ('downstream', 'upstream')
   demo_names = set(data_lib.get_dataset_info(demo.data).class_names)
@@ -105,6 +113,30 @@ def test_class_sets_render_their_own_shapes_and_keep_the_object_mask():
   v, u = (np.mgrid[0:200, 0:200] + 0.5) / 100 - 1
   for shape in synthetic.DOWNSTREAM_SHAPES:
     assert 0.2 < synthetic.shape_mask(shape, u, v).mean() < 0.7, shape
+  # The images of one class take every downstream shape; the background is its class's scene:
+  # the sky is bluest and brightest at the top, the night darkest, the grass greenest.
+  big = synthetic.SyntheticLT('test', class_set='downstream', num_classes=20, num_test_per_class=30,
+                              image_size=32)
+  scene_of = {c.scene: k for k, c in enumerate(big.classes)}
+  masks = {k: [big.render_with_mask(k, np.random.default_rng(i)) for i in range(30)]
+           for k in scene_of.values()}
+  rgb = {scene: np.mean([img[~m].reshape(-1, 3).mean(0) for img, m in masks[k]], 0)
+         for scene, k in scene_of.items()}
+  assert rgb['night'].sum() < min(v.sum() for s, v in rgb.items() if s != 'night')
+  assert np.argmax(rgb['sky']) == 2 and np.argmax(rgb['grass']) == 1
+  sky = np.mean([img[:8].mean() - img[-8:].mean() for img, _ in masks[scene_of['sky']]])
+  assert sky > 20  # pale at the top, deep at the bottom
+  # Objects of one class take several shapes: how full their bounding boxes are varies (a heart
+  # fills about 60%, an hourglass 40%), more than the one shape of a default class does.
+  def fill_spread(pairs):
+    fill = [m.sum() / ((np.ptp(np.nonzero(m)[0]) + 1) * (np.ptp(np.nonzero(m)[1]) + 1))
+            for _, m in pairs]
+    return np.std(fill)
+  one = synthetic.SyntheticLT('test', num_classes=20, num_test_per_class=30, image_size=32)
+  assert fill_spread(masks[scene_of['sky']]) > 2 * fill_spread([one.render_with_mask(
+      0, np.random.default_rng(i)) for i in range(30)])
+  with pytest.raises(ValueError, match='Unknown scene'):
+    synthetic.make_scene('forest', np.random.default_rng(0), 8)
 
 
 def test_demo_config_has_head_medium_and_tail_classes():

@@ -1,34 +1,46 @@
 """An embedded synthetic long-tailed benchmark, generated in code (SPEC "Data", issue 4 item 3).
 
-A class is the (shape, colour pattern) of one foreground object. Which pairs the K classes are
-is the `class_set` (`config.data.class_set`):
+A class is the (shape, colour pattern) of one foreground object, or a pattern in a scene (a
+background of its own). What the K classes are is the `class_set` (`config.data.class_set`):
 
 * 'default' (what this module always did): shape `SHAPES[c % S]`, pattern `PATTERNS[c // S]`,
   with S shapes in use (5 for K = 20, so 5 shapes x 4 patterns), K <= 64.
 * 'upstream' (the demo backbone's balanced pretraining task, `configs/pretrain_synthetic.py`):
   every pair of the 8 `SHAPES` and the 8 `PATTERNS`, class c = (`SHAPES[c % 8]`,
   `PATTERNS[c // 8]`), K <= 64 (the demo's backbone uses all 64).
-* 'downstream' (the demo's long-tailed task, `configs/demo.py`): the 5 `DOWNSTREAM_SHAPES`,
-  which no upstream class has, each with 4 (K = 20) to 8 (K = 40) of the patterns: class c =
-  (`DOWNSTREAM_SHAPES[c % 5]`, `PATTERNS[(c // 5 + c % 5) % 8]`), K <= 40; every pair occurs
-  once, and head, medium and tail classes each mix shapes and patterns.
+* 'downstream' (the demo's long-tailed task, `configs/demo.py`): a class is an object pattern
+  *in a scene*: (`PATTERNS`, `SCENES`), 4 (K = 20) to 8 (K = 40) patterns per scene, class c in
+  scene `SCENES[c % 5]` with the (c // 5)-th pattern of that scene's order (`_SCENE_PATTERNS`:
+  the patterns rotated by the scene's index, the ones that would vanish into the scene, blue on
+  sky, green on grass, yellow on sand, red on brick..., last), K <= 40; every pair occurs once,
+  and head, medium and tail classes each mix scenes and patterns. The object's shape is drawn per
+  image from the 5 `DOWNSTREAM_SHAPES`, which no upstream class has, and carries no label.
 
-So upstream and downstream share the patterns (colours, textures) and the kind of backgrounds
-and noise, the low-level statistics a backbone learns, but no class: no downstream object has an
-upstream shape, and the demo measures transfer through prompts, not a reused head
-(`class_table`, tested disjoint). (The demo's pretraining also draws its images with another
-`data.seed`, so even the background pools differ.)
+So upstream and downstream share the patterns (colours, textures), the noise and the kind of
+objects, but no class: no downstream object has an upstream shape and every downstream class
+needs its scene, a background the upstream never shows (its backgrounds are the shared random
+pool, which carries no label, so the pretrained backbone learned to look past the background).
+The downstream task asks for what the paper's BR prompts are for: context in the background,
+shared by the classes of a scene whatever their object (Section 4.3), next to the object's own
+pattern (the FR prompts' salient region); the demo measures transfer through prompts, not a
+reused head (`class_table`, tested disjoint). (The demo's pretraining also draws its images with
+another `data.seed`, so even the background pools differ.)
 
   shapes (default, upstream):  circle, square, triangle, cross, ring, diamond, frame, star
   shapes (downstream only):    crescent, hourglass, arrow, heart, dome
   patterns: red, green, blue, stripes, yellow, checker, cyan, magenta
             (solid hues jittered by +-12 degrees with random saturation/value; stripes and
             checker use two random colours, so only their texture identifies them)
+  scenes (downstream only, `make_scene`, each image drawn afresh):
+            sky (pale to deep blue, top to bottom), grass (dark green, rough), sand (pale
+            yellow-orange with dunes), night (near black with stars), brick (red-brown bricks
+            with light mortar)
 
 The object has a random centre, size (half-width 20-45 % of the image) and rotation (+-15 deg),
-and lies on a background picked from a pool of smooth random textures (linear colour gradient
-plus low-frequency noise) that every class shares, so the background carries no label
-information; per-pixel noise (+-10 levels, a random window of a fixed noise tile) is added last.
+and lies on its class's scene or, in the default and upstream class sets, on a background picked
+from a pool of smooth random textures (linear colour gradient plus low-frequency noise) that
+every class shares, so the background carries no label information; per-pixel noise (+-10
+levels, a random window of a fixed noise tile) is added last.
 The training split has the exponential long-tailed profile
 n_i = int(num_train_max * (1/ratio)^(i/(K-1))) (class 0 the head), the test split
 `num_test_per_class` images per class.
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -57,9 +70,20 @@ _HUES = {'red': 0.0, 'yellow': 60.0, 'green': 120.0, 'cyan': 180.0, 'blue': 240.
 MAX_CLASSES = len(SHAPES) * len(PATTERNS)
 # Shapes that only the 'downstream' class set draws (never an upstream or default class).
 DOWNSTREAM_SHAPES = ('crescent', 'hourglass', 'arrow', 'heart', 'dome')
+# The downstream scenes (`make_scene`), and the patterns that would be hard to see in each.
+SCENES = ('sky', 'grass', 'sand', 'night', 'brick')
+_CAMOUFLAGE = {'sky': ('blue', 'cyan'), 'grass': ('green',), 'sand': ('yellow',), 'night': (),
+               'brick': ('red', 'magenta')}
+# Per scene, the order its classes take the patterns in: rotated by the scene's index, then the
+# camouflaged ones moved last (they are only used from K = 33 on).
+_SCENE_PATTERNS = {
+    scene: ([p for p in rot if p not in _CAMOUFLAGE[scene]]
+            + [p for p in rot if p in _CAMOUFLAGE[scene]])
+    for i, scene in enumerate(SCENES)
+    for rot in [[PATTERNS[(j + i) % len(PATTERNS)] for j in range(len(PATTERNS))]]}
 CLASS_SETS = ('default', 'upstream', 'downstream')
 MAX_CLASSES_OF = {'default': MAX_CLASSES, 'upstream': MAX_CLASSES,
-                  'downstream': len(DOWNSTREAM_SHAPES) * len(PATTERNS)}
+                  'downstream': len(SCENES) * len(PATTERNS)}
 _SPLIT_CODE = {'train': 0, 'test': 1}
 # Folded into the image RNG of the non-default class sets (the default's streams are unchanged).
 _CLASS_SET_CODE = {'upstream': 1, 'downstream': 2}
@@ -75,8 +99,26 @@ def shape_pattern_grid(num_classes: int) -> tuple[int, int]:
   return num_shapes, math.ceil(num_classes / num_shapes)
 
 
-def class_table(num_classes: int, class_set: str = 'default') -> list[tuple[str, str]]:
-  """The (shape, pattern) of each of the K classes of `class_set` (see the module docstring)."""
+class SyntheticClass(NamedTuple):
+  """What makes an image one class: its object's shape(s), its pattern, its scene.
+
+  shapes: the shape of the object, or several, one drawn per image (the downstream classes).
+  scene: a `SCENES` name, or None for the shared random background pool.
+  """
+  shapes: tuple[str, ...]
+  pattern: str
+  scene: str | None = None
+
+  @property
+  def name(self) -> str:
+    """'red circle' (one shape, the pool's backgrounds) or 'red on sky' (a scene)."""
+    if self.scene is None:
+      return f'{self.pattern} {"/".join(self.shapes)}'
+    return f'{self.pattern} on {self.scene}'
+
+
+def class_table(num_classes: int, class_set: str = 'default') -> list[SyntheticClass]:
+  """The `SyntheticClass` of each of the K classes of `class_set` (see the module docstring)."""
   if class_set not in CLASS_SETS:
     raise ValueError(f'Unknown synthetic class set {class_set!r} (config.data.class_set); choose '
                      f'one of {CLASS_SETS}.')
@@ -87,18 +129,18 @@ def class_table(num_classes: int, class_set: str = 'default') -> list[tuple[str,
                      + f', got {num_classes} (config.data.num_classes).')
   if class_set == 'default':
     s, _ = shape_pattern_grid(num_classes)
-    return [(SHAPES[c % s], PATTERNS[c // s]) for c in range(num_classes)]
+    return [SyntheticClass((SHAPES[c % s],), PATTERNS[c // s]) for c in range(num_classes)]
   if class_set == 'upstream':
     s = len(SHAPES)
-    return [(SHAPES[c % s], PATTERNS[c // s]) for c in range(num_classes)]
-  s = len(DOWNSTREAM_SHAPES)
-  return [(DOWNSTREAM_SHAPES[c % s], PATTERNS[(c // s + c % s) % len(PATTERNS)])
+    return [SyntheticClass((SHAPES[c % s],), PATTERNS[c // s]) for c in range(num_classes)]
+  s = len(SCENES)
+  return [SyntheticClass(DOWNSTREAM_SHAPES, _SCENE_PATTERNS[SCENES[c % s]][c // s], SCENES[c % s])
           for c in range(num_classes)]
 
 
 def class_names(num_classes: int, class_set: str = 'default') -> list[str]:
-  """'<pattern> <shape>' for each class, e.g. 'red circle'."""
-  return [f'{pattern} {shape}' for shape, pattern in class_table(num_classes, class_set)]
+  """Each class's name: '<pattern> <shape>' (e.g. 'red circle'), '<pattern> on <scene>'."""
+  return [c.name for c in class_table(num_classes, class_set)]
 
 
 def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -171,12 +213,52 @@ def make_backgrounds(seed: int, num: int, size: int) -> np.ndarray:
   return out
 
 
+def _smooth_noise(rng: np.random.Generator, size: int, grid: int, amp: float) -> np.ndarray:
+  """(size, size, 3) float32 noise in [-amp, amp]: a grid x grid random field, bicubic-upsampled."""
+  field = Image.fromarray(rng.integers(0, 256, (grid, grid, 3), np.uint8))
+  up = np.asarray(field.resize((size, size), Image.BICUBIC), np.float32)
+  return (up * np.float32(2 / 255) - 1) * np.float32(amp)
+
+
+def make_scene(scene: str, rng: np.random.Generator, size: int) -> np.ndarray:
+  """A fresh (size, size, 3) uint8 background of `scene` (one of `SCENES`), drawn from `rng`."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+  if scene == 'sky':  # pale blue at the top to deeper blue at the bottom, smooth
+    top = _hsv(rng.uniform(195, 225), rng.uniform(0.2, 0.4), rng.uniform(0.85, 1.0))
+    bottom = _hsv(rng.uniform(200, 230), rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.8))
+    img = top * (1 - yy[..., None]) + bottom * yy[..., None] + _smooth_noise(rng, size, 3, 15)
+  elif scene == 'grass':  # darker green, rough at every scale
+    base = _hsv(rng.uniform(85, 130), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
+    img = base + _smooth_noise(rng, size, 12, 35) + rng.normal(0, 12, (size, size, 3))
+  elif scene == 'sand':  # pale yellow-orange with dunes (slanted bands)
+    base = _hsv(rng.uniform(30, 50), rng.uniform(0.3, 0.55), rng.uniform(0.75, 0.95))
+    freq, phase = rng.uniform(2, 4), rng.uniform(0, 2 * np.pi)
+    dunes = 1 + 0.08 * np.sin(2 * np.pi * freq * (yy + 0.3 * xx) + phase)
+    img = base * dunes[..., None] + _smooth_noise(rng, size, 4, 10)
+  elif scene == 'night':  # near black, bluish, with sparse bright stars
+    base = _hsv(rng.uniform(200, 280), rng.uniform(0.3, 0.7), rng.uniform(0.08, 0.2))
+    img = base + _smooth_noise(rng, size, 3, 8)
+    img = np.where((rng.random((size, size)) < 0.03)[..., None], np.float32(230.0), img)
+  elif scene == 'brick':  # red-brown bricks in a running bond, light mortar
+    base = _hsv(rng.uniform(5, 25), rng.uniform(0.5, 0.8), rng.uniform(0.45, 0.7))
+    h = int(rng.integers(4, 7))
+    w = 2 * h
+    oy, ox = rng.integers(0, h), rng.integers(0, w)
+    yi = np.arange(size)[:, None] + oy
+    xi = np.arange(size)[None, :] + ox + (yi // h % 2) * (w // 2)
+    mortar = (yi % h == 0) | (xi % w == 0)
+    img = np.where(mortar[..., None], _hsv(0, 0, 0.8), base + _smooth_noise(rng, size, 6, 12))
+  else:
+    raise ValueError(f'Unknown scene {scene!r}; known: {SCENES}.')
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
 class SyntheticLT:
   """Random-access source of the synthetic long-tailed dataset (see the module docstring).
 
   `source[i]` -> {'image': uint8 (S, S, 3), 'label': int, 'id': i}. Train images are ordered
   class by class (class 0, the head, first); `labels` holds every label without generating images.
-  `class_set` chooses which (shape, pattern) pairs the classes are (`class_table`); with
+  `class_set` chooses what the classes are (`class_table`: shape, pattern, scene); with
   imbalance_ratio 1 every class has `num_train_max` training images (a balanced task).
   """
 
@@ -189,9 +271,9 @@ class SyntheticLT:
     if image_size < 8:
       raise ValueError(f'image_size must be >= 8 pixels, got {image_size}.')
     self.class_set = str(class_set)
-    self.classes = class_table(num_classes, self.class_set)  # [(shape, pattern)] per class
-    self.num_shapes = len({shape for shape, _ in self.classes})
-    self.num_patterns = len({pattern for _, pattern in self.classes})
+    self.classes = class_table(num_classes, self.class_set)  # a SyntheticClass per class
+    self.num_shapes = len({shape for c in self.classes for shape in c.shapes})
+    self.num_patterns = len({c.pattern for c in self.classes})
     self.split, self.num_classes, self.image_size = split, num_classes, int(image_size)
     self.seed, self.num_backgrounds = int(seed), int(num_backgrounds)
     if split == 'train':
@@ -258,12 +340,18 @@ class SyntheticLT:
   def render_with_mask(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`render`, and the (S, S) bool mask of the object's pixels."""
     size = self.image_size
-    shape, pattern = self.classes[label]
-    bg = self.backgrounds[rng.integers(self.num_backgrounds)]
-    if rng.random() < 0.5:
-      bg = bg[:, ::-1]
-    if rng.random() < 0.5:
-      bg = bg[::-1]
+    cls = self.classes[label]
+    pattern = cls.pattern
+    # One shape draws nothing, so the default and upstream streams are what they always were.
+    shape = cls.shapes[int(rng.integers(len(cls.shapes)))] if len(cls.shapes) > 1 else cls.shapes[0]
+    if cls.scene is None:
+      bg = self.backgrounds[rng.integers(self.num_backgrounds)]
+      if rng.random() < 0.5:
+        bg = bg[:, ::-1]
+      if rng.random() < 0.5:
+        bg = bg[::-1]
+    else:
+      bg = make_scene(cls.scene, rng, size)
     img = bg.astype(np.int16)
     radius = rng.uniform(0.2, 0.45) * size
     cx, cy = rng.uniform(radius, size - radius, 2)
