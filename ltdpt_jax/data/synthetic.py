@@ -75,7 +75,7 @@ SCENES = ('sky', 'grass', 'sand', 'night', 'brick')
 _CAMOUFLAGE = {'sky': ('blue', 'cyan'), 'grass': ('green',), 'sand': ('yellow',), 'night': (),
                'brick': ('red', 'magenta')}
 # Per scene, the order its classes take the patterns in: rotated by the scene's index, then the
-# camouflaged ones moved last (they are only used from K = 33 on).
+# camouflaged ones moved last (the first is used from K = 31 on).
 _SCENE_PATTERNS = {
     scene: ([p for p in rot if p not in _CAMOUFLAGE[scene]]
             + [p for p in rot if p in _CAMOUFLAGE[scene]])
