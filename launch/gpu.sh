@@ -11,8 +11,9 @@
 # Print what it would do (venv, pip, the final command) and do none of it:
 #   DRY_RUN=1 bash launch/gpu.sh ...      (or --dry_run as the first argument)
 #
-# The venv ($VENV, default .venv; `ensure_venv` of launch/venv.sh) is (re)installed whenever its stamp ($VENV/.ltdpt_stamp) does not
-# hold the sha256 of requirements.txt + pyproject.toml + the jax requirement, in one resolver call:
+# The venv ($VENV, default .venv; `ensure_venv` of launch/venv.sh) is (re)installed whenever its
+# stamp ($VENV/.ltdpt_stamp) does not hold the sha256 of requirements.txt + pyproject.toml + the
+# jax requirement, in one resolver call:
 #   pip install -r requirements.txt "jax[$JAX_EXTRA]>=0.10,<0.13"
 # JAX_EXTRA: cuda13 (default, what the JAX installation guide lists first; CUDA 13 wheels need an
 # NVIDIA driver >= 580) or cuda12 (driver >= 525). CUDA itself comes in the wheels. PYTHON picks the

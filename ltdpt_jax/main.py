@@ -33,7 +33,6 @@ from ltdpt_jax.cli import EXIT_DIVERGED
 from ltdpt_jax.cli import EXIT_FINISHED
 from ltdpt_jax.cli import EXIT_INTERRUPTED
 from ltdpt_jax.cli import EXIT_STOPPED
-from ltdpt_jax.cli import maybe_initialize_distributed  # pylint: disable=unused-import
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py), optionally `file.py:arg`.',

@@ -222,10 +222,11 @@ def _smooth_noise(rng: np.random.Generator, size: int, grid: int, amp: float) ->
 
 def make_scene(scene: str, rng: np.random.Generator, size: int) -> np.ndarray:
   """A fresh (size, size, 3) uint8 background of `scene` (one of `SCENES`), drawn from `rng`."""
-  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+  ramp = lambda: np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)  # (yy, xx)
   if scene == 'sky':  # pale blue at the top to deeper blue at the bottom, smooth
     top = _hsv(rng.uniform(195, 225), rng.uniform(0.2, 0.4), rng.uniform(0.85, 1.0))
     bottom = _hsv(rng.uniform(200, 230), rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.8))
+    yy = ramp()[0]
     img = top * (1 - yy[..., None]) + bottom * yy[..., None] + _smooth_noise(rng, size, 3, 15)
   elif scene == 'grass':  # darker green, rough at every scale
     base = _hsv(rng.uniform(85, 130), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
@@ -233,6 +234,7 @@ def make_scene(scene: str, rng: np.random.Generator, size: int) -> np.ndarray:
   elif scene == 'sand':  # pale yellow-orange with dunes (slanted bands)
     base = _hsv(rng.uniform(30, 50), rng.uniform(0.3, 0.55), rng.uniform(0.75, 0.95))
     freq, phase = rng.uniform(2, 4), rng.uniform(0, 2 * np.pi)
+    yy, xx = ramp()
     dunes = 1 + 0.08 * np.sin(2 * np.pi * freq * (yy + 0.3 * xx) + phase)
     img = base * dunes[..., None] + _smooth_noise(rng, size, 4, 10)
   elif scene == 'night':  # near black, bluish, with sparse bright stars
