@@ -43,7 +43,10 @@ CPU) after all parts ran, and the compiled train step's own sizes (`memory_analy
   table was made), approximating the accelerator's program; there the CLI switches XLA:CPU to
   its memory-minimising scheduler (`bench_parts.use_cpu_memory_schedule`: the default one
   hoists every recomputation and so hides what remat saves), which also applies to the other
-  parts of that run: time them in a run of their own.
+  parts of that run: time them in a run of their own. `--memory_topology=v5e:2x2` compiles
+  these programs ahead of time for a TPU chip instead (the first chip of that topology, from
+  `jax.experimental.topologies`; needs libtpu, `pip install "jax[tpu]>=0.10,<0.13"`, but no
+  TPU): the TPU compiler's own memory figures, on any host.
 
 `--synthetic` replaces the dataset by synthetic data of the config's image size
 (`bench_parts.synthetic_stand_in`: a config whose data section is synthetic, and the dataset info
@@ -96,7 +99,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
                   parts: Sequence[str] = DEFAULT_PARTS, config_name: str = '',
                   compiler_options: dict[str, Any] | None = None,
                   memory_batches: Sequence[int] = MEMORY_BATCHES,
-                  memory_remat_policies: Sequence[str] | None = None) -> dict[str, Any]:
+                  memory_remat_policies: Sequence[str] | None = None,
+                  memory_topology: str | None = None) -> dict[str, Any]:
   """Runs the benchmark parts `parts` (subset of PARTS) for `config`; returns the JSON record.
 
   Compiles only what the parts need: the train step for train / end_to_end / flops, the eval
@@ -104,7 +108,10 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
   counts are always there), and for memory the step at each of `memory_batches` (per device)
   without remat and with each of `memory_remat_policies` (default: config.model.remat_policy).
   `compiler_options` go to every `.compile()` (the tests pass a low XLA CPU optimisation
-  level: faster compiles, the same FLOP counts and buffers). Raises ValueError for unknown
+  level: faster compiles, the same FLOP counts and buffers). `memory_topology` (e.g. 'v5e:2x2')
+  compiles the memory part ahead of time for the first chip of that TPU topology instead of
+  this backend's devices (`bench_parts.topology_mesh`; needs libtpu, not a TPU). Raises
+  ValueError for unknown
   parts, bad counts or an invalid config.
   """
   unknown = sorted(set(parts) - set(PARTS))
@@ -119,6 +126,11 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
   if bad or not memory_batches or min(int(b) for b in memory_batches) < 1:
     raise ValueError(f'Need --memory_batches >= 1 and --memory_remat_policies from '
                      f'{tuple(vit_lib.REMAT_POLICIES)}; got {list(memory_batches)}, {bad}.')
+  memory_mesh = None
+  if memory_topology:
+    if 'memory' not in parts:
+      raise ValueError('--memory_topology applies to the memory part: add memory to --parts.')
+    memory_mesh = parts_lib.topology_mesh(memory_topology)
   config = copy.deepcopy(config)
   if workers is not None:
     config.data.num_workers = int(workers)
@@ -163,7 +175,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
     memory_report = parts_lib.memory_rows(
         config, setup.info, per_device_batches=[int(b) for b in memory_batches],
         remat_policies=list(memory_remat_policies), options=compiler_options,
-        log=lambda line: logging.info('%s', line))
+        log=lambda line: logging.info('%s', line), mesh=memory_mesh)
   jax.block_until_ready(runner.state)
   record = {
       'config': _config_record(setup, config_name, synthetic),
@@ -354,6 +366,10 @@ def define_flags() -> None:
   flags.DEFINE_list('memory_remat_policies', None, 'Remat policies of the memory part (besides '
                     'no remat), from models/vit.py REMAT_POLICIES; default the config\'s '
                     'model.remat_policy.')
+  flags.DEFINE_string('memory_topology', None, 'Compile the memory part ahead of time for the '
+                      "first chip of this TPU topology (e.g. 'v5e:2x2' for TPU v5e) instead of "
+                      "this host's devices: needs libtpu (pip install 'jax[tpu]>=0.10,<0.13'), "
+                      'not a TPU.')
   flags.mark_flags_as_required(['config'])
 
 
@@ -373,7 +389,8 @@ def main(argv: Sequence[str]) -> None:
                            num_classes=f.num_classes, workers=f.workers, parts=f.parts,
                            config_name=name,
                            memory_batches=[int(b) for b in f.memory_batches],
-                           memory_remat_policies=f.memory_remat_policies)
+                           memory_remat_policies=f.memory_remat_policies,
+                           memory_topology=f.memory_topology)
   except ValueError as e:
     print(f'Invalid benchmark settings: {e}', file=sys.stderr)
     sys.exit(2)

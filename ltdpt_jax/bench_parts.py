@@ -33,7 +33,9 @@ from ltdpt_jax import data as data_lib
 from ltdpt_jax import optim
 from ltdpt_jax import sharding
 from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import vit as vit_lib
 from ltdpt_jax.bench_report import NA
 from ltdpt_jax.data import files as files_lib
 from ltdpt_jax.data import synthetic as synthetic_lib
@@ -325,6 +327,27 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
   return step, (state, frozen, {'image': images, 'label': labels})
 
 
+TOPOLOGY_EXAMPLES = "'v5e:2x2' (TPU v5e), 'v6e:2x2', 'v4:2x2x1', 'v5p:2x2x1'"
+
+
+def topology_mesh(topology: str) -> jax.sharding.Mesh:
+  """A one-device mesh of the first chip of the TPU topology `topology` (e.g. 'v5e:2x2'), for
+  ahead-of-time compiles on a host without that chip: `jax.experimental.topologies` with
+  libtpu (`pip install "jax[tpu]>=0.10,<0.13"`), no TPU needed. The memory report is per
+  device, and a data-parallel step on more chips adds only the all-reduce of the prompts'
+  gradients.
+  Raises ValueError naming what is missing."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    desc = topologies.get_topology_desc(topology_name=topology, platform='tpu')
+  except Exception as e:  # pylint: disable=broad-except  # libtpu missing, unknown name, ...
+    raise ValueError(
+        f'--memory_topology={topology!r}: cannot describe that TPU topology ({e}). It needs '
+        "libtpu in this environment (pip install 'jax[tpu]>=0.10,<0.13'; no TPU is needed to "
+        f'compile) and a topology name such as {TOPOLOGY_EXAMPLES}.') from e
+  return jax.sharding.Mesh(np.asarray(desc.devices[:1]), ('data',))
+
+
 def _total_bytes(m: dict[str, int]) -> int:
   """What the program holds at its peak by XLA's accounting: arguments + outputs - the outputs
   aliased to (donated) arguments + temporaries."""
@@ -334,24 +357,35 @@ def _total_bytes(m: dict[str, int]) -> int:
 
 def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Sequence[int],
                 remat_policies: Sequence[str], options: dict[str, Any] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None,
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """The compiled train step's memory (`memory_analysis`) and XLA FLOPs for each per-device
   batch, without remat and with each policy of `remat_policies` (vit.REMAT_POLICIES).
 
   Rows: per_device_batch, remat_policy ('none' without remat), argument / output / alias /
   temp bytes, total_bytes (arguments + outputs - aliased + temporaries), bytes_per_image and
   temp_bytes_per_image (over the per-device batch), xla_flops_per_image, flops_over_no_remat
-  (the FLOPs remat adds, from the compiled programs), compile_s. Everything per device (the
-  programs are compiled for the mesh of every device, batch = per-device batch x devices).
+  (the FLOPs remat adds, from the compiled programs), flops_over_model (over the analytic
+  train-step FLOPs, `flops.analytic_flops`), compile_s; or, where the compiler refuses the
+  program for the device's memory (RESOURCE_EXHAUSTED: TPU and GPU compilers know it),
+  does_not_fit (its message) and compile_s. Everything per device (the
+  programs are compiled for `mesh`, default the mesh of every device, batch = per-device batch
+  x devices). `mesh` may hold devices this process does not run on (`topology_mesh`: a TPU
+  compiled for ahead of time); the model is then traced for their platform
+  (`vit.compiling_for`).
   """
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh() if mesh is None else mesh
   n_dev = mesh.size
-  platform = jax.devices()[0].platform
+  device = mesh.devices.flat[0]
+  platform = device.platform
   memory_schedule = platform != 'cpu' or cpu_memory_schedule_in_effect()
   if log is not None and not memory_schedule:
     log('memory: XLA:CPU runs with its concurrency-optimised scheduler, under which remat saves '
         f'no memory; run the memory part alone from the CLI (or set XLA_FLAGS='
         f'{CPU_MEMORY_SCHEDULE_FLAG}) for the memory-minimising schedule.')
+  model_flops = flops_lib.analytic_flops(
+      ltdpt.build_model(config.model, info.num_classes, int(config.data.image_size)),
+      int(config.data.image_size))['train']
   rows = []
   for per_device in per_device_batches:
     base_flops = None
@@ -361,11 +395,25 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
       c.model.remat = policy != 'none'
       if policy != 'none':
         c.model.remat_policy = policy
-      step, args = abstract_train_step(c, info, mesh)
-      compiled, seconds = compile_step(step, *args, options=options)
+      row = {'per_device_batch': int(per_device), 'remat_policy': policy}
+      t0 = time.perf_counter()
+      try:
+        with vit_lib.compiling_for(platform):
+          step, args = abstract_train_step(c, info, mesh)
+          compiled, seconds = compile_step(step, *args, options=options)
+      except Exception as e:  # pylint: disable=broad-except
+        if 'RESOURCE_EXHAUSTED' not in str(e):
+          raise
+        # An accelerator compiler refuses a program larger than the device's memory.
+        row.update(does_not_fit=str(e).strip().splitlines()[0],
+                   compile_s=time.perf_counter() - t0)
+        rows.append(row)
+        if log is not None:
+          log(f'memory: per-device batch {per_device}, remat {policy}: does not fit '
+              f'({row["does_not_fit"]})')
+        continue
       m = memory_analysis(compiled)
       flops = step_lib.compiled_flops(compiled)
-      row = {'per_device_batch': int(per_device), 'remat_policy': policy}
       if isinstance(m, dict):
         total = _total_bytes(m)
         row.update({k.replace('_size_in_bytes', '_bytes'): v for k, v in m.items()
@@ -377,6 +425,10 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
       if policy == 'none':
         base_flops = flops
       row['flops_over_no_remat'] = flops / base_flops if flops and base_flops else NA
+      # Against the model's matmul FLOPs: an accelerator compiler may rematerialise on its
+      # own to fit its memory, which the 'none' row then includes.
+      row['flops_over_model'] = (flops / per_device / model_flops if flops and model_flops
+                                 else NA)
       row['compile_s'] = seconds
       rows.append(row)
       if log is not None:
@@ -386,8 +438,10 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
   return {
       'dtype': config.model.dtype, 'attention': config.model.attention,
       'image_size': int(config.data.image_size), 'num_devices': n_dev,
-      'platform': platform, 'memory_minimising_schedule': memory_schedule, 'rows': rows,
-      'note': 'XLA memory_analysis of the train step compiled for this backend (per device; '
+      'platform': platform, 'device_kind': device.device_kind,
+      'memory_minimising_schedule': memory_schedule, 'rows': rows,
+      'note': 'XLA memory_analysis of the train step compiled for the devices of the mesh '
+              '(per device; this backend, or a TPU topology ahead of time; '
               'the frozen backbone in the compute dtype, state donated). A CPU compile '
               '(memory-minimising schedule) approximates the accelerator programs: other '
               'fusions, and XLA:CPU computes bf16 matmuls in float32, keeping float32 copies '

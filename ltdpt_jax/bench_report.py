@@ -38,22 +38,27 @@ def _gib(x) -> str:
 def format_memory_report(report: dict[str, Any]) -> str:
   """The memory part (`bench_parts.memory_rows`) as a table, GiB per device."""
   lines = [
-      f"memory report ({report['platform']}, {report['dtype']}, attention "
+      f"memory report ({report['platform']} {report.get('device_kind', '')}, "
+      f"{report['dtype']}, attention "
       f"{report['attention']}, {report['image_size']}px, per device of "
       f"{report['num_devices']}): GiB from the compiled train step's memory_analysis"
       + ('' if report.get('memory_minimising_schedule', True) else
          ' [XLA:CPU concurrency schedule: remat rows overstate the memory]'),
       f"{'batch/dev':>9} {'remat':<24}{'args':>8}{'temp':>9}{'output':>8}{'total':>9}"
-      f"{'MiB/image':>11}{'FLOPs x':>9}",
+      f"{'MiB/image':>11}{'FLOPs x':>9}{'x model':>9}",
   ]
   for r in report['rows']:
+    if 'does_not_fit' in r:
+      lines.append(f"{r['per_device_batch']:>9} {r['remat_policy']:<24}does not fit: "
+                   f"{r['does_not_fit']}")
+      continue
     ratio = r['flops_over_no_remat']
     lines.append(
         f"{r['per_device_batch']:>9} {r['remat_policy']:<24}{_gib(r.get('argument_bytes')):>8}"
         f"{_gib(r.get('temp_bytes')):>9}{_gib(r.get('output_bytes')):>8}"
         f"{_gib(r.get('total_bytes')):>9}"
         f"{_num(r.get('bytes_per_image', NA) / 2**20 if 'bytes_per_image' in r else NA, '.1f'):>11}"
-        f"{_num(ratio, '.3f'):>9}")
+        f"{_num(ratio, '.3f'):>9}{_num(r.get('flops_over_model', NA), '.3f'):>9}")
   return '\n'.join(lines)
 
 

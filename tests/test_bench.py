@@ -267,8 +267,78 @@ def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
   assert callable(step)
   with pytest.raises(ValueError, match='memory_remat_policies'):
     bench.run_benchmark(c, parts=('memory',), memory_remat_policies=('everything',))
+  # Against the model's (analytic, matmul-only) FLOPs: XLA also counts the elementwise work.
+  assert 1.0 < m['rows'][0]['flops_over_model'] < m['rows'][1]['flops_over_model']
   # The CLI's switch to the memory-minimising schedule: only before a backend starts.
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert not bench_parts.use_cpu_memory_schedule()
   monkeypatch.setenv('XLA_FLAGS', bench_parts.CPU_MEMORY_SCHEDULE_FLAG)
   assert bench_parts.use_cpu_memory_schedule() and bench_parts.cpu_memory_schedule_in_effect()
+
+
+def test_memory_part_reports_a_program_that_does_not_fit(monkeypatch):
+  """A compiler that refuses a program for the device's memory (TPU/GPU: RESOURCE_EXHAUSTED)
+  gives a 'does not fit' row with its message, not a crash; the other rows are still made.
+  Other compile errors still raise."""
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+  setup = train.Setup(_tiny())
+  real = bench_parts.compile_step
+  message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
+             'temporaries (17.15G) exceeds available HBM (15.75G).')
+
+  def refuse_without_remat(step, *args, options=None):  # the first program: remat 'none'
+    if refuse_without_remat.calls == 0:
+      refuse_without_remat.calls += 1
+      raise RuntimeError(message + '\nmore detail')
+    return real(step, *args, options=options)
+  refuse_without_remat.calls = 0
+  monkeypatch.setattr(bench_parts, 'compile_step', refuse_without_remat)
+  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                              remat_policies=('nothing',), options=FAST_COMPILE)
+  first, second = m['rows']
+  assert first['remat_policy'] == 'none' and first['does_not_fit'] == message
+  assert 'total_bytes' not in first
+  assert second['remat_policy'] == 'nothing' and second['total_bytes'] > 0
+  assert second['flops_over_no_remat'] == bench_report.NA  # nothing to compare with
+  table = bench_report.format_memory_report(m)
+  assert f'does not fit: {message}' in table
+  monkeypatch.setattr(bench_parts, 'compile_step',
+                      lambda *a, **k: (_ for _ in ()).throw(RuntimeError('INTERNAL: bad')))
+  with pytest.raises(RuntimeError, match='INTERNAL'):
+    bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                            remat_policies=(), options=FAST_COMPILE)
+
+
+def _has_libtpu() -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return importlib.util.find_spec('libtpu') is not None
+
+
+@pytest.mark.skipif(_has_libtpu(), reason='libtpu is installed (the next test runs instead)')
+def test_memory_topology_without_libtpu_says_what_to_install():
+  with pytest.raises(ValueError, match=r"pip install 'jax\[tpu\]>=0.10,<0.13'.*v5e:2x2"):
+    bench_parts.topology_mesh('v5e:2x2')
+  with pytest.raises(ValueError, match='add memory to --parts'):
+    bench.run_benchmark(_tiny(), parts=('train',), memory_topology='v5e:2x2')
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install 'jax[tpu]>=0.10,<0.13'; no TPU)")
+def test_memory_topology_compiles_for_a_tpu_chip_ahead_of_time():
+  """--memory_topology: the memory part compiled by the TPU compiler for a v5e chip, on a host
+  without one; the model traced for the TPU (remat's optimization barriers), per device."""
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+  c = _tiny()
+  c.model.dtype = 'bfloat16'
+  setup = train.Setup(c)
+  mesh = bench_parts.topology_mesh('v5e:2x2')
+  assert mesh.size == 1 and mesh.devices.flat[0].platform == 'tpu'
+  # Batch 512 makes the activations, not the TPU's tiled layouts of small arrays, the bulk.
+  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(512,),
+                              remat_policies=('nothing',), mesh=mesh)
+  assert (m['platform'], m['device_kind'], m['num_devices']) == ('tpu', 'TPU v5 lite', 1)
+  none, nothing = m['rows']
+  assert 0 < nothing['temp_bytes'] < none['temp_bytes']
+  assert nothing['flops_over_no_remat'] > 1.0
+  assert 'TPU v5 lite' in bench_report.format_memory_report(m)
+  with pytest.raises(ValueError, match='cannot describe that TPU topology'):
+    bench_parts.topology_mesh('v5e:banana')

@@ -15,6 +15,7 @@ from ltdpt_jax import losses
 from ltdpt_jax import optim
 from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import vit as vit_lib
 
 import train_utils
 
@@ -295,6 +296,40 @@ def test_remat_gives_the_same_loss_and_gradients():
       scale = float(np.abs(np.asarray(a)).max()) + 1e-30  # relative to the leaf's largest
       np.testing.assert_allclose(np.asarray(b) / scale, np.asarray(a) / scale, atol=2e-6,
                                  err_msg=f'{policy}: {optim.path_name(path[0])}')
+
+
+def test_remat_orders_the_recomputation_for_the_platform_it_is_traced_for():
+  """`vit.rematerialised` ties each block's recomputation to its output's cotangent: by a data
+  dependence when the model is traced for a CPU, by an optimization barrier for a GPU or TPU.
+  The platform is the one `vit.compiling_for` names (an ahead-of-time compile for a TPU on a
+  CPU host must trace the TPU's program), else the default backend."""
+  config = train_utils.tiny_config(image_size=16, batch_size=8)
+  config.model.remat = True
+  size = config.data.image_size
+  model = ltdpt.build_model(config.model, 6, size)
+  params = ltdpt.init_params(model.clone(remat=False), jax.random.key(0), size)
+  trainable, frozen = optim.split_params(params, optim.param_labels(params))
+  loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss,
+                                  class_counts=np.linspace(50, 5, 6).astype(np.int64))
+  batch, rng = _batch(config, 6), jax.random.key(3)
+  grad_fn = jax.grad(lambda t: loss_fn(t, frozen, batch, rng, False)[0])
+  assert vit_lib.target_platform() == jax.default_backend() == 'cpu'
+  barriers = {}
+  for platform in ('cpu', 'tpu', 'gpu', None):
+    if platform is None:
+      text = str(jax.make_jaxpr(grad_fn)(trainable))
+    else:
+      with vit_lib.compiling_for(platform):
+        assert vit_lib.target_platform() == platform
+        text = str(jax.make_jaxpr(grad_fn)(trainable))
+    barriers[platform] = text.count('optimization_barrier')
+  assert vit_lib.target_platform() == 'cpu'  # the context is left
+  assert barriers['cpu'] == barriers[None] == 0
+  assert barriers['tpu'] == barriers['gpu'] == 2  # one per rematerialised block
+  # attention='auto' picks cuDNN only where the traced-for platform is a GPU.
+  with vit_lib.compiling_for('gpu'):
+    assert vit_lib._cudnn_unavailable(jnp.bfloat16) is None  # pylint: disable=protected-access
+  assert 'not an NVIDIA GPU' in vit_lib._cudnn_unavailable(jnp.bfloat16)  # pylint: disable=protected-access
 
 
 # bf16 against float32 on the tiny model: the loss within 1% (relative), each trainable leaf's

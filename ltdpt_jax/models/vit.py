@@ -68,6 +68,7 @@ Output of `VisionTransformer.__call__`: a dict with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -261,11 +262,41 @@ def pad_attention(q: Array, k: Array, v: Array, bias: Array | None, multiple: in
   return q, k, v, bias if key_mask is None else bias + key_mask
 
 
+_TARGET_PLATFORMS: list[str] = []  # the stack of `compiling_for`
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+  """Within: the model is traced for `platform` ('cpu' | 'gpu' | 'tpu') instead of the
+  default backend. For ahead-of-time compiles for devices this process does not run on (the
+  benchmark's TPU memory report compiles for a TPU topology on a CPU host): the choices that
+  depend on the platform (`attend`'s 'auto', how `rematerialised` orders the recomputation)
+  then match what a run on that platform traces. When the platform changes, JAX's trace
+  caches are cleared on entry and exit: a trace cached for the other platform would otherwise
+  be reused."""
+  changes = platform != target_platform()
+  _TARGET_PLATFORMS.append(platform)
+  if changes:
+    jax.clear_caches()
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORMS.pop()
+    if changes:
+      jax.clear_caches()
+
+
+def target_platform() -> str:
+  """The platform the model is traced for: the innermost `compiling_for`, else
+  `jax.default_backend()`."""
+  return _TARGET_PLATFORMS[-1] if _TARGET_PLATFORMS else jax.default_backend()
+
+
 def _cudnn_unavailable(dtype) -> str | None:
   """Why cuDNN fused attention cannot run here (None when it may: the shape is checked by
   jax when the call is traced)."""
-  if jax.default_backend() != 'gpu':
-    return f'the backend is {jax.default_backend()!r}, not an NVIDIA GPU'
+  if target_platform() != 'gpu':
+    return f'the backend is {target_platform()!r}, not an NVIDIA GPU'
   if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _HALF_DTYPES]:
     return f'the compute dtype is {jnp.dtype(dtype).name} (cuDNN needs bfloat16 or float16)'
   return None
@@ -480,7 +511,7 @@ def rematerialised(policy_name: str):
     return jax.vjp(pure, variables, *args)
 
   def backward(vjp_fn, cotangent):
-    if jax.default_backend() == 'cpu':
+    if target_platform() == 'cpu':
       vjp_fn = _after(vjp_fn, cotangent)
     else:  # GPU/TPU schedulers keep the barrier; it costs nothing, unlike a pass over the values
       vjp_fn, cotangent = jax.lax.optimization_barrier((vjp_fn, cotangent))
