@@ -46,7 +46,9 @@ CPU) after all parts ran, and the compiled train step's own sizes (`memory_analy
   parts of that run: time them in a run of their own. `--memory_topology=v5e:2x2` compiles
   these programs ahead of time for a TPU chip instead (the first chip of that topology, from
   `jax.experimental.topologies`; needs libtpu, `pip install "jax[tpu]>=0.10,<0.13"`, but no
-  TPU): the TPU compiler's own memory figures, on any host.
+  TPU), `--memory_topology=h200` (or h100) for that NVIDIA GPU (XLA's deviceless GPU compile;
+  needs `pip install "jax[cuda13]>=0.10,<0.13"`, but no GPU): the accelerator compiler's own
+  memory figures, on any host.
 
 `--synthetic` replaces the dataset by synthetic data of the config's image size
 (`bench_parts.synthetic_stand_in`: a config whose data section is synthetic, and the dataset info
@@ -367,9 +369,11 @@ def define_flags() -> None:
                     'no remat), from models/vit.py REMAT_POLICIES; default the config\'s '
                     'model.remat_policy.')
   flags.DEFINE_string('memory_topology', None, 'Compile the memory part ahead of time for the '
-                      "first chip of this TPU topology (e.g. 'v5e:2x2' for TPU v5e) instead of "
-                      "this host's devices: needs libtpu (pip install 'jax[tpu]>=0.10,<0.13'), "
-                      'not a TPU.')
+                      "first chip of this TPU topology (e.g. 'v5e:2x2' for TPU v5e; needs "
+                      "libtpu: pip install 'jax[tpu]>=0.10,<0.13') or for this NVIDIA GPU "
+                      "('h100', 'h200'; needs the CUDA plugin: pip install "
+                      "'jax[cuda13]>=0.10,<0.13') instead of this host's devices; no TPU or "
+                      'GPU is needed.')
   flags.mark_flags_as_required(['config'])
 
 
@@ -379,6 +383,8 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if 'memory' in f.parts:  # before any JAX backend starts (see bench_parts)
     parts_lib.use_cpu_memory_schedule()
+    if f.memory_topology and parts_lib.is_gpu_target(f.memory_topology):
+      os.environ.setdefault(parts_lib.SKIP_CUDA_CHECK_ENV, '1')
   try:
     name = config_flags.get_config_filename(f['config'])
   except Exception:  # pylint: disable=broad-except

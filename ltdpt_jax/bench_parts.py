@@ -327,24 +327,46 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
   return step, (state, frozen, {'image': images, 'label': labels})
 
 
-TOPOLOGY_EXAMPLES = "'v5e:2x2' (TPU v5e), 'v6e:2x2', 'v4:2x2x1', 'v5p:2x2x1'"
+TOPOLOGY_EXAMPLES = "'v5e:2x2' (TPU v5e), 'v6e:2x2', 'v4:2x2x1', 'v5p:2x2x1', 'h100', 'h200'"
+# NVIDIA GPUs a memory report can be compiled for without one: name -> XLA GpuTargetConfig.
+GPU_TARGETS = {'h100': 'h100.txtpb', 'h200': 'h200.txtpb'}
+GPU_TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'gpu_targets')
+# Set by the CLI before the backend starts, for a GPU target on a host without a GPU driver
+# (the CUDA plugin's version checks load driver libraries; compiling needs none of them).
+SKIP_CUDA_CHECK_ENV = 'JAX_SKIP_CUDA_CONSTRAINTS_CHECK'
+
+
+def is_gpu_target(topology: str) -> bool:
+  return topology.lower() in GPU_TARGETS
 
 
 def topology_mesh(topology: str) -> jax.sharding.Mesh:
-  """A one-device mesh of the first chip of the TPU topology `topology` (e.g. 'v5e:2x2'), for
-  ahead-of-time compiles on a host without that chip: `jax.experimental.topologies` with
-  libtpu (`pip install "jax[tpu]>=0.10,<0.13"`), no TPU needed. The memory report is per
-  device, and a data-parallel step on more chips adds only the all-reduce of the prompts'
-  gradients.
-  Raises ValueError naming what is missing."""
+  """A one-device mesh for ahead-of-time compiles for a chip this host need not have: the
+  first chip of the TPU topology `topology` (e.g. 'v5e:2x2'; `jax.experimental.topologies`
+  with libtpu, `pip install "jax[tpu]>=0.10,<0.13"`), or the NVIDIA GPU of GPU_TARGETS
+  ('h100', 'h200': XLA's deviceless GPU compile from the target config in
+  assets/gpu_targets, with the CUDA plugin, `pip install "jax[cuda13]>=0.10,<0.13"`). The
+  memory report is per device, and a data-parallel step on more chips adds only the all-reduce
+  of the prompts' gradients. Raises ValueError naming what is missing."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  gpu = is_gpu_target(topology)
   try:
-    desc = topologies.get_topology_desc(topology_name=topology, platform='tpu')
-  except Exception as e:  # pylint: disable=broad-except  # libtpu missing, unknown name, ...
+    if gpu:
+      with open(os.path.join(GPU_TARGET_DIR, GPU_TARGETS[topology.lower()])) as f:
+        desc = topologies.get_topology_desc(platform='cuda', target_config=f.read(),
+                                            topology='1x1x1')
+    else:
+      desc = topologies.get_topology_desc(topology_name=topology, platform='tpu')
+  except Exception as e:  # pylint: disable=broad-except  # plugin missing, unknown name, ...
+    need = ("the CUDA plugin in this environment (pip install 'jax[cuda13]>=0.10,<0.13'; no "
+            f'GPU is needed to compile; without a GPU driver set {SKIP_CUDA_CHECK_ENV}=1, '
+            'which the bench CLI does)' if gpu else
+            "libtpu in this environment (pip install 'jax[tpu]>=0.10,<0.13'; no TPU is needed "
+            'to compile)')
     raise ValueError(
-        f'--memory_topology={topology!r}: cannot describe that TPU topology ({e}). It needs '
-        "libtpu in this environment (pip install 'jax[tpu]>=0.10,<0.13'; no TPU is needed to "
-        f'compile) and a topology name such as {TOPOLOGY_EXAMPLES}.') from e
+        f'--memory_topology={topology!r}: cannot describe that {"GPU" if gpu else "TPU"} '
+        f'({type(e).__name__}: {e}). It needs {need} and a name such as '
+        f'{TOPOLOGY_EXAMPLES}.') from e
   return jax.sharding.Mesh(np.asarray(desc.devices[:1]), ('data',))
 
 
@@ -366,7 +388,8 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
   temp bytes, total_bytes (arguments + outputs - aliased + temporaries), bytes_per_image and
   temp_bytes_per_image (over the per-device batch), xla_flops_per_image, flops_over_no_remat
   (the FLOPs remat adds, from the compiled programs), flops_over_model (over the analytic
-  train-step FLOPs, `flops.analytic_flops`), compile_s; or, where the compiler refuses the
+  train-step FLOPs, `flops.analytic_flops`), compile_s, on a GPU cudnn_attention_calls (the
+  compiled program's cuDNN fused-attention calls, forward and backward); or, where the compiler refuses the
   program for the device's memory (RESOURCE_EXHAUSTED: TPU and GPU compilers know it),
   does_not_fit (its message) and compile_s. Everything per device (the
   programs are compiled for `mesh`, default the mesh of every device, batch = per-device batch
@@ -414,6 +437,8 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
         continue
       m = memory_analysis(compiled)
       flops = step_lib.compiled_flops(compiled)
+      if platform == 'gpu':  # which attention ran: cuDNN's fused kernels are custom calls
+        row['cudnn_attention_calls'] = compiled.as_text().count('custom_call_target="__cudnn$fmha')
       if isinstance(m, dict):
         total = _total_bytes(m)
         row.update({k.replace('_size_in_bytes', '_bytes'): v for k, v in m.items()

@@ -342,3 +342,54 @@ def test_memory_topology_compiles_for_a_tpu_chip_ahead_of_time():
   assert 'TPU v5 lite' in bench_report.format_memory_report(m)
   with pytest.raises(ValueError, match='cannot describe that TPU topology'):
     bench_parts.topology_mesh('v5e:banana')
+
+
+def _has_cuda_plugin() -> bool:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  return any(d.metadata['Name'].startswith('jax-cuda') for d in metadata.distributions())
+
+
+def test_gpu_targets_are_shipped_and_name_their_device():
+  """The target configs of --memory_topology=h100/h200 are package data, each naming its GPU
+  and its memory (what XLA's deviceless compile reports as the device)."""
+  expected = {'h100': ('"NVIDIA H100 80GB HBM3"', 85520809984),
+              'h200': ('"NVIDIA H200"', 150754820096)}
+  assert set(bench_parts.GPU_TARGETS) == set(expected)
+  for name, (kind, memory) in expected.items():
+    assert bench_parts.is_gpu_target(name) and bench_parts.is_gpu_target(name.upper())
+    with open(f'{bench_parts.GPU_TARGET_DIR}/{bench_parts.GPU_TARGETS[name]}') as f:
+      text = f.read()
+    assert f'device_description_str: {kind}' in text
+    assert f'device_memory_size: {memory}' in text and 'major: 9' in text
+  assert not bench_parts.is_gpu_target('v5e:2x2')
+
+
+@pytest.mark.skipif(_has_cuda_plugin(), reason='the CUDA plugin is installed (next test runs)')
+def test_gpu_memory_topology_without_the_cuda_plugin_says_what_to_install():
+  with pytest.raises(ValueError, match=r"cannot describe that GPU.*jax\[cuda13\]>=0.10,<0.13"):
+    bench_parts.topology_mesh('h200')
+
+
+@pytest.mark.skipif(not _has_cuda_plugin(),
+                    reason="needs the CUDA plugin (pip install 'jax[cuda13]>=0.10,<0.13'; no GPU)")
+def test_memory_topology_compiles_for_an_h200_ahead_of_time_with_cudnn_attention():
+  """--memory_topology=h200: XLA's deviceless GPU compile; attention 'auto' with bf16 traced for
+  the GPU takes cuDNN's fused attention with the saliency bias (padded to a multiple of 8) in
+  every block: one forward and one backward call per block, and one more forward per block
+  when remat 'nothing' recomputes it."""
+  import os  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault(bench_parts.SKIP_CUDA_CHECK_ENV, '1')
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+  c = _tiny()
+  c.model.dtype = 'bfloat16'
+  setup = train.Setup(c)
+  mesh = bench_parts.topology_mesh('h200')
+  assert mesh.devices.flat[0].platform == 'gpu'
+  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                              remat_policies=('nothing',), mesh=mesh)
+  assert (m['platform'], m['device_kind']) == ('gpu', 'NVIDIA H200')
+  layers = setup.model.arch.num_layers
+  none, nothing = m['rows']
+  assert none['cudnn_attention_calls'] == 2 * layers
+  assert nothing['cudnn_attention_calls'] == 3 * layers
+  assert 0 < nothing['total_bytes'] and 0 < none['total_bytes']
