@@ -110,11 +110,11 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, repeats: int = 3,
   counts are always there), and for memory the step at each of `memory_batches` (per device)
   without remat and with each of `memory_remat_policies` (default: config.model.remat_policy).
   `compiler_options` go to every `.compile()` (the tests pass a low XLA CPU optimisation
-  level: faster compiles, the same FLOP counts and buffers). `memory_topology` (e.g. 'v5e:2x2')
-  compiles the memory part ahead of time for the first chip of that TPU topology instead of
-  this backend's devices (`bench_parts.topology_mesh`; needs libtpu, not a TPU). Raises
-  ValueError for unknown
-  parts, bad counts or an invalid config.
+  level: faster compiles, the same FLOP counts and buffers). `memory_topology` ('v5e:2x2',
+  'h200', ...) compiles the memory part ahead of time for the first chip of that TPU topology
+  or for that GPU instead of this backend's devices (`bench_parts.topology_mesh`; needs libtpu
+  or the CUDA plugin, not the chip). Raises ValueError for unknown parts, bad counts or an
+  invalid config.
   """
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:

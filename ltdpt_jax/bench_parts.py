@@ -388,12 +388,12 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
   temp bytes, total_bytes (arguments + outputs - aliased + temporaries), bytes_per_image and
   temp_bytes_per_image (over the per-device batch), xla_flops_per_image, flops_over_no_remat
   (the FLOPs remat adds, from the compiled programs), flops_over_model (over the analytic
-  train-step FLOPs, `flops.analytic_flops`), compile_s, on a GPU cudnn_attention_calls (the
-  compiled program's cuDNN fused-attention calls, forward and backward); or, where the compiler refuses the
-  program for the device's memory (RESOURCE_EXHAUSTED: TPU and GPU compilers know it),
-  does_not_fit (its message) and compile_s. Everything per device (the
-  programs are compiled for `mesh`, default the mesh of every device, batch = per-device batch
-  x devices). `mesh` may hold devices this process does not run on (`topology_mesh`: a TPU
+  train-step FLOPs, `flops.analytic_flops`), compile_s, and on a GPU cudnn_attention_calls
+  (the compiled program's cuDNN fused-attention calls, forward and backward); or, where the
+  compiler refuses the program for the device's memory (RESOURCE_EXHAUSTED: the TPU compiler
+  does), does_not_fit (its message) and compile_s. Everything per device (the programs are
+  compiled for `mesh`, default the mesh of every device, batch = per-device batch x devices).
+  `mesh` may hold devices this process does not run on (`topology_mesh`: a TPU chip or a GPU
   compiled for ahead of time); the model is then traced for their platform
   (`vit.compiling_for`).
   """
