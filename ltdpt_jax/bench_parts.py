@@ -424,7 +424,7 @@ def memory_rows(config, info: data_lib.DatasetInfo, *, per_device_batches: Seque
         with vit_lib.compiling_for(platform):
           step, args = abstract_train_step(c, info, mesh)
           compiled, seconds = compile_step(step, *args, options=options)
-      except Exception as e:  # pylint: disable=broad-except
+      except RuntimeError as e:  # jax.errors.JaxRuntimeError is one
         if 'RESOURCE_EXHAUSTED' not in str(e):
           raise
         # An accelerator compiler refuses a program larger than the device's memory.
