@@ -2,6 +2,7 @@
 
 import functools
 import hashlib
+import math
 import http.server
 import os
 import threading
@@ -269,3 +270,22 @@ def test_moved_names_stay_importable_from_vit():
   assert vit.default_cache_dir is fetch.cache_dir
   with pytest.raises(AttributeError, match='no_such_name'):
     vit.no_such_name  # pylint: disable=pointless-statement
+
+
+def test_gelu_is_the_exact_gelu_with_its_derivative():
+  """vit.gelu (the erf form) against math.erf in float64 and against jax.nn.gelu's erfc form,
+  values and derivatives, over the range block activations take (and far tails)."""
+  x = np.concatenate([np.linspace(-12, 12, 4001), [-30.0, -6.5, 0.0, 6.5, 30.0]]).astype(np.float32)
+  x64 = x.astype(np.float64)
+  erf64 = np.vectorize(math.erf)(x64 / math.sqrt(2.0))
+  want = 0.5 * x64 * (1.0 + erf64)
+  want_grad = 0.5 * (1.0 + erf64) + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2.0 * math.pi)
+  got = np.asarray(jax.jit(vit.gelu)(x), np.float64)
+  got_grad = np.asarray(jax.jit(jax.vmap(jax.grad(vit.gelu)))(x), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+  ref = jax.nn.gelu(x, approximate=False)
+  np.testing.assert_allclose(got, np.asarray(ref), rtol=1e-6, atol=1e-6)
+  assert jax.eval_shape(vit.gelu, x).dtype == jnp.float32
+  # bf16 in, bf16 out (the compute dtype of the MLP under config.model.dtype='bfloat16').
+  assert vit.gelu(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
