@@ -193,6 +193,11 @@ _SQRT_HALF = float(np.sqrt(0.5))
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
+def _normal_cdf(x: Array) -> Array:
+  """Phi(x) = 0.5 * (1 + erf(x / sqrt(2))), in x's dtype."""
+  return 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+
+
 @jax.custom_vjp
 def gelu(x: Array) -> Array:
   """The exact GELU x * Phi(x) as `0.5 * x * (1 + erf(x / sqrt(2)))`: the formula of the paper
@@ -204,14 +209,14 @@ def gelu(x: Array) -> Array:
   * the erf form: current `jax.nn.gelu` computes `0.5 * x * erfc(-x / sqrt(2))`, more accurate
     far in the negative tail (where GELU is below 1e-6 in magnitude) but about twice the cost:
     erfc is two polynomial branches, one with an exp, selected elementwise;
-  * its own gradient (`jax.custom_vjp`): the backward pass keeps only x (the MLP's first
-    matmul output, which remat policies may save) and computes
-    `g * (Phi(x) + x * phi(x))` in one elementwise pass; autodiff instead computes the
-    derivative's factors in the forward pass and keeps them as extra activations (more memory
-    traffic, more memory). The derivative is computed in float32.
+  * its own gradient (`jax.custom_vjp`): the backward pass keeps only x (the output of the
+    MLP's first Dense layer) and computes `g * (Phi(x) + x * phi(x))` in one elementwise pass;
+    autodiff instead computes the derivative's factors in the forward pass and keeps them as
+    extra activations (more memory traffic, more memory). The derivative is computed in
+    float32.
 
   The values and derivatives are tested against math.erf in float64 (tests/test_vit.py)."""
-  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+  return x * _normal_cdf(x)
 
 
 def _gelu_fwd(x: Array) -> tuple[Array, Array]:
@@ -220,7 +225,7 @@ def _gelu_fwd(x: Array) -> tuple[Array, Array]:
 
 def _gelu_bwd(x: Array, g: Array) -> tuple[Array]:
   x32 = x.astype(jnp.float32)
-  d = 0.5 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF)) + x32 * jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI
+  d = _normal_cdf(x32) + x32 * jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI  # Phi + x phi
   return ((g.astype(jnp.float32) * d).astype(g.dtype),)
 
 
