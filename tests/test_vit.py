@@ -289,3 +289,102 @@ def test_gelu_is_the_exact_gelu_with_its_derivative():
   assert jax.eval_shape(vit.gelu, x).dtype == jnp.float32
   # bf16 in, bf16 out (the compute dtype of the MLP under config.model.dtype='bfloat16').
   assert vit.gelu(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def _fusion_roots(hlo_text: str) -> list[str]:
+  """The opcode of each fused computation's ROOT instruction in a compiled HLO text."""
+  return [line.split('=', 1)[1].split('(')[0].split()[-1]
+          for line in hlo_text.splitlines() if line.strip().startswith('ROOT ')]
+
+
+def test_gelu_backward_recomputes_its_erf_instead_of_storing_it():
+  """The backward's Phi(x) = 0.5 (1 - erf(-x/sqrt2)) is the forward's 0.5 (1 + erf(x/sqrt2))
+  to the bit (erf is odd in XLA's float32 implementation), and because it is written apart
+  from the forward's, XLA does not store erf(x/sqrt2) as an extra activation: in the compiled
+  MLP (forward and backward) no fusion's result is the erf itself."""
+  y = np.concatenate([np.linspace(-6, 6, 20001), [-30.0, -1e-30, 0.0, 1e-30, 30.0]])
+  y = jnp.asarray(y, jnp.float32)
+  erf = jax.jit(jax.lax.erf)
+  np.testing.assert_array_equal(np.asarray(erf(-y)), -np.asarray(erf(y)))
+  ks = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(ks[0], (4, 9, 16))
+  w1, w2 = jax.random.normal(ks[1], (16, 64)), jax.random.normal(ks[2], (64, 16))
+  loss = lambda x: ((vit.gelu(x @ w1) @ w2) ** 2).sum()
+  hlo = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
+  roots = _fusion_roots(hlo)
+  assert 'erf' not in roots, roots
+  assert hlo.count(' erf(') == 2, 'expected one erf in the forward and one in the backward'
+
+
+def _kernel_copies(hlo_text: str, shapes: tuple[str, ...]) -> list[str]:
+  """The instructions of a compiled HLO text that copy or transpose one of its entry
+  parameters of the given shapes (e.g. 'f32[12,3,4]')."""
+  lines = hlo_text.splitlines()
+  params = {line.split('=')[0].strip().lstrip('%') for line in lines
+            if ' parameter(' in line and any(f'= {s}' in line for s in shapes)}
+  out = []
+  for line in lines:
+    name = line.split('=')[0].strip().lstrip('%').removeprefix('ROOT ').strip()
+    if ('copy' in name or 'transpose' in name) and '(' in line:
+      operands = line.split('(', 1)[1].split(')')[0]
+      if any(f'%{p}' == o.strip() for o in operands.split(',') for p in params):
+        out.append(line.strip())
+  return out
+
+
+def test_matrix_dot_general_equals_dot_general_without_kernel_copies(monkeypatch):
+  """The attention projections' dot_general (one matrix product with the kernels viewed as 2-D)
+  gives lax.dot_general's result for the query/key/value and out kernels and falls back to it
+  for other dimension numbers; and the backward pass of an attention layer compiles with no
+  copy or transpose of its kernels, where the stock 3-D dot_general has some (the reason for
+  it, see its docstring)."""
+  ks = jax.random.split(jax.random.key(1), 4)
+  x, h = jax.random.normal(ks[0], (2, 5, 12)), jax.random.normal(ks[1], (2, 5, 3, 4))
+  w_in, w_out = jax.random.normal(ks[2], (12, 3, 4)), jax.random.normal(ks[3], (3, 4, 12))
+  for lhs, rhs, dims in [(x, w_in, (((2,), (0,)), ((), ()))),
+                         (h, w_out, (((2, 3), (0, 1)), ((), ()))),
+                         (h, w_out.transpose(1, 0, 2), (((3, 2), (0, 1)), ((), ())))]:
+    want = jax.lax.dot_general(lhs, rhs, dims, precision='highest')
+    got = vit.matrix_dot_general(lhs, rhs, dims, precision='highest')
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+  def kernel_copies():
+    mha = vit.MultiHeadAttention(num_heads=3)
+    xq = jax.random.normal(ks[0], (2, 7, 12))
+    variables = mha.init(jax.random.key(2), xq, xq)
+    loss = lambda v, x: (mha.apply(v, x, x) ** 2).sum()
+    hlo = jax.jit(jax.grad(loss, argnums=1)).lower(variables, xq).compile().as_text()
+    return _kernel_copies(hlo, ('f32[12,3,4]', 'f32[3,4,12]'))
+
+  assert not kernel_copies()
+  monkeypatch.setattr(vit, 'matrix_dot_general', jax.lax.dot_general)
+  assert kernel_copies()  # the stock dot_general copies kernels: the check above can fail
+
+
+def test_block_normalises_shared_rows_once_with_the_same_values():
+  """Encoder1DBlock with the keys given as the query array itself (x_kv is x_q) and the prompt
+  rows as both q_extra and kv_extra (LT-DPT's layouts): LayerNorm_0 runs once per distinct row
+  set (no LayerNorm over the concatenated (B, N + n_p, D) rows, no second one over x), and the
+  output equals the block over the concatenation as one sequence, and over copies of the same
+  rows (which are normalised separately)."""
+  blk = vit.Encoder1DBlock(mlp_dim=48, num_heads=2)
+  ks = jax.random.split(jax.random.key(3), 3)
+  x, p = jax.random.normal(ks[0], (2, 9, 16)), jax.random.normal(ks[1], (2, 3, 16))
+  v = blk.init(ks[2], x, x, None, p, p)
+  shared = blk.apply(v, x, x, None, p, p)
+  whole = blk.apply(v, jnp.concatenate([x, p], axis=1))  # self-attention over [x | p]
+  copies = blk.apply(v, x, x + 0.0, None, p, p + 0.0)
+  np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(shared, copies, rtol=1e-5, atol=1e-5)
+
+  def ln_rows(f):  # the row counts of the (B, rows, 16) arrays f reduces over the features
+    jaxpr = jax.make_jaxpr(f)(x, p)
+    return sorted(e.invars[0].aval.shape[1] for e in jaxpr.eqns
+                  if e.primitive.name == 'reduce_sum' and e.params['axes'] == (2,)
+                  and e.invars[0].aval.ndim == 3 and e.invars[0].aval.shape[2] == 16)
+  # Each LayerNorm reduces twice over the features (mean, mean of squares): LayerNorm_0 over x
+  # (9 rows) and p (3 rows) once each, LayerNorm_2 over the 12 query rows.
+  assert ln_rows(lambda x, p: blk.apply(v, x, x, None, p, p)) == [3, 3, 9, 9, 12, 12]
+  assert ln_rows(lambda x, p: blk.apply(v, x, x + 0.0, None, p, p + 0.0)) == [
+      3, 3, 3, 3, 9, 9, 9, 9, 12, 12]

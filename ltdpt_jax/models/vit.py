@@ -225,7 +225,12 @@ def _gelu_fwd(x: Array) -> tuple[Array, Array]:
 
 def _gelu_bwd(x: Array, g: Array) -> tuple[Array]:
   x32 = x.astype(jnp.float32)
-  d = _normal_cdf(x32) + x32 * jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI  # Phi + x phi
+  # Phi(x) as 0.5 * (1 - erf(-x / sqrt2)): the same float32 value as _normal_cdf(x) (erf is odd,
+  # XLA's to the bit: tested), written so that XLA does not share the forward's erf(x / sqrt2)
+  # with this pass. Shared, that erf is stored as an extra (B, N, mlp_dim) activation by a
+  # second forward fusion instead of the GELU being computed in one pass.
+  cdf = 0.5 * (1.0 - jax.lax.erf(-x32 * _SQRT_HALF))
+  d = cdf + x32 * jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI  # Phi + x phi
   return ((g.astype(jnp.float32) * d).astype(g.dtype),)
 
 
@@ -421,6 +426,31 @@ def _attend_cudnn(q: Array, k: Array, v: Array, bias: Array | None, pad_to: int)
   return out[:, :nq] if out.shape[1] != nq else out
 
 
+def matrix_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                       preferred_element_type=None) -> Array:
+  """`jax.lax.dot_general` for a DenseGeneral without batch dimensions, computed as one matrix
+  product: lhs (..., c1, .., cn) and rhs (c1, .., cn, f1, .., fm), contracting lhs's trailing
+  dims with rhs's leading dims, are reshaped (free: row-major bitcasts) to (N, C) and (C, F),
+  and the product back to (..., f1, .., fm). The same result as `lax.dot_general`.
+
+  Why: the attention's query/key/value kernels are (D, heads, head_dim) and the out kernel
+  (heads, head_dim, D). Given those 3-D kernels, XLA:CPU's dot canonicalisation copies them
+  transposed before the backward pass's matrix products, in every train step (four copies per
+  block); a 2-D kernel goes to the matmul as it is (Eigen takes either orientation). Any other
+  dimension numbers go to `lax.dot_general` unchanged."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  lc, rc = tuple(lc), tuple(rc)
+  n_c = len(lc)
+  if (lb or rb or lc != tuple(range(lhs.ndim - n_c, lhs.ndim)) or rc != tuple(range(n_c))):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  free, features = lhs.shape[:lhs.ndim - n_c], rhs.shape[n_c:]
+  c = int(np.prod(rhs.shape[:n_c]))
+  out = jax.lax.dot(lhs.reshape(-1, c), rhs.reshape(c, -1), precision=precision,
+                    preferred_element_type=preferred_element_type)
+  return out.reshape(free + features)
+
+
 def attention_weights_logits(q: Array, k: Array, bias: Array | None) -> Array:
   """Scaled dot-product logits `q k^T / sqrt(head_dim) + bias` in float32, shape (B, h, Nq, Nk).
 
@@ -462,7 +492,7 @@ class MultiHeadAttention(nn.Module):
     head_dim = d // self.num_heads
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), axis=-1, dtype=self.dtype,
                                          kernel_init=_kernel_init, bias_init=nn.initializers.zeros,
-                                         name=name)
+                                         dot_general=matrix_dot_general, name=name)
     q = dense('query')(inputs_q)
     k = dense('key')(inputs_kv)
     v = dense('value')(inputs_kv)
@@ -476,7 +506,8 @@ class MultiHeadAttention(nn.Module):
     out = attend(q, k, v, bias, implementation=self.attention, pad_to=self.pad_attention_to,
                  sow=lambda name, value: self.sow('intermediates', name, value))
     return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, kernel_init=_kernel_init,
-                           bias_init=nn.initializers.zeros, name='out')(out)
+                           bias_init=nn.initializers.zeros, dot_general=matrix_dot_general,
+                           name='out')(out)
 
 
 class Encoder1DBlock(nn.Module):
@@ -484,7 +515,9 @@ class Encoder1DBlock(nn.Module):
 
   `x_q` (B, Nq, D) are the tokens that get the attention output, residual and MLP; `x_kv`
   (B, Nk, D) (default `x_q`) the tokens attended to. `q_extra` / `kv_extra` (optional) are rows
-  appended to the queries / keys inside the block. Both go through the same `LayerNorm_0`.
+  appended to the queries / keys inside the block. Both go through the same `LayerNorm_0`, once
+  per distinct array (`x_kv` given as `x_q` itself, or `kv_extra` as `q_extra` itself, is
+  normalised once).
   """
   mlp_dim: int
   num_heads: int
@@ -495,13 +528,25 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x_q: Array, x_kv: Array | None = None, bias: Array | None = None,
                q_extra: Array | None = None, kv_extra: Array | None = None) -> Array:
+    ln0 = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')
+    # LayerNorm is row-wise, so each distinct set of rows is normalised once and the normalised
+    # parts are concatenated: x_kv given as the very array x_q (LT-DPT's image rows are both its
+    # queries and its keys) and kv_extra as the very array q_extra (its prompt rows) are not
+    # normalised twice. The same values as normalising the concatenations.
+    same_kv = x_kv is None or x_kv is x_q
+    y_q = ln0(x_q)
+    y_kv = y_q if same_kv else ln0(x_kv)
+    y_kv_extra = None if kv_extra is None else ln0(kv_extra)
+    y_q_extra = None
+    if q_extra is not None:
+      y_q_extra = y_kv_extra if q_extra is kv_extra else ln0(q_extra)
     if kv_extra is not None:
-      x_kv = jnp.concatenate([x_q if x_kv is None else x_kv, kv_extra], axis=1)
+      y_kv = jnp.concatenate([y_kv, y_kv_extra], axis=1)
     if q_extra is not None:
       x_q = jnp.concatenate([x_q, q_extra], axis=1)
-    ln0 = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')
-    y_q = ln0(x_q)
-    y_kv = y_q if x_kv is None else ln0(x_kv)
+      y_q = jnp.concatenate([y_q, y_q_extra], axis=1)
+    if same_kv and kv_extra is None:
+      y_kv = y_q
     y = MultiHeadAttention(self.num_heads, dtype=self.dtype, attention=self.attention,
                            pad_attention_to=self.pad_attention_to,
                            name='MultiHeadDotProductAttention_1')(y_q, y_kv, bias)
@@ -597,6 +642,8 @@ class Encoder(nn.Module):
     block = self.encoderblock[i]
     if not self.remat or self.is_mutable_collection('intermediates'):
       return block(*args)
+    if len(args) > 1 and args[1] is args[0]:  # keys = queries: say so with None, which survives
+      args = (args[0], None, *args[2:])       # the custom_vjp (the block normalises them once)
     return rematerialised(self.remat_policy)(block, *args)
 
   def __call__(self, x: Array) -> Array:
