@@ -388,3 +388,24 @@ def test_block_normalises_shared_rows_once_with_the_same_values():
   assert ln_rows(lambda x, p: blk.apply(v, x, x, None, p, p)) == [3, 3, 9, 9, 12, 12]
   assert ln_rows(lambda x, p: blk.apply(v, x, x + 0.0, None, p, p + 0.0)) == [
       3, 3, 3, 3, 9, 9, 9, 9, 12, 12]
+
+
+def test_keys_given_as_the_query_array_exclude_the_query_extra_rows():
+  """x_kv given as x_q itself, with q_extra rows and no kv_extra: the keys are x_q's rows only
+  (as for a copy of x_q), not the queries with their extra rows (x_kv=None); with and without
+  remat (Encoder.run_block passes x_kv=None through the custom_vjp only where that is the same
+  keys)."""
+  ks = jax.random.split(jax.random.key(4), 3)
+  x, e = jax.random.normal(ks[0], (2, 9, 16)), jax.random.normal(ks[1], (2, 3, 16))
+  for remat in (False, True):
+    enc = vit.Encoder(num_layers=1, mlp_dim=48, num_heads=2, remat=remat)
+    v = enc.init(ks[2], x)
+    run = lambda *a: enc.apply(v, 0, *a, method=vit.Encoder.run_block)
+    loss = lambda f: jax.grad(lambda x, e: (f(x, e) ** 2).sum(), argnums=(0, 1))(x, e)
+    same = lambda x, e: run(x, x, None, e, None)
+    copy = lambda x, e: run(x, x + 0.0, None, e, None)
+    default = lambda x, e: run(x, None, None, e, None)
+    np.testing.assert_allclose(same(x, e), copy(x, e), rtol=1e-5, atol=1e-5)
+    assert rel_err(same(x, e), default(x, e)) > 1e-3
+    for a, b in zip(loss(same), loss(copy)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

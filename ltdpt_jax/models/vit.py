@@ -533,20 +533,16 @@ class Encoder1DBlock(nn.Module):
     # parts are concatenated: x_kv given as the very array x_q (LT-DPT's image rows are both its
     # queries and its keys) and kv_extra as the very array q_extra (its prompt rows) are not
     # normalised twice. The same values as normalising the concatenations.
-    same_kv = x_kv is None or x_kv is x_q
     y_q = ln0(x_q)
-    y_kv = y_q if same_kv else ln0(x_kv)
+    y_kv = y_q if x_kv is None or x_kv is x_q else ln0(x_kv)
     y_kv_extra = None if kv_extra is None else ln0(kv_extra)
-    y_q_extra = None
-    if q_extra is not None:
-      y_q_extra = y_kv_extra if q_extra is kv_extra else ln0(q_extra)
     if kv_extra is not None:
       y_kv = jnp.concatenate([y_kv, y_kv_extra], axis=1)
     if q_extra is not None:
       x_q = jnp.concatenate([x_q, q_extra], axis=1)
-      y_q = jnp.concatenate([y_q, y_q_extra], axis=1)
-    if same_kv and kv_extra is None:
-      y_kv = y_q
+      y_q = jnp.concatenate([y_q, y_kv_extra if q_extra is kv_extra else ln0(q_extra)], axis=1)
+      if x_kv is None and kv_extra is None:  # keys default to the queries, their extra rows too
+        y_kv = y_q
     y = MultiHeadAttention(self.num_heads, dtype=self.dtype, attention=self.attention,
                            pad_attention_to=self.pad_attention_to,
                            name='MultiHeadDotProductAttention_1')(y_q, y_kv, bias)
@@ -642,8 +638,12 @@ class Encoder(nn.Module):
     block = self.encoderblock[i]
     if not self.remat or self.is_mutable_collection('intermediates'):
       return block(*args)
-    if len(args) > 1 and args[1] is args[0]:  # keys = queries: say so with None, which survives
-      args = (args[0], None, *args[2:])       # the custom_vjp (the block normalises them once)
+    # Keys given as the query array itself: say so with x_kv=None, which survives the custom_vjp
+    # (the block then normalises those rows once) -- the same keys unless q_extra rows come
+    # without kv_extra rows (x_kv=None would add q_extra to the keys).
+    q_extra, kv_extra = (*args[3:5], None, None)[:2]
+    if len(args) > 1 and args[1] is args[0] and (q_extra is None or kv_extra is not None):
+      args = (args[0], None, *args[2:])
     return rematerialised(self.remat_policy)(block, *args)
 
   def __call__(self, x: Array) -> Array:
