@@ -4,7 +4,10 @@
 # 224 px and 100 classes (no dataset). Cases: batch 128 and 256 x float32 / bfloat16 x attention 'xla'
 # / 'cudnn' (cuDNN fused attention needs bf16, so float32 runs 'xla' only: 6 cases, 1 skipped); each
 # times the train step alone, the synthetic input pipeline alone and the two end to end
-# (`python -m ltdpt_jax.bench --parts=train,pipeline,end_to_end`). Each case writes
+# (`python -m ltdpt_jax.bench --parts=train,pipeline,end_to_end`). The synthetic stand-in
+# generates CIFAR's 32 px images, and by default the training crop runs on the GPU
+# (config.data.crop_on_device: the workers ship 32 px images and crop numbers; CROP=host
+# crops and upsamples to 224 px in the workers instead, with Pillow, as on a CPU). Each case writes
 # $OUT_DIR/cifar100_lt_b16_b<batch>_<dtype>_<attention>.json (+ .log), runs on its own under
 # `timeout $CASE_TIMEOUT` (a failed or hung case does not stop the next), and the script ends with
 # one table: train images/s, ms/step, model MFU against the dense bf16 peak, end-to-end images/s and
@@ -18,6 +21,7 @@
 #   WHEELS=/path/to/wheels bash bench/gpu_bench.sh   # offline: install from local wheels only
 #   STEPS=50 WARMUP=5 REPEATS=3 WORKERS=14 DTYPES="bfloat16" OUT_DIR=/tmp/res bash bench/gpu_bench.sh
 #   BATCHES="256" ATTENTIONS="cudnn" CASE_TIMEOUT=300 bash bench/gpu_bench.sh   # a subset of the cases
+#   CROP=host bash bench/gpu_bench.sh          # the training crop in the input workers
 #   DRY_RUN=1 bash bench/gpu_bench.sh          # (or --dry_run) print the commands, run none
 #
 # The venv ($VENV; `ensure_venv` of launch/venv.sh, as launch/gpu.sh) is reinstalled whenever
@@ -30,8 +34,8 @@
 #
 # Reading the numbers: perf-anchors.md puts ViT-B/16 fwd + activation-only bwd at ~79 GFLOP/image
 # (P = 20); H200 dense bf16 peak 989.4 TFLOP/s => 12.5k img/s at 100% MFU, ~2k img/s for naive JAX
-# (16% MFU). The 'input pipeline' row generates synthetic 224-px images on the CPU (about 2.5 ms per
-# image per core) plus RandomResizedCrop/flip, so it measures the host, not a dataset read.
+# (16% MFU). The 'input pipeline' row generates synthetic 32 px images on the CPU (about 0.4 ms per
+# image per core, more than reading CIFAR from memory), so it measures the host, not a dataset read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +52,7 @@ DTYPES=${DTYPES:-"float32 bfloat16"}
 BATCHES=${BATCHES:-"128 256"}
 ATTENTIONS=${ATTENTIONS:-"xla cudnn"}
 CASE_TIMEOUT=${CASE_TIMEOUT:-150}
+CROP=${CROP:-device}
 JAX_EXTRA=${JAX_EXTRA:-cuda13}
 JAX_REQ="jax[$JAX_EXTRA]>=0.10,<0.13"
 
@@ -58,6 +63,7 @@ source launch/venv.sh  # die, show, run, ensure_venv
 for x in $BATCHES $CASE_TIMEOUT; do
   [[ "$x" =~ ^[1-9][0-9]*$ ]] || die "BATCHES / CASE_TIMEOUT: '$x' is not a positive integer"
 done
+[[ "$CROP" == device || "$CROP" == host ]] || die "CROP=$CROP: expected device or host"
 for x in $DTYPES; do
   [[ "$x" == float32 || "$x" == bfloat16 ]] || die "DTYPES: '$x' is not float32 or bfloat16"
 done
@@ -93,6 +99,9 @@ export PYTHONUNBUFFERED=1
 args=(--config=configs/cifar100_lt.py --synthetic --config.model.checkpoint=
       --config.data.image_size=224 '--parts=train,pipeline,end_to_end'
       --steps="$STEPS" --warmup="$WARMUP" --repeats="$REPEATS")
+if [[ "$CROP" == device ]]; then
+  args+=(--config.data.crop_on_device=True)
+fi
 if [[ -n "${WORKERS:-}" ]]; then
   args+=(--workers="$WORKERS")
 fi
@@ -172,7 +181,7 @@ for batch in $BATCHES; do
 done
 
 echo
-echo "LT-DPT train step, ViT-B/16 224 px, synthetic CIFAR-100-LT (100 classes), one GPU; MFU = model"
+echo "LT-DPT train step, ViT-B/16 224 px, synthetic CIFAR-100-LT (100 classes, 32 px, crop on the $CROP), one GPU; MFU = model"
 echo "FLOPs (analytic, no recomputation) x images/s / the dense bf16 peak (989.4 TFLOP/s H100/H200)."
 printf '%-26s %-22s %11s %9s %7s %11s %7s %9s %9s  %s\n' case status 'train img/s' 'ms/step' \
   'MFU %' 'e2e img/s' 'e2e MFU' 'peak GiB' 'step GiB' log

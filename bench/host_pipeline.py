@@ -9,6 +9,10 @@ plus the batch's `np.stack`:
 
 * cifar: CIFAR-100-LT records, 32 x 32 uint8 arrays held in memory (what the tfds/ArrayRecord
   source hands over), cropped and upsampled to 224.
+* cifar_device_crop: the same records with `config.data.crop_on_device`: a worker draws the
+  crop numbers (`transforms.train_crop`) and ships the 32 px image (3 KB, not 150 KB); the
+  crop runs in the train step. Also times that crop on this machine's first JAX device
+  (`device_transforms.resized_crop`, jitted, batch 256) and reports its FLOPs.
 * jpeg: ImageNet-sized JPEG files (500 x 375, quality 90, written by this script to a temporary
   folder: the benchmark makes its own) decoded with Pillow (`files.decode_image`, the
   image-folder path) and cropped to 224.
@@ -36,16 +40,40 @@ from ltdpt_jax.data import files
 from ltdpt_jax.data import transforms
 
 
-def _rate(make_example, seconds: float, batch: int = 64) -> float:
-  """Examples per second of make_example(i), batched by `batch` with np.stack, over ~seconds."""
-  for i in range(8):  # warm-up (Pillow's codecs, caches)
-    make_example(i)
+def _rate(make_example, seconds: float, batch: int = 64, make_batch=None) -> float:
+  """Examples per second of make_example(i), batched by `batch` with np.stack (or of
+  make_batch(i, batch)), over ~seconds."""
+  if make_batch is None:
+    make_batch = lambda i, b: np.stack([make_example(i + j) for j in range(b)])
+  make_batch(0, 8)  # warm-up (Pillow's codecs, caches)
   n, t0, i = 0, time.perf_counter(), 0
   while time.perf_counter() - t0 < seconds:
-    np.stack([make_example(i + j) for j in range(batch)])
+    make_batch(i, batch)
     i += batch
     n += batch
   return n / (time.perf_counter() - t0)
+
+
+def _device_crop(cifar: np.ndarray, size: int, batch: int, seconds: float) -> dict:
+  """The train step's part of the crop-on-device path, alone on the first JAX device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax.data import device_transforms  # pylint: disable=g-import-not-at-top
+  images = np.resize(cifar, (batch,) + cifar.shape[1:])
+  crops = np.stack([transforms.train_crop(32, 32, np.random.default_rng(i)) for i in range(batch)])
+  fn = jax.jit(lambda x, c: device_transforms.resized_crop(x, c, size))
+  x, c = jax.device_put(images), jax.device_put(crops)
+  compiled = fn.lower(x, c).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  compiled(x, c).block_until_ready()
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    compiled(x, c).block_until_ready()
+    n += batch
+  dev = jax.devices()[0]
+  return {'device': f'{dev.platform}:{dev.device_kind}', 'batch': batch,
+          'images_per_s': n / (time.perf_counter() - t0),
+          'flops_per_image': float(cost['flops']) / batch if cost and 'flops' in cost else None}
 
 
 def main(argv=None) -> int:
@@ -54,6 +82,8 @@ def main(argv=None) -> int:
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--target', type=float, default=7000.0, help='images/s to feed.')
   p.add_argument('--num_jpegs', type=int, default=64)
+  p.add_argument('--device_batch', type=int, default=256,
+                 help='Batch of the crop-on-device timing on the JAX device.')
   p.add_argument('--out', default=None)
   args = p.parse_args(argv)
   rng = np.random.default_rng(0)
@@ -63,6 +93,16 @@ def main(argv=None) -> int:
   results['cifar'] = _rate(
       lambda i: transforms.train_transform(cifar[i % len(cifar)], args.size,
                                            np.random.default_rng(i)), args.seconds)
+
+  def ship_stored(i):  # pipeline.TrainExample with crop_on_device: the image as stored + crop
+    image = transforms.as_rgb(cifar[i % len(cifar)])
+    return image, transforms.train_crop(32, 32, np.random.default_rng(i))
+
+  def ship_batch(i, batch):
+    pairs = [ship_stored(i + j) for j in range(batch)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+  results['cifar_device_crop'] = _rate(None, args.seconds, make_batch=ship_batch)
+  device = _device_crop(cifar, args.size, args.device_batch, args.seconds)
 
   with tempfile.TemporaryDirectory() as tmp:
     paths = []
@@ -80,15 +120,25 @@ def main(argv=None) -> int:
                                              args.size, np.random.default_rng(i)), args.seconds)
 
   record = {'size': args.size, 'target_images_per_s': args.target, 'jpeg_kb': round(jpeg_kb, 1),
-            'load1': os.getloadavg()[0], 'paths': {}}
-  print(f'| path | images/s per worker | workers (cores) for {args.target:,.0f} images/s |')
-  print('|---|---|---|')
+            'load1': os.getloadavg()[0], 'paths': {}, 'device_crop': device}
+  shipped = {'cifar': args.size**2 * 3, 'cifar_device_crop': 32 * 32 * 3 + 5 * 4,
+             'jpeg': args.size**2 * 3}
+  s = args.size
+  print(f'| path | images/s per worker | workers (cores) for {args.target:,.0f} images/s | '
+        'KB to the device per image |')
+  print('|---|---|---|---|')
   for name, ips in results.items():
     need = math.ceil(args.target / ips)
-    record['paths'][name] = {'images_per_s_per_worker': ips, 'workers_for_target': need}
-    label = {'cifar': 'CIFAR-100-LT: 32 px array -> RandomResizedCrop 224 + flip',
-             'jpeg': f'JPEG 500 x 375 ({jpeg_kb:.0f} KB) decode -> RandomResizedCrop 224 + flip'}
-    print(f'| {label[name]} | {ips:,.0f} | {need} |')
+    record['paths'][name] = {'images_per_s_per_worker': ips, 'workers_for_target': need,
+                             'bytes_to_device_per_image': shipped[name]}
+    label = {'cifar': f'CIFAR-100-LT: 32 px array -> RandomResizedCrop {s} + flip',
+             'cifar_device_crop': 'CIFAR-100-LT, crop_on_device: 32 px array + crop numbers',
+             'jpeg': f'JPEG 500 x 375 ({jpeg_kb:.0f} KB) decode -> RandomResizedCrop {s} + flip'}
+    print(f'| {label[name]} | {ips:,.0f} | {need} | {shipped[name] / 1000:.1f} |')
+  flops = device['flops_per_image']
+  print(f"The crop on the device ({device['device']}, batch {device['batch']}): "
+        f"{device['images_per_s']:,.0f} images/s"
+        + (f', {flops / 1e6:.1f} MFLOP per image (XLA).' if flops else '.'))
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(record, f, indent=1)

@@ -212,6 +212,7 @@ def _config_record(setup: train.Setup, config_name: str, synthetic: bool) -> dic
       'num_br_blocks': int(m.num_br_blocks), 'image_size': setup.image_size,
       'batch_size': int(d.batch_size), 'eval_batch_size': int(d.eval_batch_size),
       'num_classes': setup.num_classes, 'checkpoint': m.checkpoint,
+      'crop_on_device': data_lib.crop_on_device(d),
   }
 
 
@@ -220,13 +221,22 @@ def _compile(setup: train.Setup, parts: Sequence[str], options: dict[str, Any] |
   compiled for one random device batch each; (compiled, compile seconds, batches)."""
   n_proc, size, seed = jax.process_count(), setup.image_size, 1234 + jax.process_index()
   data = setup.config.data
+  # With data.crop_on_device the train batch is the pipeline's: stored images + crop numbers.
+  stored = (data_lib.train_batch_shapes(data)['image'][0] if data_lib.crop_on_device(data)
+            else None)
   batches = {
       'train': sharding.to_global(parts_lib.random_batch(
-          int(data.batch_size) // n_proc, size, setup.num_classes, seed, eval_batch=False),
+          int(data.batch_size) // n_proc, size, setup.num_classes, seed, eval_batch=False,
+          stored_shape=stored, crop_min_scale=float(data.crop_min_scale)),
                                   setup.batch_sharding),
       'eval': sharding.to_global(parts_lib.random_batch(
           int(data.eval_batch_size) // n_proc, size, setup.num_classes, seed + 1,
           eval_batch=True), setup.batch_sharding)}
+  batches['forward_images'] = batches['train']['image']
+  if stored is not None:  # the forward takes cropped images
+    batches['forward_images'] = sharding.to_global(parts_lib.random_batch(
+        int(data.batch_size) // n_proc, size, setup.num_classes, seed, eval_batch=False),
+                                                   setup.batch_sharding)['image']
   compiled: dict[str, Any] = {'train': None, 'eval': None, 'forward': None}
   compile_s: dict[str, float | str] = {'train': NA, 'eval': NA, 'forward': NA}
   state, frozen = setup.state, setup.frozen
@@ -242,7 +252,7 @@ def _compile(setup: train.Setup, parts: Sequence[str], options: dict[str, Any] |
     forward = jax.jit(lambda t, f, images: setup.predict_fn(t, f, images)['logits'],
                       in_shardings=(setup.replicated, setup.replicated, setup.batch_sharding))
     compiled['forward'], compile_s['forward'] = parts_lib.compile_step(
-        forward, state.params, frozen, batches['train']['image'], options=options)
+        forward, state.params, frozen, batches['forward_images'], options=options)
   return compiled, compile_s, batches
 
 

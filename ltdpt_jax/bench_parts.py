@@ -39,6 +39,7 @@ from ltdpt_jax.models import vit as vit_lib
 from ltdpt_jax.bench_report import NA
 from ltdpt_jax.data import files as files_lib
 from ltdpt_jax.data import synthetic as synthetic_lib
+from ltdpt_jax.data import transforms
 
 # Dense bf16 peak TFLOP/s per chip (perf-anchors.md section 2), matched in order against the
 # lower-cased jax `device_kind`; `None` = known not to be the listed part (pass --peak_tflops).
@@ -80,12 +81,19 @@ def resolve_peak(flag: float | None, device) -> tuple[float | None, str]:
 # The synthetic stand-in for a dataset.
 # ---------------------------------------------------------------------------------------------
 
+# Datasets whose images are all stored at one size (the stand-in generates that size, so the
+# host work per image is the real dataset's: CIFAR's 32 px upsampled to data.image_size).
+STORED_IMAGE_SIZE = {'cifar100_lt': 32}
+
+
 def synthetic_stand_in(config, num_classes: int | None = None
                        ) -> tuple[Any, data_lib.DatasetInfo]:
   """(config, DatasetInfo) with config's dataset replaced by synthetic data.
 
-  The returned config is a copy whose data section is `data.dataset = 'synthetic'` at
-  config.data.image_size, with min(num_classes, 64) shape/colour classes (the synthetic
+  The returned config is a copy whose data section is `data.dataset = 'synthetic'`, generated
+  at the real dataset's stored size where it has one (`STORED_IMAGE_SIZE`: CIFAR-100-LT's 32 px,
+  cropped and upsampled to config.data.image_size as CIFAR is) or else at
+  config.data.image_size (data.synthetic_image_size, where set, wins), with min(num_classes, 64) shape/colour classes (the synthetic
   generator's limit; its cost does not depend on the class count), for the input pipeline. The
   DatasetInfo, what the model, loss and steps are built from, has `num_classes` classes
   (default: the real dataset's, `data.NUM_CLASSES`, or config.data.num_classes for a synthetic
@@ -115,8 +123,13 @@ def synthetic_stand_in(config, num_classes: int | None = None
   stand_in.data.dataset = 'synthetic'
   stand_in.data.num_classes = min(int(num_classes), synthetic_lib.MAX_CLASSES)
   stand_in.data.num_train_max = n_max
+  if d.dataset in STORED_IMAGE_SIZE and not d.get('synthetic_image_size', 0):
+    stand_in.data.synthetic_image_size = STORED_IMAGE_SIZE[d.dataset]
+  generated = int(stand_in.data.get('synthetic_image_size', 0) or d.image_size)
+  size = (f'{d.image_size}px' if generated == int(d.image_size) else
+          f'{generated}px cropped to {d.image_size}px')
   info = data_lib.DatasetInfo(
-      name=f'synthetic[{num_classes} classes, {d.image_size}px]', num_classes=int(num_classes),
+      name=f'synthetic[{num_classes} classes, {size}]', num_classes=int(num_classes),
       class_counts=counts, num_train=int(counts.sum()),
       num_eval=int(num_classes) * int(d.num_test_per_class), image_size=int(d.image_size))
   return stand_in, info
@@ -126,16 +139,24 @@ def synthetic_stand_in(config, num_classes: int | None = None
 # Timing.
 # ---------------------------------------------------------------------------------------------
 
-def random_batch(rows: int, size: int, num_classes: int, seed: int, *, eval_batch: bool
+def random_batch(rows: int, size: int, num_classes: int, seed: int, *, eval_batch: bool,
+                 stored_shape: tuple[int, ...] | None = None, crop_min_scale: float = 0.08
                  ) -> dict[str, np.ndarray]:
-  """A host batch shaped and typed like the pipeline's (train: image/label/id; eval: +mask)."""
+  """A host batch shaped and typed like the pipeline's (train: image/label/id; eval: +mask).
+  `stored_shape` (H, W, 3): a training batch of config.data.crop_on_device, images of that
+  shape plus 'crop' numbers drawn as the pipeline draws them (`transforms.train_crop`)."""
   rs = np.random.RandomState(seed)
-  batch = {'image': rs.randint(0, 256, (rows, size, size, 3), dtype=np.uint8),
+  shape = (size, size, 3) if stored_shape is None else tuple(stored_shape)
+  batch = {'image': rs.randint(0, 256, (rows, *shape), dtype=np.uint8),
            'label': rs.randint(0, num_classes, (rows,)).astype(np.int32)}
   if eval_batch:
     batch['mask'] = np.ones((rows,), np.bool_)
   else:
     batch['id'] = np.arange(rows, dtype=np.int64)
+  if stored_shape is not None and not eval_batch:
+    batch['crop'] = np.stack([
+        transforms.train_crop(shape[0], shape[1], np.random.default_rng([seed, r]),
+                              min_scale=crop_min_scale) for r in range(rows)])
   return batch
 
 

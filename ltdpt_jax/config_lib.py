@@ -82,12 +82,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'test'         # ImageNet-LT / Places-LT: 'test' (the paper's) or 'val' lists
   c.data.batch_size = 128            # global
   c.data.crop_min_scale = 0.08       # RandomResizedCrop area range (crop_min_scale, 1)
+  # Where the training crop + flip runs. True: in the train step on the accelerator
+  # (data/device_transforms.py, Pillow's pixels to the bit), and the grain workers ship each
+  # image as stored plus 5 numbers (CIFAR-100-LT: 3 KB instead of 150 KB per image and no 1 ms
+  # Pillow upsampling on the host); needs training images of one size. False: in the workers
+  # (Pillow). None (auto): True on a GPU or TPU for the datasets stored at one size
+  # (cifar100_lt, synthetic), else False. Either way the run computes the same numbers.
+  c.data.crop_on_device = ml_collections.config_dict.placeholder(bool)
   c.data.eval_batch_size = 256       # global
   c.data.num_workers = -1            # grain worker processes (-1 = choose from the core count)
   c.data.seed = 0                    # which CIFAR images are kept / synthetic generation
   c.data.num_classes = 20            # synthetic only
   c.data.num_train_max = 200         # synthetic only: images of the largest class
   c.data.num_test_per_class = 20     # synthetic only
+  c.data.synthetic_image_size = 0    # synthetic only: side of the generated images (0 = image_size)
   # synthetic only: which (shape, pattern) pairs the classes are (data/synthetic.py): 'default',
   # 'upstream' (the demo backbone's pretraining classes), 'downstream' (the demo's, disjoint).
   c.data.class_set = 'default'
@@ -183,7 +191,7 @@ def _choices() -> dict[str, tuple]:
 _POSITIVE = ('data.image_size', 'data.batch_size', 'data.eval_batch_size', 'loss.s', 'optim.lr',
              'optim.lr_base_batch', 'train.epochs', 'train.checkpoint_every_steps',
              'train.log_every_steps', 'train.eval_every_epochs', 'train.keep_checkpoints')
-_NON_NEGATIVE = ('loss.m', 'loss.noise_mul', 'loss.orth_lambda', 'optim.momentum',
+_NON_NEGATIVE = ('data.synthetic_image_size', 'loss.m', 'loss.noise_mul', 'loss.orth_lambda', 'optim.momentum',
                  'optim.weight_decay', 'optim.gnm_rho', 'optim.gnm_dis_mul', 'train.drw_epochs')
 
 

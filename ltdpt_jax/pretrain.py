@@ -209,15 +209,19 @@ def _logits(model, params, images_uint8):
                      step_lib.normalize_images(images_uint8))['logits'].astype(jnp.float32)
 
 
-def make_train_step(model, tx, *, label_smoothing: float, num_classes: int, mesh):
+def make_train_step(model, tx, *, label_smoothing: float, num_classes: int, mesh,
+                    image_size: int | None = None):
   """The jitted step (state, frozen, batch) -> (state, metrics): cross-entropy on smoothed
-  labels, the gradient of every parameter, the AdamW update; data-parallel over `mesh`."""
+  labels, the gradient of every parameter, the AdamW update; data-parallel over `mesh`. A batch
+  with 'crop' (config.data.crop_on_device) is cropped to `image_size` first
+  (`train_step.train_images`)."""
 
   def train_step(state: step_lib.TrainState, frozen, batch):
     del frozen  # every weight is trained
+    images = step_lib.train_images(batch, image_size)
 
     def loss_fn(params):
-      logits = _logits(model, params, batch['image'])
+      logits = _logits(model, params, images)
       targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
       accuracy = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
@@ -254,7 +258,7 @@ class PretrainSetup(train.Setup):
     self.state = jax.device_put(step_lib.init_train_state(params, self.tx), self.replicated)
     self.train_step = make_train_step(
         self.model, self.tx, label_smoothing=float(config.loss.label_smoothing),
-        num_classes=self.num_classes, mesh=self.mesh)
+        num_classes=self.num_classes, mesh=self.mesh, image_size=self.image_size)
     model = self.model
     self.predict_fn = lambda trainable, frozen, images: {'logits': _logits(model, trainable,
                                                                            images)}

@@ -212,7 +212,8 @@ class Setup:
     self.state = jax.device_put(step_lib.init_train_state(trainable, self.tx), self.replicated)
     self.train_step = step_lib.make_train_step(
         self.model, self.tx, loss_config=config.loss, seed=int(config.train.seed),
-        class_counts=self.info.class_counts, drw_start_step=self.drw_start_step, mesh=self.mesh)
+        class_counts=self.info.class_counts, drw_start_step=self.drw_start_step, mesh=self.mesh,
+        image_size=self.image_size)
     self.predict_fn = step_lib.make_predict_fn(self.model)
 
   def _init_mesh_and_data(self, config, info: data_lib.DatasetInfo | None,

@@ -3,6 +3,8 @@
 One train step, inside one `jax.jit` over the 1-D mesh ('data',) (batch sharded over devices,
 everything else replicated; XLA inserts the gradient all-reduce):
 
+0. with config.data.crop_on_device, the RandomResizedCrop + flip of the stored images
+   (`train_images`: the batch's 'crop' numbers, `data.device_transforms.resized_crop`);
 1. saliency S of the augmented uint8 batch with `jnp.fft` (`saliency.patch_saliency`, Eq. 8-12);
 2. the images normalised with mean = std = 0.5;
 3. the forward pass at the GNM-perturbed trainable parameters, GCL (+ DRW weights once DRW is
@@ -38,6 +40,7 @@ from ltdpt_jax import losses
 from ltdpt_jax import optim
 from ltdpt_jax import saliency as saliency_lib
 from ltdpt_jax import sharding
+from ltdpt_jax.data import device_transforms
 
 
 @flax.struct.dataclass
@@ -56,6 +59,18 @@ def init_train_state(trainable: Any, tx: optim.GNM) -> TrainState:
 def normalize_images(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1] (mean = std = 0.5, as the ViT checkpoints expect)."""
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
+def train_images(batch, image_size: int | None) -> jax.Array:
+  """The uint8 (B, S, S, 3) training images of a batch: batch['image'] as the host cropped
+  it, or, where the batch has 'crop' (config.data.crop_on_device), the stored images cropped
+  and flipped here to image_size (the same pixels as the host path)."""
+  if 'crop' not in batch:
+    return batch['image']
+  if image_size is None:
+    raise ValueError("A batch with 'crop' (config.data.crop_on_device) needs the train step's "
+                     'image_size.')
+  return device_transforms.resized_crop(batch['image'], batch['crop'], int(image_size))
 
 
 def forward(model, params, images_uint8, *, train: bool, rng=None):
@@ -111,19 +126,21 @@ def make_loss_fn(model, *, loss_config, class_counts):
 
 
 def make_train_step(model, tx: optim.GNM, *, loss_config, seed: int, class_counts,
-                    drw_start_step: int, mesh: jax.sharding.Mesh):
+                    drw_start_step: int, mesh: jax.sharding.Mesh, image_size: int | None = None):
   """The jitted train step: (state, frozen, batch) -> (state, metrics); `state` is donated.
 
   batch: {'image': uint8 (B, S, S, 3), 'label': int (B,)} sharded over 'data' (extra keys such
-  as 'id' are ignored). DRW (class weights, GNM c = 0.5) switches on at `drw_start_step`; the
-  per-step randomness comes from `seed` (config.train.seed).
+  as 'id' are ignored), or {'image': uint8 (B, H, W, 3) as stored, 'crop': int32 (B, 5),
+  'label'} with the crop on the device, cropped to `image_size` (`train_images`). DRW (class
+  weights, GNM c = 0.5) switches on at `drw_start_step`; the per-step randomness comes from
+  `seed` (config.train.seed).
   """
   loss_fn = make_loss_fn(model, loss_config=loss_config, class_counts=class_counts)
   value_and_grad = tx.value_and_grad(loss_fn, has_aux=True)
   seed = int(seed)
 
   def train_step(state: TrainState, frozen, batch):
-    batch = {'image': batch['image'], 'label': batch['label']}
+    batch = {'image': train_images(batch, image_size), 'label': batch['label']}
     drw_on = optim.drw_active(state.step, drw_start_step=drw_start_step)
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     (_, metrics), grads = value_and_grad(state.params, state.opt_state, frozen, batch, rng,

@@ -9,7 +9,8 @@
   TensorStore, the metric writers, the JSON records): what failed, the path and the fix.
 * `config_changes(stored, current)`: how a config differs from the one stored with a checkpoint,
   split into the changes that cannot change what a run computes (`RESUME_ALLOWED`: logging,
-  checkpoint and evaluation periods, eval batch size, worker count, data paths, the path of the
+  checkpoint and evaluation periods, eval batch size, worker count, data paths, where the
+  training crop runs (bit-identical either way), the path of the
   backbone file, whose SHA-256 is checked separately) and the others, which a resume refuses
   unless `--allow_config_change`; `record_config_change` writes an accepted change into the
   workdir (`config.json` becomes the config that runs on, `config_changes.jsonl` keeps every
@@ -263,9 +264,13 @@ def os_failure(exc: BaseException, workdir: str | None = None) -> str | None:
 RESUME_ALLOWED = (
     'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
     'train.eval_every_epochs', 'train.plots', 'train.attention_stats', 'evals.*',
-    'data.eval_batch_size', 'data.num_workers', 'data.data_dir', 'data.split_dir', 'model.checkpoint', 'model.checkpoint_sha256',
+    'data.eval_batch_size', 'data.num_workers', 'data.data_dir', 'data.split_dir',
+    'data.crop_on_device', 'model.checkpoint', 'model.checkpoint_sha256',
     'model.attention', 'model.pad_attention_to', 'model.remat', 'model.remat_policy',
 )
+# Config keys added after runs were already being written, with the value that gives what runs
+# without the key did: a stored config without the key compares as if it held this value.
+ADDED_KEYS = {'data.crop_on_device': None, 'data.synthetic_image_size': 0}
 # What an evaluation of a checkpoint depends on (the rest only changes how the run trained).
 EVAL_RELEVANT = (
     'model.*', 'data.dataset', 'data.image_size', 'data.imbalance_ratio', 'data.seed',
@@ -301,10 +306,11 @@ def config_changes(stored: dict, current: dict, *, only=None
   """({key: [stored, current]} of the allowed changes, the same of the others).
 
   Values are compared as JSON (a tuple equals the list a checkpoint stores); a key only one
-  side has counts as changed ('<absent>' on the other). `only`: patterns of the keys compared.
+  side has counts as changed ('<absent>' on the other), except that a key of `ADDED_KEYS`
+  absent from a side counts as its value there. `only`: patterns of the keys compared.
   """
-  a = flatten_config(json.loads(json.dumps(stored)))
-  b = flatten_config(json.loads(json.dumps(current)))
+  a = {**ADDED_KEYS, **flatten_config(json.loads(json.dumps(stored)))}
+  b = {**ADDED_KEYS, **flatten_config(json.loads(json.dumps(current)))}
   allowed, refused = {}, {}
   for key in sorted(a.keys() | b.keys()):
     if only is not None and not _matches(key, only):

@@ -70,7 +70,7 @@ def _xla_forward_per_image(config, num_classes):
 RECORD_FIELDS = {
     'config': ['file', 'dataset', 'synthetic', 'backbone', 'method', 'dtype', 'attention',
                'remat', 'num_fr_prompts', 'num_br_prompts', 'num_br_blocks', 'image_size',
-               'batch_size', 'eval_batch_size', 'num_classes', 'checkpoint'],
+               'batch_size', 'eval_batch_size', 'num_classes', 'checkpoint', 'crop_on_device'],
     'device': ['platform', 'device_kind', 'num_devices', 'num_processes', 'jax',
                'peak_tflops_per_device', 'peak_source', 'peak_note'],
     'host': ['before', 'after'],

@@ -10,16 +10,23 @@ import os
 import train_utils
 
 
-def test_host_pipeline_reports_both_paths_and_the_workers_for_the_target(tmp_path, capsys):
+def test_host_pipeline_reports_the_paths_and_the_workers_for_the_target(tmp_path, capsys):
   spec = importlib.util.spec_from_file_location(
       'host_pipeline', os.path.join(train_utils.REPO, 'bench', 'host_pipeline.py'))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   out = tmp_path / 'h.json'
   assert mod.main(['--seconds=0.2', '--num_jpegs=2', '--size=64', '--target=1000',
-                   f'--out={out}']) == 0
+                   '--device_batch=8', f'--out={out}']) == 0
   rec = json.loads(out.read_text())
-  assert set(rec['paths']) == {'cifar', 'jpeg'}
+  assert set(rec['paths']) == {'cifar', 'cifar_device_crop', 'jpeg'}
+  # Shipping the stored image is cheaper for the host than cropping it there, and smaller.
+  paths = rec['paths']
+  assert (paths['cifar_device_crop']['images_per_s_per_worker']
+          > paths['cifar']['images_per_s_per_worker'])
+  assert paths['cifar_device_crop']['bytes_to_device_per_image'] == 32 * 32 * 3 + 20
+  assert rec['device_crop']['images_per_s'] > 0 and rec['device_crop']['batch'] == 8
+  assert rec['device_crop']['flops_per_image'] > 0
   for r in rec['paths'].values():
     assert r['images_per_s_per_worker'] > 0
     assert r['workers_for_target'] == math.ceil(1000 / r['images_per_s_per_worker'])

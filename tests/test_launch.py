@@ -565,6 +565,7 @@ def test_gpu_bench_dry_run(tmp_path):
   assert out.stdout.count('skipped (cuDNN: bf16)') == 2
   for c in bench:  # each case on its own, under a time limit; the step alone and end to end
     assert c[:2] == ['timeout', '150'] and _flag(c, '--parts') == 'train,pipeline,end_to_end'
+    assert _flag(c, '--config.data.crop_on_device') == 'True'  # the crop on the GPU
     assert _flag(c, '--out').endswith(f"b{_flag(c, '--config.data.batch_size')}_"
                                       f"{_flag(c, '--config.model.dtype')}_"
                                       f"{_flag(c, '--config.model.attention')}.json")
@@ -575,6 +576,10 @@ def test_gpu_bench_dry_run(tmp_path):
   env.pop('JAX_EXTRA')
   out = _run(BENCH, [], env)
   assert 'jax[cuda13]>=0.10,<0.13' in out.stdout
+  out = _run(BENCH, [], dict(env, CROP='host'))
+  assert out.returncode == 0 and '--config.data.crop_on_device' not in out.stdout
+  out = _run(BENCH, [], dict(env, CROP='gpu'))
+  assert out.returncode != 0 and 'CROP=gpu: expected device or host' in out.stderr
 
 
 def test_gpu_bench_probe_checks_orbax_checkpoint(tmp_path):

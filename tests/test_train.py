@@ -161,6 +161,27 @@ def test_resume_mid_epoch_and_across_drw_equals_straight_run(straight, tmp_path,
   assert any(fetched == latest - 1 for fetched, latest in fetches), fetches
 
 
+def test_crop_on_device_run_equals_straight_run(straight, tmp_path, monkeypatch):
+  """config.data.crop_on_device: the workers ship the stored images and the step crops them;
+  the crops are Pillow's to the bit, so the run is the straight run (states, evaluations), and
+  a resume may move the crop back to the host (steps 1-10 on the device, 11-14 on the host)."""
+  config = _config()
+  config.data.crop_on_device = True
+  workdir = str(tmp_path / 'device_crop')
+  monkeypatch.setattr(train._Preemption, 'should_stop', lambda self, step: step == 10)
+  assert train.train_and_evaluate(config, workdir) == {'stopped_at': 10}
+  _assert_states_equal(cli_worker.restore_state(workdir, 9)[0],
+                       cli_worker.restore_state(straight.workdir, 9)[0])
+  assert _read_json(os.path.join(workdir, 'eval_7.json')) == _read_json(
+      straight.workdir / 'eval_7.json')
+  monkeypatch.undo()
+  config.data.crop_on_device = False
+  results = train.train_and_evaluate(config, workdir)
+  assert results['last'] == straight.results['last']
+  _assert_states_equal(cli_worker.restore_state(workdir, STEPS)[0],
+                       cli_worker.restore_state(straight.workdir, STEPS)[0])
+
+
 def test_rerun_of_finished_run_does_not_train(straight, monkeypatch):
   before = {name: (straight.workdir / name).read_bytes()
             for name in ('metrics.jsonl', 'results.json', 'eval_14.json')}

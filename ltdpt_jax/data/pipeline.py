@@ -27,7 +27,11 @@ padding (zero image, label 0, id -1, mask False) past M. Every eval image is in 
 with mask True over all hosts, and all hosts run the same number of batches.
 
 Batches: {'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'id': int64 (b,)} (+ 'mask': bool
-for eval); 'id' is the image's index in the train (LT subset) or eval source. Work runs in
+for eval). With the crop on the device (`crop_on_device(config.data)`), training batches hold the images as stored,
+uint8 (b, H, W, 3) (one size for the whole training set, checked per image), and 'crop':
+int32 (b, 5), the RandomResizedCrop box and flip (`transforms.train_crop`, drawn from the same
+generator in the same order), which the train step applies (`device_transforms.resized_crop`,
+bit-identical to the host's Pillow crop); 'id' is the image's index in the train (LT subset) or eval source. Work runs in
 `config.data.num_workers` grain worker processes (0 = in this process with threads; -1 = chosen
 from the CPU count: min(32, cores - 2), 0 on <= 2 cores), NumPy and Pillow only. grain itself
 imports JAX; workers pin it to the CPU platform and never call it.
@@ -36,6 +40,7 @@ imports JAX; workers pin it to the CPU platform and never call it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -129,9 +134,13 @@ class TrainExample:
 
   def __init__(self, source, *, image_size: int, seed: int, global_batch: int,
                process_index: int, process_count: int,
-               crop_min_scale: float = transforms.SCALE[0]):
+               crop_min_scale: float = transforms.SCALE[0], crop_on_device: bool = False):
     self.source, self.image_size, self.seed = source, int(image_size), int(seed)
     self.crop_min_scale = float(crop_min_scale)
+    self.crop_on_device = bool(crop_on_device)
+    # With the crop on the device, a batch stacks the images as stored: they must share a shape.
+    self.stored_shape = (transforms.as_rgb(source[0]['image']).shape if self.crop_on_device
+                         else None)
     self.num_records = len(source)
     self.global_batch = int(global_batch)
     self.local_batch = self.global_batch // process_count
@@ -164,10 +173,24 @@ class TrainExample:
   def __call__(self, index: int) -> dict[str, Any]:
     epoch, position, record = self.locate(index)
     ex = self.source[record]
-    image = transforms.train_transform(ex['image'], self.image_size,
-                                       augment_rng(self.seed, epoch, position),
-                                       min_scale=self.crop_min_scale)
-    return {'image': image, 'label': np.int32(ex['label']), 'id': np.int64(ex['id'])}
+    rng = augment_rng(self.seed, epoch, position)
+    out = {'label': np.int32(ex['label']), 'id': np.int64(ex['id'])}
+    if not self.crop_on_device:
+      out['image'] = transforms.train_transform(ex['image'], self.image_size, rng,
+                                                min_scale=self.crop_min_scale)
+      return out
+    image = transforms.as_rgb(ex['image'])
+    if image.shape != self.stored_shape:
+      raise ValueError(
+          f'config.data.crop_on_device=True needs training images of one size, but image '
+          f'{ex["id"]} of the training set is {image.shape[1]} x {image.shape[0]} and image '
+          f'{self.source[0]["id"]} is {self.stored_shape[1]} x {self.stored_shape[0]} (width '
+          'x height). Set config.data.crop_on_device=False (the crop then runs on the host), '
+          'or store the images at one size.')
+    out['image'] = np.ascontiguousarray(image)
+    out['crop'] = transforms.train_crop(image.shape[0], image.shape[1], rng,
+                                        min_scale=self.crop_min_scale)
+    return out
 
 
 class EvalExample:
@@ -288,8 +311,43 @@ def make_train_iterator(data, *, seed: int, process_index: int | None = None,
                         'config.data.batch_size')
   example = TrainExample(src.train, image_size=int(data.image_size), seed=int(seed),
                          global_batch=int(data.batch_size), process_index=h, process_count=p,
-                         crop_min_scale=float(data.get('crop_min_scale', transforms.SCALE[0])))
+                         crop_min_scale=float(data.get('crop_min_scale', transforms.SCALE[0])),
+                         crop_on_device=crop_on_device(data))
+  if data.get('crop_on_device', None) is None and h == 0:
+    logging.info('config.data.crop_on_device=None (auto): the training crop runs %s.',
+                 'in the train step on the accelerator' if example.crop_on_device else
+                 'in the input workers (host)')
   return TrainIterator(example, num_workers(int(data.num_workers)))
+
+
+# The datasets whose training images all have one size (what crop_on_device=None picks).
+ONE_SIZE_DATASETS = ('cifar100_lt', 'synthetic')
+
+
+def crop_on_device(data) -> bool:
+  """Whether the training crop runs on the accelerator: config.data.crop_on_device, or for
+  None (auto, also configs older than the key) whether JAX's backend is not the CPU and the
+  dataset is one of ONE_SIZE_DATASETS."""
+  value = data.get('crop_on_device', None)
+  if value is not None:
+    return bool(value)
+  if data.dataset not in ONE_SIZE_DATASETS:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend() != 'cpu'
+
+
+def train_batch_shapes(data) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """{key: (shape without the batch axis, dtype)} of the training batches of a config's data
+  section: 'image' uint8 (S, S, 3), or with data.crop_on_device the stored image size and
+  'crop' int32 (5,) (`transforms.train_crop`); 'label' int32, 'id' int64."""
+  s = int(data.image_size)
+  shapes = {'image': ((s, s, 3), np.uint8), 'label': ((), np.int32), 'id': ((), np.int64)}
+  if crop_on_device(data):
+    stored = transforms.as_rgb(sources_lib.get_sources(data).train[0]['image']).shape
+    shapes['image'] = (tuple(stored), np.uint8)
+    shapes['crop'] = ((len(transforms.CROP_FIELDS),), np.int32)
+  return shapes
 
 
 def make_eval_iterator(data, *, process_index: int | None = None,

@@ -313,6 +313,12 @@ def file_sources(dataset: str, *, train: str, eval_: str, image_root: str,
                  tr.class_names, tuple(sorted({**bad_tr, **bad_ev}.items())))
 
 
+def synthetic_image_size(d) -> int:
+  """Side of a synthetic dataset's generated images: data.synthetic_image_size, or
+  data.image_size where that is 0 (or absent, in configs older than the key)."""
+  return int(d.get('synthetic_image_size', 0) or d.image_size)
+
+
 def _key(d) -> tuple:
   common = (d.dataset, str(d.get('data_dir', '') or ''))
   if d.dataset == 'cifar100_lt':
@@ -323,7 +329,7 @@ def _key(d) -> tuple:
     return common
   if d.dataset == 'synthetic':
     return common + (int(d.num_classes), float(d.imbalance_ratio), int(d.num_train_max),
-                     int(d.num_test_per_class), int(d.image_size), int(d.seed),
+                     int(d.num_test_per_class), synthetic_image_size(d), int(d.seed),
                      str(d.get('class_set', 'default')))
   if d.dataset in ('folder', 'list'):
     where = ((d.train_dir, d.eval_dir) if d.dataset == 'folder' else (d.train_list, d.eval_list))

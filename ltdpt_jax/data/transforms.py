@@ -78,16 +78,37 @@ def resize_box(image: np.ndarray, size: int, box: tuple[int, int, int, int] | No
   return np.asarray(pil.resize((size, size), Image.BILINEAR, box=pil_box))
 
 
+def train_crop(height: int, width: int, rng: np.random.Generator, *,
+               min_scale: float = SCALE[0]) -> np.ndarray:
+  """The training augmentation of one image of height x width, as numbers: int32
+  [top, left, crop_height, crop_width, flip] (`CROP_FIELDS`), drawn from `rng` in the order the
+  module docstring gives. `train_transform` applies it with Pillow on the host;
+  `device_transforms.resized_crop` applies it on the accelerator (config.data.crop_on_device)."""
+  top, left, h, w = random_resized_crop_params(height, width, rng,
+                                               scale=(float(min_scale), SCALE[1]))
+  flip = rng.uniform() < 0.5
+  return np.asarray([top, left, h, w, int(flip)], np.int32)
+
+
+CROP_FIELDS = ('top', 'left', 'height', 'width', 'flip')
+
+
+def apply_crop(image: np.ndarray, size: int, crop: np.ndarray) -> np.ndarray:
+  """Resizes the box of `crop` (`train_crop`'s numbers) to size x size (Pillow bilinear), then
+  flips it horizontally if crop[4]."""
+  top, left, h, w, flip = (int(v) for v in crop)
+  out = resize_box(image, size, (top, left, h, w))
+  if flip:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
 def train_transform(image: np.ndarray, size: int, rng: np.random.Generator, *,
                     min_scale: float = SCALE[0]) -> np.ndarray:
   """RandomResizedCrop(size, (min_scale, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5."""
   image = as_rgb(image)
-  box = random_resized_crop_params(image.shape[0], image.shape[1], rng,
-                                   scale=(float(min_scale), SCALE[1]))
-  out = resize_box(image, size, box)
-  if rng.uniform() < 0.5:
-    out = out[:, ::-1]
-  return np.ascontiguousarray(out)
+  crop = train_crop(image.shape[0], image.shape[1], rng, min_scale=min_scale)
+  return apply_crop(image, size, crop)
 
 
 def eval_resize_size(size: int) -> int:

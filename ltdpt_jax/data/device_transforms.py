@@ -1,0 +1,139 @@
+"""The training crop on the accelerator (config.data.crop_on_device): the host ships raw images.
+
+With `config.data.crop_on_device` (True, or None = auto on a GPU/TPU for CIFAR-100-LT and the
+synthetic data: `pipeline.crop_on_device`), a grain worker does not resize: it draws the augmentation
+(`transforms.train_crop`: the RandomResizedCrop box and the flip, the same numbers from the same
+generator as the host path) and hands over the image as it is stored plus those five numbers.
+The train step then calls `resized_crop` before the saliency. For CIFAR-100-LT a worker
+ships 3 KB per image instead of 150 KB at 224 px, and skips the 2.0 ms Pillow upsampling
+(README "Benchmark", the host side).
+
+What `resized_crop` computes. Pillow's bilinear `Image.resize(size, BILINEAR, box)` (what the host
+path runs) is a separable triangle filter. For output pixel i of one axis it takes the centre
+c = box_start + (i + 0.5) * box_len / size. Its support is max(box_len / size, 1) (it widens when
+shrinking: antialiasing), and it reads every image pixel under that support, including pixels
+outside the box. The weights are normalised over the pixels inside the image, so the image edges
+clamp. `jax.image.scale_and_translate(..., method='linear', antialias=True)` has exactly these
+weights with scale = size / box_len and translation = -box_start * scale: it samples at
+c - 0.5 in pixel-index units, scales the kernel by max(1 / scale, 1), and normalises each
+output's weights over the input.
+
+The two results can still differ by one grey level, for two reasons. Pillow computes in 8-bit
+fixed point: a horizontal pass rounded to uint8, then the vertical pass rounded again. Here both
+passes run in float32 with one rounding at the end (floor(x + 0.5), Pillow's rounding). The
+triangle weights are >= 0 and sum to 1, so the intermediate rounding moves the value before the
+last rounding by at most 0.5 (plus float error). Two numbers less than 1 apart round to integers
+at most 1 apart. So every pixel is within +-1 of the host path's, and tests/test_device_crop.py
+checks that against Pillow itself.
+
+Cost: two small matmuls per image with dense (input, output) weight matrices. For 32 px ->
+224 px that is 2 * 3 * 224 * 32 * (32 + 224) = 11 MFLOP per image, 0.02% of the ViT-B/16 train
+step's 68 GFLOP.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ltdpt_jax.data import transforms
+
+CROP_FIELDS = transforms.CROP_FIELDS
+
+
+PRECISION_BITS = 22  # Pillow's 8-bit resampling: coefficients in 22-bit fixed point
+
+
+def _round_div_pow2(a: jax.Array, total: jax.Array, bits: int) -> jax.Array:
+  """round(a * 2**bits / total) for int32 0 <= a <= total (half up), exactly, in int32: long
+  division a few bits at a time, so that a * 2**bits (33 bits and more) is never formed."""
+  q, r = a // total, a % total
+  done = 0
+  while done < bits:
+    b = min(4, bits - done)
+    r = r << b
+    q = (q << b) | (r // total)
+    r = r % total
+    done += b
+  return q + (2 * r >= total).astype(q.dtype)
+
+
+def pillow_bilinear_weights(in_size: int, out_size: int, start: jax.Array, length: jax.Array
+                            ) -> jax.Array:
+  """int32 (in_size, out_size): the fixed-point coefficients Pillow's 8-bit bilinear resize uses
+  to map the box [start, start + length) of an axis of in_size pixels onto out_size pixels
+  (`precompute_coeffs` + `normalize_coeffs_8bpc` of Pillow's Resample.c), computed exactly.
+
+  Output pixel i has centre c = start + (i + 0.5) * length / out_size; input pixel j gets the
+  triangle weight 1 - |j + 0.5 - c| / s with s = max(length / out_size, 1) (or 0 outside the
+  triangle), the weights are normalised to sum to 1 over the image's pixels, and each is rounded
+  to a multiple of 2**-22. With integer boxes, the weight of j is a_j / D with the integer
+  a_j = max(0, D - |n_j|), n_j = (2 (j - start) + 1) * out_size - (2 i + 1) * length and
+  D = 2 * max(out_size, length). So the normalised weight is a_j / sum(a), and the coefficient
+  round(2**22 a_j / sum(a)) is computed in integers. Pillow computes it in float64 and rounds
+  half up; the exact quotient is never within float64's error of a half (sum(a) < 2**23 for any
+  real image), so the two give the same integers.
+  """
+  j = jnp.arange(in_size, dtype=jnp.int32)[:, None]
+  i = jnp.arange(out_size, dtype=jnp.int32)[None, :]
+  start, length = jnp.asarray(start, jnp.int32), jnp.asarray(length, jnp.int32)
+  n = (2 * (j - start) + 1) * out_size - (2 * i + 1) * length
+  a = jnp.maximum(0, 2 * jnp.maximum(out_size, length) - jnp.abs(n))
+  total = jnp.maximum(jnp.sum(a, axis=0, keepdims=True), 1)
+  return _round_div_pow2(a, total, PRECISION_BITS)
+
+
+def _resample_axis(x: jax.Array, weights: jax.Array, axis: int) -> jax.Array:
+  """One Pillow pass: int32 x with `axis` of in_size, weights (in_size, out_size) -> int32 in
+  [0, 255]: (sum_j x_j * k_j + 2**21) >> 22, clipped (Pillow's clip8), `axis` now out_size."""
+  acc = jax.lax.dot_general(x, weights, (((axis,), (0,)), ((), ())),
+                            preferred_element_type=jnp.int32)
+  acc = jnp.moveaxis(acc, -1, axis)
+  return jnp.clip((acc + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS, 0, 255)
+
+
+def _pillow_version() -> tuple[int, ...]:
+  import PIL  # pylint: disable=g-import-not-at-top
+  return tuple(int(p) for p in PIL.__version__.split('.')[:2] if p.isdigit())
+
+
+def vertical_pass_first(height: int, width: int, size: int,
+                        pillow_version: tuple[int, ...] | None = None) -> bool:
+  """Whether Pillow resizes a height x width image to size x size vertical pass first.
+
+  Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
+  pixels as the width: height - size > 0 and height - size > 2 * (width - size) (full image
+  sizes, not the box's; `ImagingResampleInner` in Resample.c). Earlier versions always run the
+  horizontal pass first. The order changes which intermediate is rounded to 8 bits, so it
+  follows the installed Pillow, the one the host path (`transforms.apply_crop`) runs.
+  """
+  version = _pillow_version() if pillow_version is None else tuple(pillow_version)
+  if version < (13,):
+    return False
+  return height - size > 0 and height - size > 2 * (width - size)
+
+
+def resized_crop_one(image: jax.Array, crop: jax.Array, size: int) -> jax.Array:
+  """One uint8 HWC image and its int crop [top, left, h, w, flip] -> uint8 (size, size, C):
+  Pillow's two passes (each rounded to 8 bits, in Pillow's order), then the flip."""
+  height, width = image.shape[0], image.shape[1]
+  crop = crop.astype(jnp.int32)
+  top, left, h, w, flip = crop[0], crop[1], crop[2], crop[3], crop[4]
+  x = image.astype(jnp.int32)
+  horizontal = lambda x: _resample_axis(x, pillow_bilinear_weights(width, size, left, w), 1)
+  vertical = lambda x: _resample_axis(x, pillow_bilinear_weights(height, size, top, h), 0)
+  if vertical_pass_first(height, width, size):
+    x = horizontal(vertical(x))
+  else:
+    x = vertical(horizontal(x))
+  x = jnp.where(flip > 0, x[:, ::-1], x)
+  return x.astype(jnp.uint8)
+
+
+def resized_crop(images: jax.Array, crop: jax.Array, size: int) -> jax.Array:
+  """uint8 (B, H, W, C) images and int (B, 5) crops (`transforms.train_crop`) -> uint8
+  (B, size, size, C): exactly what `transforms.apply_crop` (Pillow) gives on the host."""
+  if images.ndim != 4 or crop.shape != (images.shape[0], len(CROP_FIELDS)):
+    raise ValueError(f'resized_crop needs images (B, H, W, C) and crops (B, {len(CROP_FIELDS)}); '
+                     f'got {images.shape} and {crop.shape}.')
+  return jax.vmap(lambda im, c: resized_crop_one(im, c, int(size)))(images, crop)
