@@ -330,6 +330,8 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
   """(jitted train step, abstract (state, frozen, batch)) of `config` as `train.Setup` builds
   them (model, frozen partition in the compute dtype, optimiser, step), from shapes only:
   nothing is initialised or allocated, so a ViT-B/16 step at any batch compiles on a laptop.
+  With the crop on the device (`data.crop_on_device(config.data)`) the batch is the stored
+  images and their crop numbers, and the step crops them.
   tests/test_bench.py checks that it compiles to the same buffers as Setup's step."""
   size, batch = int(config.data.image_size), int(config.data.batch_size)
   model = ltdpt.build_model(config.model, info.num_classes, size)
@@ -342,9 +344,16 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
   state = jax.eval_shape(lambda t: step_lib.init_train_state(t, tx), trainable)
   step = step_lib.make_train_step(model, tx, loss_config=config.loss,
                                   seed=int(config.train.seed), class_counts=info.class_counts,
-                                  drw_start_step=500, mesh=mesh)
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+                                  drw_start_step=500, mesh=mesh, image_size=size)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  platform = mesh.devices.flat[0].platform  # auto resolves for the chip compiled for
+  if data_lib.crop_on_device(config.data, platform):  # the stored images and crop numbers
+    shapes = data_lib.train_batch_shapes(config.data, crop=True)
+    return step, (state, frozen, {
+        'image': jax.ShapeDtypeStruct((batch, *shapes['image'][0]), jnp.uint8),
+        'crop': jax.ShapeDtypeStruct((batch, *shapes['crop'][0]), jnp.int32),
+        'label': labels})
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
   return step, (state, frozen, {'image': images, 'label': labels})
 
 

@@ -212,3 +212,34 @@ def test_benchmark_runs_the_device_crop_step_end_to_end():
                                compiler_options=train_utils.QUICK)
   assert record['config']['crop_on_device'] is True
   assert record['end_to_end']['images_per_s'] > 0 and record['train_step']['images_per_s'] > 0
+
+
+def test_memory_report_step_takes_the_pipelines_batch():
+  """The memory report's abstract step crops on the device where the run would: auto resolves
+  for the chip compiled for (a TPU/GPU mesh: on; this CPU: off)."""
+  c = _synthetic_data(None)
+  info = data_lib.get_dataset_info(c.data)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  _, (_, _, batch) = bench_parts.abstract_train_step(c, info, mesh)
+  assert sorted(batch) == ['image', 'label'] and batch['image'].shape == (8, 16, 16, 3)
+  c.data.crop_on_device = True
+  step, args = bench_parts.abstract_train_step(c, info, mesh)
+  assert sorted(args[2]) == ['crop', 'image', 'label']
+  assert args[2]['image'].shape == (8, 12, 12, 3) and args[2]['crop'].shape == (8, 5)
+  assert step.lower(*args).compile(train_utils.QUICK).memory_analysis() is not None
+  assert data_lib.crop_on_device(_synthetic_data(None).data, 'tpu')
+
+
+def test_crop_flops_count_the_two_matmuls():
+  assert device_transforms.crop_flops(32, 32, 224) == 2 * 3 * 224 * 32 * (32 + 224)
+  tall = device_transforms.crop_flops(578, 251, 32)
+  assert tall == 2 * 3 * (578 * 251 * 32 + (32 * 251 * 32 if _pillow_order_matters(578, 251, 32)
+                                            else 578 * 32 * 32))
+  # XLA's own count of the unchunked crop (dots plus the coefficients' integer arithmetic).
+  images = jax.ShapeDtypeStruct((4, 32, 32, 3), np.uint8)
+  crops = jax.ShapeDtypeStruct((4, 5), np.int32)
+  one = jax.vmap(lambda im, c: device_transforms.resized_crop_one(im, c, 224))
+  cost = jax.jit(one).lower(images, crops).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert device_transforms.crop_flops(32, 32, 224) <= cost['flops'] / 4 < 1.5 * (
+      device_transforms.crop_flops(32, 32, 224))

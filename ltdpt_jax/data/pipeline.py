@@ -324,26 +324,30 @@ def make_train_iterator(data, *, seed: int, process_index: int | None = None,
 ONE_SIZE_DATASETS = ('cifar100_lt', 'synthetic')
 
 
-def crop_on_device(data) -> bool:
+def crop_on_device(data, platform: str | None = None) -> bool:
   """Whether the training crop runs on the accelerator: config.data.crop_on_device, or for
-  None (auto, also configs older than the key) whether JAX's backend is not the CPU and the
-  dataset is one of ONE_SIZE_DATASETS."""
+  None (auto, also configs older than the key) whether the platform the step runs on
+  (`platform`, default JAX's backend) is not the CPU and the dataset is one of
+  ONE_SIZE_DATASETS."""
   value = data.get('crop_on_device', None)
   if value is not None:
     return bool(value)
   if data.dataset not in ONE_SIZE_DATASETS:
     return False
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.default_backend() != 'cpu'
+  if platform is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    platform = jax.default_backend()
+  return platform != 'cpu'
 
 
-def train_batch_shapes(data) -> dict[str, tuple[tuple[int, ...], Any]]:
+def train_batch_shapes(data, crop: bool | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
   """{key: (shape without the batch axis, dtype)} of the training batches of a config's data
-  section: 'image' uint8 (S, S, 3), or with data.crop_on_device the stored image size and
-  'crop' int32 (5,) (`transforms.train_crop`); 'label' int32, 'id' int64."""
+  section: 'image' uint8 (S, S, 3), or with the crop on the device (`crop`, default
+  `crop_on_device(data)`) the stored image size and 'crop' int32 (5,) (`transforms.train_crop`);
+  'label' int32, 'id' int64."""
   s = int(data.image_size)
   shapes = {'image': ((s, s, 3), np.uint8), 'label': ((), np.int32), 'id': ((), np.int64)}
-  if crop_on_device(data):
+  if crop_on_device(data) if crop is None else crop:
     stored = transforms.as_rgb(sources_lib.get_sources(data).train[0]['image']).shape
     shapes['image'] = (tuple(stored), np.uint8)
     shapes['crop'] = ((len(transforms.CROP_FIELDS),), np.int32)
