@@ -23,6 +23,8 @@
 #   BATCHES="256" ATTENTIONS="cudnn" CASE_TIMEOUT=300 bash bench/gpu_bench.sh   # a subset of the cases
 #   CROP=host bash bench/gpu_bench.sh          # the training crop in the input workers
 #   DRY_RUN=1 bash bench/gpu_bench.sh          # (or --dry_run) print the commands, run none
+#   JAX_COMPILATION_CACHE_DIR=/tmp/jc bash bench/gpu_bench.sh   # where compiled steps are kept
+#                                              # (default .jax-cache: a rerun skips the compiles)
 #
 # The venv ($VENV; `ensure_venv` of launch/venv.sh, as launch/gpu.sh) is reinstalled whenever
 # $VENV/.ltdpt_stamp does not hold the sha256 of requirements.txt + pyproject.toml + the jax
@@ -95,6 +97,10 @@ else
   cat "$OUT_DIR/gpu.txt"
 fi
 export PYTHONUNBUFFERED=1
+# JAX's persistent compilation cache: a rerun of a case (same config, same GPU and JAX) loads its
+# compiled steps instead of compiling them again (~30-60 s per case).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-.jax-cache}
+echo "JAX compilation cache: $JAX_COMPILATION_CACHE_DIR (JAX_COMPILATION_CACHE_DIR; reruns skip the compiles)"
 
 args=(--config=configs/cifar100_lt.py --synthetic --config.model.checkpoint=
       --config.data.image_size=224 '--parts=train,pipeline,end_to_end'

@@ -33,7 +33,7 @@ def _env(tmp_path, **extra):
              'NAME', 'ZONE', 'TYPE', 'PROJECT', 'VERSION', 'SPOT', 'KEEP', 'QR', 'HOSTS', 'DRY_RUN',
              'PYTHON', 'PYTHON_VERSION', 'VENV', 'VENV_PYTHON', 'JAX_EXTRA', 'JAX_REQ', 'COORDINATOR',
              'NUM_PROCESSES', 'PROCESS_ID', 'LOCAL_DEVICE_IDS', 'WHEELS', 'OUT_DIR', 'DTYPES',
-             'BATCHES', 'ATTENTIONS', 'CASE_TIMEOUT')}
+             'BATCHES', 'ATTENTIONS', 'CASE_TIMEOUT', 'CROP', 'JAX_COMPILATION_CACHE_DIR')}
   scratch = tmp_path / 'scratch'
   (scratch / 'tmp').mkdir(parents=True, exist_ok=True)
   env.update(TMPDIR=str(scratch / 'tmp'), LOGS=str(scratch / 'logs'),
@@ -607,7 +607,8 @@ if a[:1] == ['-c']:
 if a[:2] == ['-m', 'ltdpt_jax.bench']:
   get = lambda name: [x.split('=', 1)[1] for x in a if x.startswith(name + '=')][0]
   dtype, attention, out = get('--config.model.dtype'), get('--config.model.attention'), get('--out')
-  print('benchmarking', dtype, attention, flush=True)
+  print('benchmarking', dtype, attention, 'cache', os.environ.get('JAX_COMPILATION_CACHE_DIR'),
+        flush=True)
   if dtype == 'float32':
     sys.exit(3)
   if attention == 'cudnn':
@@ -637,11 +638,13 @@ os.execv(sys.executable, [sys.executable] + a)
   assert rows['b128_bfloat16_xla'].split()[1:9] == ['ok', '1,234.5', '103.7', '8.1', '987.6',
                                                      '6.5', '3.0', '3.0']
   assert rows['b128_bfloat16_cudnn'].split()[1:5] == ['timed', 'out', '(2', 's)']
-  assert 'benchmarking bfloat16 xla' in (out_dir / 'cifar100_lt_b16_b128_bfloat16_xla.log'
-                                        ).read_text()
+  # Every case compiles through JAX's persistent cache (.jax-cache unless the user names one).
+  assert 'benchmarking bfloat16 xla cache .jax-cache' in (
+      out_dir / 'cifar100_lt_b16_b128_bfloat16_xla.log').read_text()
   out = _run(BENCH, [], _env(tmp_path, PYTHON=fake, OUT_DIR=out_dir, DTYPES='bfloat16',
-                             ATTENTIONS='xla'))
+                             ATTENTIONS='xla', JAX_COMPILATION_CACHE_DIR=tmp_path / 'jc'))
   assert out.returncode == 0, out.stderr
+  assert f"cache {tmp_path / 'jc'}" in out.stdout
   out = _run(BENCH, [], _env(tmp_path, PYTHON=fake, OUT_DIR=out_dir, ATTENTIONS='flash'))
   assert out.returncode != 0 and "ATTENTIONS: 'flash'" in out.stderr
 
