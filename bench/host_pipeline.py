@@ -60,7 +60,9 @@ def _device_crop(cifar: np.ndarray, size: int, batch: int, seconds: float) -> di
   import jax  # pylint: disable=g-import-not-at-top
   from ltdpt_jax.data import device_transforms  # pylint: disable=g-import-not-at-top
   images = np.resize(cifar, (batch,) + cifar.shape[1:])
-  crops = np.stack([transforms.train_crop(32, 32, np.random.default_rng(i)) for i in range(batch)])
+  height, width = cifar.shape[1:3]
+  crops = np.stack([transforms.train_crop(height, width, np.random.default_rng(i))
+                    for i in range(batch)])
   fn = jax.jit(lambda x, c: device_transforms.resized_crop(x, c, size))
   x, c = jax.device_put(images), jax.device_put(crops)
   compiled = fn.lower(x, c).compile()
@@ -72,7 +74,7 @@ def _device_crop(cifar: np.ndarray, size: int, batch: int, seconds: float) -> di
   dev = jax.devices()[0]
   return {'device': f'{dev.platform}:{dev.device_kind}', 'batch': batch,
           'images_per_s': n / (time.perf_counter() - t0),
-          'flops_per_image': device_transforms.crop_flops(32, 32, size)}
+          'flops_per_image': device_transforms.crop_flops(height, width, size)}
 
 
 def main(argv=None) -> int:

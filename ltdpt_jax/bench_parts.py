@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ltdpt_jax import data as data_lib
@@ -345,16 +344,12 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
   step = step_lib.make_train_step(model, tx, loss_config=config.loss,
                                   seed=int(config.train.seed), class_counts=info.class_counts,
                                   drw_start_step=500, mesh=mesh, image_size=size)
-  labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
   platform = mesh.devices.flat[0].platform  # auto resolves for the chip compiled for
-  if data_lib.crop_on_device(config.data, platform):  # the stored images and crop numbers
-    shapes = data_lib.train_batch_shapes(config.data, crop=True)
-    return step, (state, frozen, {
-        'image': jax.ShapeDtypeStruct((batch, *shapes['image'][0]), jnp.uint8),
-        'crop': jax.ShapeDtypeStruct((batch, *shapes['crop'][0]), jnp.int32),
-        'label': labels})
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
-  return step, (state, frozen, {'image': images, 'label': labels})
+  batch_shapes = data_lib.train_batch_shapes(
+      config.data, crop=data_lib.crop_on_device(config.data, platform))
+  batch_shapes.pop('id')  # the step does not take the example ids
+  return step, (state, frozen, {k: jax.ShapeDtypeStruct((batch, *shape), dtype)
+                                for k, (shape, dtype) in batch_shapes.items()})
 
 
 TOPOLOGY_EXAMPLES = "'v5e:2x2' (TPU v5e), 'v6e:2x2', 'v4:2x2x1', 'v5p:2x2x1', 'h100', 'h200'"

@@ -347,7 +347,9 @@ def train_batch_shapes(data, crop: bool | None = None) -> dict[str, tuple[tuple[
   'label' int32, 'id' int64."""
   s = int(data.image_size)
   shapes = {'image': ((s, s, 3), np.uint8), 'label': ((), np.int32), 'id': ((), np.int64)}
-  if crop_on_device(data) if crop is None else crop:
+  if crop is None:
+    crop = crop_on_device(data)
+  if crop:
     stored = transforms.as_rgb(sources_lib.get_sources(data).train[0]['image']).shape
     shapes['image'] = (tuple(stored), np.uint8)
     shapes['crop'] = ((len(transforms.CROP_FIELDS),), np.int32)
