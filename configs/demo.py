@@ -5,7 +5,7 @@ r"""Offline demo: LT-DPT on a pretrained backbone and a long-tailed synthetic ta
 Backbone: `ltdpt_jax/assets/vit_demo.npz`, a small ViT (patch 4, width 64, 4 blocks, 4 heads,
 MLP 128, 32 px) that the project pretrained itself, every weight, on the balanced *upstream*
 synthetic task (the 64 classes of 8 shapes x 8 patterns), with
-`python -m ltdpt_jax.pretrain --config=configs/pretrain_synthetic.py` (the exact command and
+`python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py` (the exact command and
 its upstream top-1 are in `ltdpt_jax/assets/vit_demo.json`); frozen here like any released
 checkpoint, its SHA-256 checked. `--config.model.checkpoint=PATH.npz
 --config.model.checkpoint_sha256=` swaps in another one (with a matching architecture and

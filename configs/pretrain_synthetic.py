@@ -3,7 +3,7 @@ r"""Pretraining of the demo's backbone: a small ViT, every weight trained, on th
 random backgrounds; the demo's downstream classes are patterns in scenes, drawn on other shapes,
 so none of them is an upstream class).
 
-  python -m ltdpt_jax.pretrain --config=configs/pretrain_synthetic.py \
+  python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py \
       --workdir=runs/pretrain --out=ltdpt_jax/assets/vit_demo.npz
 
 This command made the shipped `ltdpt_jax/assets/vit_demo.npz` (its SHA-256 is
@@ -16,7 +16,7 @@ crop of 8% of a 32 px image often misses the object entirely (a 9 px window), wh
 on wrong labels.
 """
 
-from ltdpt_jax import pretrain
+from ltdpt_jax.tools import pretrain
 
 
 def get_config(arg=None):

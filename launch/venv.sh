@@ -1,4 +1,4 @@
-# Shared by launch/gpu.sh and bench/gpu_bench.sh (sourced, not run): printing and running commands
+# Shared by launch/gpu.sh and launch/gpu_bench.sh (sourced, not run): printing and running commands
 # with a dry run, and the venv that holds requirements.txt + a CUDA jax.
 #
 #   ME=gpu.sh; DRY_RUN=0|1; source launch/venv.sh

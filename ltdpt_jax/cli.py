@@ -162,7 +162,7 @@ def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
   """Runs `fn()`; the project's exceptions become one line and an exit code: SetupError and
   ValueError 2, FloatingPointError 3, a second Ctrl-C 130, an OS failure writing the run 2."""
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
-  from ltdpt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import run_dir as run_dir_lib  # pylint: disable=g-import-not-at-top
   try:
     return fn()
   except train.SetupError as e:
@@ -174,7 +174,7 @@ def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
          'step; the last complete checkpoint is intact. Rerun the same command to resume.',
          EXIT_INTERRUPTED, quiet_exit=True)
   except Exception as e:  # pylint: disable=broad-except
-    failure = workdir_lib.os_failure(e, workdir=workdir)
+    failure = run_dir_lib.os_failure(e, workdir=workdir)
     if failure is None:
       raise
     fail(failure, EXIT_BAD_INPUT, quiet_exit=True)

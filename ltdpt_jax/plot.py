@@ -1,7 +1,7 @@
 r"""Pictures of runs: per-class accuracy against training frequency, learning curves, confusion.
 
-  python -m ltdpt_jax.plot --workdir=runs/demo                    # -> runs/demo/plots/
-  python -m ltdpt_jax.plot --workdir=runs/ltdpt runs/vpt --out=plots_compare   # overlaid
+  python -m ltdpt_jax.tools.plot --workdir=runs/demo                    # -> runs/demo/plots/
+  python -m ltdpt_jax.tools.plot --workdir=runs/ltdpt runs/vpt --out=plots_compare   # overlaid
 
 `plot_run(workdir)` is what a training run calls after each evaluation (`config.train.plots`,
 on by default); it writes into `<workdir>/plots/`:
@@ -28,14 +28,10 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
 from etils import epath
 
 # Okabe-Ito, in order of decreasing contrast on white; with distinct markers and line styles.
@@ -348,44 +344,3 @@ def plot_runs(workdirs: Sequence[str], out: str) -> list[str]:
              learning_curves_figure([(_label(w), read_metrics(w)) for w in workdirs],
                                     os.path.join(out, 'learning_curves.png'))]
   return written
-
-
-def define_flags() -> None:
-  """The command's flags (defined when it runs: other commands import this module)."""
-  flags.DEFINE_multi_string('workdir', None, 'Run(s) to plot (more may follow as positional '
-                            'arguments).')
-  flags.DEFINE_string('out', None, 'Output directory (default: <run>/plots for one run, '
-                      './plots_compare for several).')
-
-
-def main(argv: Sequence[str]) -> None:
-  workdirs = list(flags.FLAGS.workdir or []) + list(argv[1:])
-  if not workdirs:
-    print('Error: pass --workdir=RUN [RUN ...].', file=sys.stderr)
-    sys.exit(2)
-  for w in workdirs:
-    if not epath.Path(w).is_dir():
-      print(f'Error: --workdir {w} is not a directory.', file=sys.stderr)
-      sys.exit(2)
-  out = flags.FLAGS.out or (str(epath.Path(workdirs[0]) / 'plots') if len(workdirs) == 1
-                       else 'plots_compare')
-  try:
-    written = plot_runs(workdirs, out)
-  except ValueError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
-  for path in written:
-    logging.info('Wrote %s', path)
-  if not written:
-    print(f'Error: nothing to plot in {workdirs} (no eval_<step>.json, no metrics.jsonl).',
-          file=sys.stderr)
-    sys.exit(2)
-
-
-def run() -> None:
-  define_flags()
-  app.run(main)
-
-
-if __name__ == '__main__':
-  run()

@@ -43,7 +43,7 @@ from ltdpt_jax import metrics as metrics_lib
 from ltdpt_jax import optim
 from ltdpt_jax import sharding
 from ltdpt_jax import train_step as step_lib
-from ltdpt_jax import workdir as workdir_lib
+from ltdpt_jax import run_dir as run_dir_lib
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.models import vit_checkpoint
 
@@ -303,12 +303,12 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   workdir included) and FloatingPointError if training diverges.
 
   `setup_cls` (default `Setup`) builds the run from the config: another trainer with the same
-  loop, checkpoints, metrics and resume (`ltdpt_jax.pretrain`'s) passes a `Setup` subclass.
+  loop, checkpoints, metrics and resume (`ltdpt_jax.tools.pretrain`'s) passes a `Setup` subclass.
   """
   try:
-    created = workdir_lib.prepare(workdir)
-    workdir_lib.check_shared(workdir)  # multi-host: one workdir that every host sees
-  except workdir_lib.WorkdirError as e:
+    created = run_dir_lib.prepare(workdir)
+    run_dir_lib.check_shared(workdir)  # multi-host: one workdir that every host sees
+  except run_dir_lib.WorkdirError as e:
     raise SetupError(str(e)) from e
   lock = _lock(workdir)  # before anything is built
   preemption = _Preemption()  # early: a signal during set-up or compilation stops cleanly too
@@ -317,21 +317,21 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   except SetupError:
     lock.release()
     if jax.process_index() == 0:
-      workdir_lib.remove_if_unused(workdir, created)
+      run_dir_lib.remove_if_unused(workdir, created)
     raise
   finally:
     preemption.restore()
     lock.release()
 
 
-def _lock(workdir: str) -> workdir_lib.WorkdirLock:
+def _lock(workdir: str) -> run_dir_lib.WorkdirLock:
   """The workdir's lock, taken by process 0; every process fails alike when it is held."""
-  lock = workdir_lib.WorkdirLock(workdir)
+  lock = run_dir_lib.WorkdirLock(workdir)
   error = None
   if jax.process_index() == 0:
     try:
       lock.acquire()
-    except workdir_lib.WorkdirBusy as e:
+    except run_dir_lib.WorkdirBusy as e:
       error = str(e)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -460,7 +460,7 @@ def _resume(setup: Setup, checkpointer, train_iter, tracker: _Best, workdir: str
                  f' (newer ones damaged: {sorted(damaged)})' if damaged else '')
     _warn_changes(changes, step)
     if changes and jax.process_index() == 0:
-      workdir_lib.record_config_change(workdir, setup.config.to_dict(), changes, step=step,
+      run_dir_lib.record_config_change(workdir, setup.config.to_dict(), changes, step=step,
                                        how=_how(changes))
     return state
   if damaged:
@@ -473,7 +473,7 @@ def _resume(setup: Setup, checkpointer, train_iter, tracker: _Best, workdir: str
 
 
 def _how(changes: dict[str, list]) -> str:
-  allowed = all(workdir_lib.is_allowed(k) for k in changes)
+  allowed = all(run_dir_lib.is_allowed(k) for k in changes)
   return 'allowed' if allowed else '--allow_config_change'
 
 
@@ -482,7 +482,7 @@ def _accept_config(setup: Setup, meta: dict[str, Any], step: int, workdir: str,
   """Compares the config and the backbone file with those stored with the checkpoint of `step`;
   returns the accepted changes ({key: [stored, current]}).
 
-  Changes in `workdir_lib.RESUME_ALLOWED` pass with a warning; any other change, or a backbone
+  Changes in `run_dir_lib.RESUME_ALLOWED` pass with a warning; any other change, or a backbone
   file with another SHA-256, raises SetupError listing both values, unless
   `allow_config_change`.
   """
@@ -497,11 +497,11 @@ def _accept_config(setup: Setup, meta: dict[str, Any], step: int, workdir: str,
         'this one.')
   if 'config' not in meta:
     return {}
-  allowed, refused = workdir_lib.config_changes(meta['config'], setup.config.to_dict(), only=only)
+  allowed, refused = run_dir_lib.config_changes(meta['config'], setup.config.to_dict(), only=only)
   if refused and not allow_config_change:
     raise SetupError(
         f'The config differs from the one that wrote the checkpoint in {directory}: '
-        f'{workdir_lib.describe_changes(refused)}. Rerun with the config in {workdir}/config.json, '
+        f'{run_dir_lib.describe_changes(refused)}. Rerun with the config in {workdir}/config.json, '
         'pass --allow_config_change to accept the change (it is recorded in the workdir), or use '
         'a new --workdir.')
   changes = {**allowed, **refused}
@@ -513,7 +513,7 @@ def _accept_config(setup: Setup, meta: dict[str, Any], step: int, workdir: str,
 def _warn_changes(changes: dict[str, list], step: int) -> None:
   if changes:
     logging.warning('The config differs from the checkpoint of step %d (%s): %s.', step,
-                    _how(changes), workdir_lib.describe_changes(changes))
+                    _how(changes), run_dir_lib.describe_changes(changes))
 
 
 def _loop(setup: Setup, state, train_iter, evaluators, tracker: _Best, checkpointer, writer,
@@ -635,8 +635,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, *,
   """
   if jax.process_count() > 1 and epath.Path(workdir).is_dir():
     try:
-      workdir_lib.check_shared(workdir)  # or process 0 alone would find the checkpoints
-    except workdir_lib.WorkdirError as e:
+      run_dir_lib.check_shared(workdir)  # or process 0 alone would find the checkpoints
+    except run_dir_lib.WorkdirError as e:
       raise SetupError(str(e)) from e
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
@@ -653,7 +653,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, *,
     try:
       meta = checkpointer.read_meta(step)
       _warn_changes(_accept_config(setup, meta, step, workdir, allow_config_change,
-                                   only=workdir_lib.EVAL_RELEVANT), step)
+                                   only=run_dir_lib.EVAL_RELEVANT), step)
       state, meta = checkpointer.restore(step, setup.abstract_state())
     except ckpt_lib.CheckpointDamaged as e:
       others = [s for s in checkpointer.readable_steps(setup.abstract_state()) if s != step]

@@ -1,4 +1,4 @@
-"""The ablation in miniature (`python -m ltdpt_jax.ablate`): cells as normal runs, the table."""
+"""The ablation in miniature (`python -m ltdpt_jax.tools.ablate`): cells as normal runs, the table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import cli_worker
 import train_utils
-from ltdpt_jax import ablate
+from ltdpt_jax.tools import ablate
 from ltdpt_jax import train
 from ltdpt_jax.models import ltdpt
 
@@ -61,7 +61,7 @@ def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path, cache)
   """Two rows x one seed of a tiny config through the CLI, each cell a run of its own (the mean +- std
   over several seeds is checked on recorded cells above)."""
   workdir = tmp_path / 'ablate'
-  args = [sys.executable, '-m', 'ltdpt_jax.ablate', f'--config={train_utils.REPO / "configs/demo.py"}',
+  args = [sys.executable, '-m', 'ltdpt_jax.tools.ablate', f'--config={train_utils.REPO / "configs/demo.py"}',
           f'--workdir={workdir}', '--seeds=1', '--rows=linear,fr_br',
           *cli_worker.cli_overrides(_toy())]
   proc = cli_worker.run_cli(args, cache, timeout=300)

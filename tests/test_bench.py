@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import train_utils
-from ltdpt_jax import bench
-from ltdpt_jax import bench_parts
-from ltdpt_jax import bench_report
+from ltdpt_jax.bench import __main__ as bench
+from ltdpt_jax.bench import parts as bench_parts
+from ltdpt_jax.bench import report as bench_report
 from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import ltdpt
@@ -66,7 +66,7 @@ def _xla_forward_per_image(config, num_classes):
   return step_lib.compiled_flops(compiled) / b
 
 
-# The record's fields, which bench/gpu_bench.sh and users read (the order too).
+# The record's fields, which launch/gpu_bench.sh and users read (the order too).
 RECORD_FIELDS = {
     'config': ['file', 'dataset', 'synthetic', 'backbone', 'method', 'dtype', 'attention',
                'remat', 'num_fr_prompts', 'num_br_prompts', 'num_br_blocks', 'image_size',

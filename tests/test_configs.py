@@ -9,7 +9,7 @@ import pytest
 import train_utils
 from ltdpt_jax import config_lib
 from ltdpt_jax import fetch
-from ltdpt_jax import pretrain
+from ltdpt_jax.tools import pretrain
 
 CONFIG_FILES = sorted(p.stem for p in (train_utils.REPO / 'configs').glob('*.py'))
 ARGS = {'cifar100_lt': ('ratio=200', 'ratio=100', 'ratio=50', 'ratio=10'),

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltdpt_jax import bench_parts
+from ltdpt_jax.bench import parts as bench_parts
 from ltdpt_jax import config_lib
 from ltdpt_jax import data as data_lib
-from ltdpt_jax import workdir as workdir_lib
+from ltdpt_jax import run_dir as run_dir_lib
 from ltdpt_jax.data import device_transforms
 from ltdpt_jax.data import pipeline
 from ltdpt_jax.data import transforms
@@ -165,13 +165,13 @@ def test_runs_written_before_the_keys_resume_and_the_crop_may_move():
   current = config_lib.base_config().to_dict()
   stored = config_lib.base_config().to_dict()
   del stored['data']['crop_on_device'], stored['data']['synthetic_image_size']
-  assert workdir_lib.config_changes(stored, current) == ({}, {})
+  assert run_dir_lib.config_changes(stored, current) == ({}, {})
   # Where the crop runs does not change the numbers (bit-identical), so a resume may move it.
   current['data']['crop_on_device'] = True
-  assert workdir_lib.config_changes(stored, current) == ({'data.crop_on_device': [None, True]},
+  assert run_dir_lib.config_changes(stored, current) == ({'data.crop_on_device': [None, True]},
                                                          {})
   current['data']['synthetic_image_size'] = 8
-  assert workdir_lib.config_changes(stored, current)[1] == {
+  assert run_dir_lib.config_changes(stored, current)[1] == {
       'data.synthetic_image_size': [0, 8]}
 
 
@@ -205,7 +205,7 @@ def test_train_example_reads_the_stored_shape_up_front():
 
 def test_benchmark_runs_the_device_crop_step_end_to_end():
   """The step the benchmark compiles takes the pipeline's batches (stored images + crops)."""
-  from ltdpt_jax import bench  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax.bench import __main__ as bench  # pylint: disable=g-import-not-at-top
   c = _synthetic_data(True)
   record = bench.run_benchmark(c, steps=2, warmup=1, repeats=1,
                                parts=('train', 'pipeline', 'end_to_end'),

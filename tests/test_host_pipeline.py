@@ -1,20 +1,14 @@
-"""bench/host_pipeline.py: per-worker images/s of the host transforms and the workers needed."""
+"""ltdpt_jax/bench/host_pipeline.py: per-worker images/s of the host transforms and the workers needed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
-import train_utils
+from ltdpt_jax.bench import host_pipeline as mod
 
 
 def test_host_pipeline_reports_the_paths_and_the_workers_for_the_target(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location(
-      'host_pipeline', os.path.join(train_utils.REPO, 'bench', 'host_pipeline.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
   out = tmp_path / 'h.json'
   assert mod.main(['--seconds=0.2', '--num_jpegs=2', '--size=64', '--target=1000',
                    '--device_batch=8', f'--out={out}']) == 0

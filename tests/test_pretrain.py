@@ -1,5 +1,5 @@
 """The demo's pretrained backbone: the shipped `.npz`, the class split, the demo's shot groups,
-and the pretraining command (`python -m ltdpt_jax.pretrain`) at toy size, resumed."""
+and the pretraining command (`python -m ltdpt_jax.tools.pretrain`) at toy size, resumed."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import cli_worker
 import train_utils
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import fetch
-from ltdpt_jax import pretrain
+from ltdpt_jax.tools import pretrain
 from ltdpt_jax import train
 from ltdpt_jax import train_step as step_lib
-from ltdpt_jax import workdir as workdir_lib
+from ltdpt_jax import run_dir as run_dir_lib
 from ltdpt_jax.data import synthetic
 from ltdpt_jax.data import transforms
 from ltdpt_jax.evaluators import longtail
@@ -45,12 +45,12 @@ def test_shipped_checkpoint_is_the_demo_default_small_and_recorded():
   assert demo.model.checkpoint_sha256 == sha == _sidecar()['sha256']
   assert ASSET.stat().st_size < 2_000_000  # well under 5 MB
   side = _sidecar()
-  assert side['command'].startswith('python -m ltdpt_jax.pretrain --config=configs/'
+  assert side['command'].startswith('python -m ltdpt_jax.tools.pretrain --config=configs/'
                                     'pretrain_synthetic.py')
   assert side['eval']['accuracy'] > 0.5 and side['steps'] > 0
   # The shipped file came from the config as committed (compared as JSON: tuples are lists;
   # keys added to the config since then count as their defaults, workdir.ADDED_KEYS).
-  assert workdir_lib.config_changes(
+  assert run_dir_lib.config_changes(
       side['config'], train_utils.load_config('pretrain_synthetic').to_dict()) == ({}, {})
 
 
@@ -182,7 +182,7 @@ def straight(tmp_path_factory, cache):
   """The pretraining command at toy size, through the CLI: (out .npz, workdir, stderr)."""
   root = tmp_path_factory.mktemp('pretrain')
   out, workdir = root / 'vit.npz', root / 'wd'
-  args = [sys.executable, '-m', 'ltdpt_jax.pretrain', '--config=configs/pretrain_synthetic.py',
+  args = [sys.executable, '-m', 'ltdpt_jax.tools.pretrain', '--config=configs/pretrain_synthetic.py',
           f'--workdir={workdir}', f'--out={out}'] + [f'--config.{k}={v}' for k, v in TOY.items()]
   proc = cli_worker.run_cli(args, cache, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -202,7 +202,7 @@ def test_pretraining_command_writes_an_official_npz_with_head(straight):
           'Transformer/encoder_norm/scale'} <= keys
   side = json.loads((out.parent / 'vit.json').read_text())
   assert side['sha256'] == fetch.sha256_of(out) and side['steps'] == 4
-  assert side['command'].startswith('python -m ltdpt_jax.pretrain --config=configs/')
+  assert side['command'].startswith('python -m ltdpt_jax.tools.pretrain --config=configs/')
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3, 4]
   assert all(r['lr'] >= 0 for r in records if r['split'] == 'train')
@@ -226,7 +226,7 @@ def test_pretraining_resumed_ends_with_the_same_weights(straight, cache, tmp_pat
 
 
 def test_pretraining_bad_input_is_one_line(tmp_path, cache):
-  args = [sys.executable, '-m', 'ltdpt_jax.pretrain', '--config=configs/pretrain_synthetic.py',
+  args = [sys.executable, '-m', 'ltdpt_jax.tools.pretrain', '--config=configs/pretrain_synthetic.py',
           f'--out={tmp_path / "vit.npz"}', '--config.optim.warmup_epochs=40']
   proc = cli_worker.run_cli(args, cache, timeout=120)
   cli_worker.one_error_line(proc, 2, 'config.optim.warmup_epochs=40', 'config.train.epochs=30')

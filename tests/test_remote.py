@@ -16,7 +16,7 @@ import pytest
 
 from ltdpt_jax import train
 from ltdpt_jax.data import splits
-from ltdpt_jax.predict import Predictor
+from ltdpt_jax.tools.predict import Predictor
 
 import cli_worker
 import fake_gcs

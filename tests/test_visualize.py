@@ -1,5 +1,5 @@
-"""Pictures of runs: `python -m ltdpt_jax.visualize` (Figure 1 and foreground shares),
-`python -m ltdpt_jax.plot`, and the plots and attention shares a training run writes itself."""
+"""Pictures of runs: `python -m ltdpt_jax.tools.visualize` (Figure 1 and foreground shares),
+`python -m ltdpt_jax.tools.plot`, and the plots and attention shares a training run writes itself."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from ltdpt_jax import plot
-from ltdpt_jax import predict as predict_lib
+from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax import train
-from ltdpt_jax import visualize
+from ltdpt_jax.tools import visualize
 
 import cli_worker
 import train_utils
@@ -74,7 +74,7 @@ def test_a_run_writes_its_plots_and_attention_shares(runs):
 def test_visualize_compares_two_runs(runs, cache, tmp_path):
   ltdpt, vpt = runs
   out = tmp_path / 'figure1'
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.visualize', f'--workdir={ltdpt}',
+  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.visualize', f'--workdir={ltdpt}',
                              f'--compare_workdir={vpt}', '--num_images=4', f'--out={out}'],
                             cache, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,7 +118,7 @@ def test_visualize_bad_input_is_one_line(runs, cache, tmp_path):
   with pytest.raises(predict_lib.PredictError, match='other classes or image size'):
     visualize.run_visualize(str(runs[0]), str(tmp_path / 'out'),
                             compare_workdir=str(tmp_path / 'other'))
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.visualize',
+  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.visualize',
                              f'--workdir={tmp_path / "none"}', f'--out={tmp_path / "o"}'],
                             cache, timeout=120)
   cli_worker.one_error_line(proc, 2, 'holds no run')
@@ -126,12 +126,12 @@ def test_visualize_bad_input_is_one_line(runs, cache, tmp_path):
 
 def test_plot_command_overlays_runs(runs, cache, tmp_path):
   out = tmp_path / 'compare'
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.plot', f'--workdir={runs[0]}',
+  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.plot', f'--workdir={runs[0]}',
                              str(runs[1]), f'--out={out}'], cache, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _size(out / 'per_class_accuracy.png') == plot.figure_pixels(plot.PER_CLASS_SIZE)
   assert _size(out / 'learning_curves.png') == plot.figure_pixels(plot.CURVES_SIZE)
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.plot', f'--workdir={tmp_path / "x"}'],
+  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.plot', f'--workdir={tmp_path / "x"}'],
                             cache, timeout=120)
   cli_worker.one_error_line(proc, 2, 'is not a directory')
 

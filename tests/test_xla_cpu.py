@@ -1,16 +1,14 @@
-"""The XLA:CPU options the package sets (ltdpt_jax/xla_cpu.py) and the side-by-side script."""
+"""The XLA:CPU options the package sets (ltdpt_jax/__init__.py) and the side-by-side script."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from ltdpt_jax import xla_cpu
+import ltdpt_jax
 
 import train_utils
 
@@ -18,20 +16,20 @@ YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
 
 def test_flags_to_add_respects_the_user_the_range_and_the_opt_out():
-  assert xla_cpu.flags_to_add('', (0, 10)) == [YNN]
-  assert xla_cpu.flags_to_add('--xla_force_host_platform_device_count=8', (0, 12)) == [YNN]
+  assert ltdpt_jax.xla_cpu_flags_to_add('', (0, 10)) == [YNN]
+  assert ltdpt_jax.xla_cpu_flags_to_add('--xla_force_host_platform_device_count=8', (0, 12)) == [YNN]
   # the user's own value of the flag wins, whatever it is
-  assert xla_cpu.flags_to_add(f'{YNN}individual_dot', (0, 11)) == []
-  assert xla_cpu.flags_to_add('', (0, 10), disabled=True) == []
+  assert ltdpt_jax.xla_cpu_flags_to_add(f'{YNN}individual_dot', (0, 11)) == []
+  assert ltdpt_jax.xla_cpu_flags_to_add('', (0, 10), disabled=True) == []
   # outside the jaxlib range whose XLA knows the flag nothing is added (XLA aborts on unknown flags)
-  assert xla_cpu.flags_to_add('', (0, 9)) == [] and xla_cpu.flags_to_add('', (0, 13)) == []
-  assert xla_cpu.flags_to_add('', None) == []
+  assert ltdpt_jax.xla_cpu_flags_to_add('', (0, 9)) == [] and ltdpt_jax.xla_cpu_flags_to_add('', (0, 13)) == []
+  assert ltdpt_jax.xla_cpu_flags_to_add('', None) == []
 
 
 def _flags_after_import(**env) -> str:
   e = train_utils.subprocess_env()
   e.pop('XLA_FLAGS', None)
-  e.pop(xla_cpu.DISABLE_ENV, None)
+  e.pop(ltdpt_jax.XLA_CPU_DISABLE_ENV, None)
   e.update(env)
   code = ('import os, ltdpt_jax, jax; jax.devices(); '
           'print(repr(os.environ.get("XLA_FLAGS", "")))')
@@ -45,14 +43,11 @@ def test_import_sets_the_flag_before_jax_starts_and_keeps_the_users_flags():
   got = _flags_after_import(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   assert got.split() == ['--xla_force_host_platform_device_count=2', YNN]
   assert _flags_after_import(XLA_FLAGS=f'{YNN}individual_dot') == f'{YNN}individual_dot'
-  assert _flags_after_import(**{xla_cpu.DISABLE_ENV: '0'}) == ''
+  assert _flags_after_import(**{ltdpt_jax.XLA_CPU_DISABLE_ENV: '0'}) == ''
 
 
 def test_cpu_vs_torch_reports_medians_of_alternating_rounds(tmp_path, monkeypatch):
-  spec = importlib.util.spec_from_file_location(
-      'cpu_vs_torch', os.path.join(train_utils.REPO, 'bench', 'cpu_vs_torch.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  from ltdpt_jax.bench import cpu_vs_torch as mod  # pylint: disable=g-import-not-at-top
   calls = []
   torch_ips, ours_ips = iter([10.0, 8.0, 12.0]), iter([11.0, 12.0, 12.0])
   monkeypatch.setattr(mod, '_torch', lambda a: calls.append('torch') or next(torch_ips))

@@ -7,7 +7,7 @@ import os
 import pathlib
 
 from ltdpt_jax import config_lib
-from ltdpt_jax import workdir as workdir_lib
+from ltdpt_jax import run_dir as run_dir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # XLA CPU options for the reference computations of the tests: compiles several times faster,
@@ -24,7 +24,7 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
-leaves = workdir_lib.flatten_config  # {'a': {'b': 1}} -> {'a.b': 1}
+leaves = run_dir_lib.flatten_config  # {'a': {'b': 1}} -> {'a.b': 1}
 
 
 def tiny_config(*, image_size: int = 16, batch_size: int = 16, method: str = 'fr_br',

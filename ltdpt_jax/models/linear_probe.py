@@ -6,7 +6,7 @@ feature is trained. Here that classifier is the same cosine head as LT-DPT's (`l
 CosineClassifier`, param `head/kernel` (D, C)) on the final-LayerNorm CLS token (the feature
 option 'cls'; `config.model.feature` is ignored, there being no prompt outputs to average), with
 the same dropout, loss (GCL + DRW), optimiser (SGD + GNM) and schedule as the other methods, so
-the ablation (`ltdpt_jax.ablate`) differs in the prompts alone. No saliency is computed
+the ablation (`ltdpt_jax.tools.ablate`) differs in the prompts alone. No saliency is computed
 (`train_step.forward`), and the prompt fields of `config.model` (num_fr_prompts, ...) are
 ignored.
 

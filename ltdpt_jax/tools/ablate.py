@@ -1,6 +1,6 @@
 r"""The paper's ablation (Table 4) in miniature: several methods x seeds on one config, one table.
 
-  python -m ltdpt_jax.ablate --config=configs/demo.py --seeds=3 --workdir=runs/ablate
+  python -m ltdpt_jax.tools.ablate --config=configs/demo.py --seeds=3 --workdir=runs/ablate
 
 Rows (`--rows`, default all but `vpt_plain`), each a set of config overrides on top of
 `--config` (and its `--config.x=v` flags):

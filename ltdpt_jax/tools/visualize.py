@@ -1,9 +1,9 @@
 r"""Figure 1 as a command: where a trained run looks, as pictures and as numbers.
 
-  python -m ltdpt_jax.visualize --workdir=runs/demo --out=runs/demo/maps
-  python -m ltdpt_jax.visualize --workdir=runs/ltdpt --compare_workdir=runs/vpt \
+  python -m ltdpt_jax.tools.visualize --workdir=runs/demo --out=runs/demo/maps
+  python -m ltdpt_jax.tools.visualize --workdir=runs/ltdpt --compare_workdir=runs/vpt \
       --num_images=8 --out=figure1
-  python -m ltdpt_jax.visualize --workdir=RUN --images=photos/ a.jpg list.txt --out=DIR
+  python -m ltdpt_jax.tools.visualize --workdir=RUN --images=photos/ a.jpg list.txt --out=DIR
 
 Writes `<out>/maps.png`: one column per image; rows = the image, its spectral-residual saliency,
 Grad-CAM (of the true class when known, else of the predicted one), the FR prompts' attention,
@@ -20,7 +20,7 @@ salient patches) and the reference's own area (what a map spread evenly would sc
 
 Without --images the images are a fixed, seeded sample (--seed) of the run's evaluation split,
 spread over its head, medium and tail classes in turn (the run's dataset must be readable here);
-with --images, PATHs as `ltdpt_jax.predict` takes them (images, directories, list files).
+with --images, PATHs as `ltdpt_jax.tools.predict` takes them (images, directories, list files).
 The runs are rebuilt from their workdirs alone (`predict.Predictor.from_workdir`). All maps come
 from one jitted, batched program per run (`maps.make_maps_fn`).
 """
@@ -41,7 +41,7 @@ from ltdpt_jax import maps as maps_lib
 from ltdpt_jax import metrics as metrics_lib
 from ltdpt_jax import optim
 from ltdpt_jax import plot as plot_lib
-from ltdpt_jax import predict as predict_lib
+from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax.data import files
 from ltdpt_jax.data import transforms
 from ltdpt_jax.evaluators import longtail

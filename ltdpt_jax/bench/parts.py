@@ -35,7 +35,7 @@ from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.models import vit as vit_lib
-from ltdpt_jax.bench_report import NA
+from ltdpt_jax.bench.report import NA
 from ltdpt_jax.data import files as files_lib
 from ltdpt_jax.data import synthetic as synthetic_lib
 from ltdpt_jax.data import transforms
@@ -355,7 +355,7 @@ def abstract_train_step(config, info: data_lib.DatasetInfo, mesh) -> tuple[Any, 
 TOPOLOGY_EXAMPLES = "'v5e:2x2' (TPU v5e), 'v6e:2x2', 'v4:2x2x1', 'v5p:2x2x1', 'h100', 'h200'"
 # NVIDIA GPUs a memory report can be compiled for without one: name -> XLA GpuTargetConfig.
 GPU_TARGETS = {'h100': 'h100.txtpb', 'h200': 'h200.txtpb'}
-GPU_TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'gpu_targets')
+GPU_TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_targets')
 # Set by the CLI before the backend starts, for a GPU target on a host without a GPU driver
 # (the CUDA plugin's version checks load driver libraries; compiling needs none of them).
 SKIP_CUDA_CHECK_ENV = 'JAX_SKIP_CUDA_CONSTRAINTS_CHECK'
@@ -370,7 +370,7 @@ def topology_mesh(topology: str) -> jax.sharding.Mesh:
   first chip of the TPU topology `topology` (e.g. 'v5e:2x2'; `jax.experimental.topologies`
   with libtpu, `pip install "jax[tpu]>=0.10,<0.13"`), or the NVIDIA GPU of GPU_TARGETS
   ('h100', 'h200': XLA's deviceless GPU compile from the target config in
-  assets/gpu_targets, with the CUDA plugin, `pip install "jax[cuda13]>=0.10,<0.13"`). The
+  bench/gpu_targets, with the CUDA plugin, `pip install "jax[cuda13]>=0.10,<0.13"`). The
   memory report is per device, and a data-parallel step on more chips adds only the all-reduce
   of the prompts' gradients. Raises ValueError naming what is missing."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,6 @@
 r"""What one input worker (one host core) delivers, and how many feed an accelerator.
 
-  python bench/host_pipeline.py --seconds=10 [--target=7000] [--out=host.json]
+  python -m ltdpt_jax.bench.host_pipeline --seconds=10 [--target=7000] [--out=host.json]
 
 Times, in this one process (one grain worker does exactly this per example, in its own process),
 the per-example host work of the training pipeline (`data.pipeline.TrainExample`: the source

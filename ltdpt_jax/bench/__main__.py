@@ -6,8 +6,8 @@ r"""Throughput, FLOPs, MFU and memory of the LT-DPT train step, eval step and in
 
 A timing loop over the `train.Setup` that training uses (mesh, model, frozen backbone, state,
 jitted train step, the evaluators' eval step), measured one part at a time (`--parts`) with the
-pieces of `bench_parts.py`, the FLOP model of `models/flops.py` and the table of
-`bench_report.py`:
+pieces of `bench/parts.py`, the FLOP model of `models/flops.py` and the table of
+`bench/report.py`:
 
 * train: the compiled train step alone on one device-resident batch (uniform random uint8
   images, random labels) fed again and again; `--warmup` untimed steps, then `--repeats` rounds of
@@ -80,13 +80,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ltdpt_jax import bench_parts as parts_lib
+from ltdpt_jax.bench import parts as parts_lib
 from ltdpt_jax import config_lib
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import sharding
 from ltdpt_jax import train
-from ltdpt_jax.bench_report import format_table
-from ltdpt_jax.bench_report import NA
+from ltdpt_jax.bench.report import format_table
+from ltdpt_jax.bench.report import NA
 from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import vit as vit_lib
 

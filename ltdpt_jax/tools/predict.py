@@ -1,7 +1,7 @@
 r"""Predictions from a trained run, for new images: a command and a Python API.
 
-  python -m ltdpt_jax.predict --workdir=runs/demo --images=photos/ --out=predictions.csv
-  python -m ltdpt_jax.predict --workdir=RUN --checkpoint_step=N --images=a.jpg b.png list.txt \
+  python -m ltdpt_jax.tools.predict --workdir=runs/demo --images=photos/ --out=predictions.csv
+  python -m ltdpt_jax.tools.predict --workdir=RUN --checkpoint_step=N --images=a.jpg b.png list.txt \
       --out=predictions.csv --top_k=5
 
   predictor = Predictor.from_workdir('runs/demo')          # latest checkpoint

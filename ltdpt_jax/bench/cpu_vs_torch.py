@@ -1,6 +1,6 @@
 r"""Our train step against the PyTorch anchor on the same CPU, back to back, alternating rounds.
 
-  python bench/cpu_vs_torch.py --torch_python=/path/to/torchvenv/bin/python \
+  python -m ltdpt_jax.bench.cpu_vs_torch --torch_python=/path/to/torchvenv/bin/python \
       --torch_step=../shared/perf/torch_step.py --model=ti16 --rounds=6
 
 Each round runs the PyTorch step (`torch_step.py`: the LT-DPT step on a timm ViT, FR + BR
@@ -44,7 +44,7 @@ def _ours(args) -> float:
          f'--config.data.batch_size={args.batch}', '--parts=train', f'--steps={args.steps}',
          f'--warmup={args.warmup}', '--repeats=1', '--num_classes=100']
   cmd += args.ours_flag or []
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
   out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root).stdout
   return json.loads(out)['train_step']['images_per_s']
 

@@ -15,15 +15,15 @@
 # $OUT_DIR/gpu.txt records the GPU. Budget: a compile (~30-60 s) plus ~10 s of timing per case, so
 # the five cases take about 5 minutes on an H200 -- an estimate: the script has not run on a GPU yet.
 #
-#   bash bench/gpu_bench.sh                    # first run creates .venv-gpu: requirements + jax[cuda13]
-#   JAX_EXTRA=cuda12 bash bench/gpu_bench.sh   # NVIDIA driver < 580 (cuda13 needs >= 580, cuda12 >= 525)
-#   PYTHON=python3 bash bench/gpu_bench.sh     # use an interpreter that already has CUDA jax + requirements
-#   WHEELS=/path/to/wheels bash bench/gpu_bench.sh   # offline: install from local wheels only
-#   STEPS=50 WARMUP=5 REPEATS=3 WORKERS=14 DTYPES="bfloat16" OUT_DIR=/tmp/res bash bench/gpu_bench.sh
-#   BATCHES="256" ATTENTIONS="cudnn" CASE_TIMEOUT=300 bash bench/gpu_bench.sh   # a subset of the cases
-#   CROP=host bash bench/gpu_bench.sh          # the training crop in the input workers
-#   DRY_RUN=1 bash bench/gpu_bench.sh          # (or --dry_run) print the commands, run none
-#   JAX_COMPILATION_CACHE_DIR=/tmp/jc bash bench/gpu_bench.sh   # where compiled steps are kept
+#   bash launch/gpu_bench.sh                    # first run creates .venv-gpu: requirements + jax[cuda13]
+#   JAX_EXTRA=cuda12 bash launch/gpu_bench.sh   # NVIDIA driver < 580 (cuda13 needs >= 580, cuda12 >= 525)
+#   PYTHON=python3 bash launch/gpu_bench.sh     # use an interpreter that already has CUDA jax + requirements
+#   WHEELS=/path/to/wheels bash launch/gpu_bench.sh   # offline: install from local wheels only
+#   STEPS=50 WARMUP=5 REPEATS=3 WORKERS=14 DTYPES="bfloat16" OUT_DIR=/tmp/res bash launch/gpu_bench.sh
+#   BATCHES="256" ATTENTIONS="cudnn" CASE_TIMEOUT=300 bash launch/gpu_bench.sh   # a subset of the cases
+#   CROP=host bash launch/gpu_bench.sh          # the training crop in the input workers
+#   DRY_RUN=1 bash launch/gpu_bench.sh          # (or --dry_run) print the commands, run none
+#   JAX_COMPILATION_CACHE_DIR=/tmp/jc bash launch/gpu_bench.sh   # where compiled steps are kept
 #                                              # (default .jax-cache: a rerun skips the compiles)
 #
 # The venv ($VENV; `ensure_venv` of launch/venv.sh, as launch/gpu.sh) is reinstalled whenever
@@ -46,7 +46,7 @@ if [[ "${1:-}" == --dry_run || "${1:-}" == --dry-run ]]; then
   DRY_RUN=1
   shift
 fi
-OUT_DIR=${OUT_DIR:-bench/results}
+OUT_DIR=${OUT_DIR:-runs/gpu_bench}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
 REPEATS=${REPEATS:-3}

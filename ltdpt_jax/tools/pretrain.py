@@ -1,6 +1,6 @@
 r"""Supervised pretraining of a ViT backbone, written as an official vision_transformer `.npz`.
 
-  python -m ltdpt_jax.pretrain --config=configs/pretrain_synthetic.py \
+  python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py \
       --workdir=runs/pretrain --out=ltdpt_jax/assets/vit_demo.npz
 
 How the released ViT checkpoints were made, at a size a CPU trains in minutes: every weight of a
@@ -410,7 +410,7 @@ def main(argv):
   if not out.endswith('.npz'):
     cli.fail(f'--out={out} must name a .npz file.', cli.EXIT_BAD_INPUT)
   workdir = f.workdir or default_workdir(out)
-  command = ' '.join(['python -m ltdpt_jax.pretrain'] + [shlex.quote(a) for a in sys.argv[1:]])
+  command = ' '.join(['python -m ltdpt_jax.tools.pretrain'] + [shlex.quote(a) for a in sys.argv[1:]])
   result = cli.run_guarded(lambda: run(config, workdir, out,
                                        allow_config_change=f.allow_config_change,
                                        command=command), workdir)
