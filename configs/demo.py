@@ -1,33 +1,12 @@
-r"""Offline demo: LT-DPT on a pretrained backbone and a long-tailed synthetic task, on a CPU in minutes.
+r"""Offline demo: LT-DPT on a pretrained backbone and a long-tailed synthetic task, on a CPU.
 
   python -m ltdpt_jax.main --config=configs/demo.py --workdir=runs/demo
 
-Backbone: `ltdpt_jax/assets/vit_demo.npz`, a small ViT (patch 4, width 64, 4 blocks, 4 heads,
-MLP 128, 32 px) that the project pretrained itself, every weight, on the balanced *upstream*
-synthetic task (the 64 classes of 8 shapes x 8 patterns), with
-`python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py` (the exact command and
-its upstream top-1 are in `ltdpt_jax/assets/vit_demo.json`); frozen here like any released
-checkpoint, its SHA-256 checked. `--config.model.checkpoint=PATH.npz
---config.model.checkpoint_sha256=` swaps in another one (with a matching architecture and
-image size).
-
-Task: the *downstream* class set of `data/synthetic.py`, 20 classes, each an object pattern in a
-scene ('red on sky', 'stripes on night', ...: 7 of the 8 patterns over 5 scenes, sky, grass,
-sand, night, brick); every object is drawn with one of 5 shapes (crescent, hourglass, arrow, heart, dome) no
-upstream class has, which carries no label, and the scenes are backgrounds the upstream never
-shows, so nothing is a reused upstream class. The backbone learned upstream to look past the
-background (it never carried a label there); here the class needs it, the context the paper's
-BR prompts are for. Long-tailed with imbalance ratio 50 (300 training images in the largest
-class, 6 in the smallest): 6 head (> 100 images), 8 medium (20-100) and 6 tail (< 20) classes;
-40 test images per class.
-
-Recipe: the paper's (Section 5.3) at demo size: FR + BR prompts with the saliency bias (4 + 4
-prompts, 8 groups, top-2, BR in the last 2 of 4 blocks), GCL (s 25, m 0.1, noise 1.0) with DRW
-on the last 4 of 16 epochs, orthogonality loss (lambda 0.5), SGD (momentum 0.9, weight decay
-0.01) with cosine decay and GNM (rho 0.05), RandomResizedCrop (0.08, 1) + flip. One change: the
-learning rate. The paper's 0.005 at batch 128 is for 70 epochs of ~80 steps; the demo has 16
-epochs of 24 steps (384 steps in all), and prompts and head need the larger step
-`optim.lr = LR` (at batch 128; 0.5 x that at the demo's batch 64) to get as far in that budget.
+The backbone is `ltdpt_jax/assets/vit_demo.npz`, a small ViT the project pretrained itself on an
+*upstream* synthetic task (`configs/pretrain_synthetic.py`), frozen here like any released
+checkpoint. The task: 20 *downstream* classes, each a pattern in a scene, long-tailed; the
+backbone learned upstream to look past backgrounds, and here the class needs them: the context
+the paper's BR prompts are for. The recipe is the paper's at demo size.
 """
 
 import os
@@ -37,15 +16,23 @@ from ltdpt_jax import config_lib
 
 BACKBONE = os.path.join(os.path.dirname(ltdpt_jax.__file__), 'assets', 'vit_demo.npz')
 BACKBONE_SHA256 = 'cb616c6148e846534c9f80b2ff5f7c6aba8e994c7594fc4314c7fd76fdaafa3d'
+# The one change to the paper's recipe: its 0.005 at batch 128 is for 70 epochs of ~80 steps; the
+# demo has 16 epochs of 24 steps (384 in all), and prompts and head need this larger step (at
+# batch 128; half of it at the demo's batch 64) to get as far in that budget.
 LR = 0.1
 
 
 def get_config(arg=None):
   del arg
   c = config_lib.base_config()
+  # The downstream class set of data/synthetic.py: an object pattern in a scene ('red on sky',
+  # 'stripes on night', ...: 7 of the 8 patterns over 5 scenes). Every object takes one of 5
+  # shapes no upstream class has and which carries no label; no scene appears upstream.
   c.data.dataset = 'synthetic'
   c.data.class_set = 'downstream'
   c.data.num_classes = 20
+  # 300 training images in the largest class, 6 in the smallest: 6 head (> 100), 8 medium
+  # (20-100) and 6 tail (< 20) classes; 40 test images per class.
   c.data.imbalance_ratio = 50.0
   c.data.num_train_max = 300
   c.data.num_test_per_class = 40
@@ -54,8 +41,13 @@ def get_config(arg=None):
   c.data.eval_batch_size = 200
   c.data.num_workers = 0
   c.model.backbone = 'custom'      # base_config's model.vit: patch 4, width 64, 4 blocks, 4 heads
+  # Its SHA-256 is checked; --config.model.checkpoint=PATH.npz --config.model.checkpoint_sha256=
+  # swaps in another backbone of the same architecture and image size.
   c.model.checkpoint = BACKBONE
   c.model.checkpoint_sha256 = BACKBONE_SHA256
+  # The paper's recipe (Section 5.3) at demo size: FR + BR prompts with the saliency bias, GCL
+  # (s 25, m 0.1, noise 1.0) + DRW, orthogonality loss (0.5), SGD + cosine + GNM (0.05),
+  # RandomResizedCrop (0.08, 1) + flip: base_config's, but for the sizes below and the lr.
   c.model.num_fr_prompts = 4
   c.model.num_br_prompts = 4
   c.model.num_groups = 8

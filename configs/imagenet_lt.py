@@ -1,14 +1,11 @@
-r"""LT-DPT on ImageNet-LT (paper Table 2).
-
-ImageNet-LT (Liu et al. 2019, OLTR split files) built from tfds `imagenet2012` (which needs the
-ImageNet tar files placed by hand; see the README); evaluated on the ImageNet-LT test list
-(50 images per class, taken from the ImageNet validation set). The paper's settings
-(`config_lib.base_config()`): ViT-B/16 (ImageNet-21k), batch 128, 70 epochs, DRW on the last 10.
-
-Expected top-1 (Table 2, LT-DPT): overall 84.0, head 85.8, medium 84.1, tail 78.4.
+r"""LT-DPT on ImageNet-LT (paper Table 2), with the paper's settings.
 
   python -m ltdpt_jax.main --config=configs/imagenet_lt.py --workdir=runs/imagenet_lt \
       --config.data.data_dir=$TFDS_DATA_DIR
+
+Built from tfds `imagenet2012` (its tar files placed by hand) with the OLTR split files;
+evaluated on the ImageNet-LT test list. Expected top-1 (Table 2, LT-DPT): 84.0 (head 85.8,
+medium 84.1, tail 78.4).
 """
 
 from ltdpt_jax import config_lib

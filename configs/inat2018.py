@@ -1,12 +1,9 @@
-r"""LT-DPT on iNaturalist 2018 (paper Table 3, left).
-
-tfds `i_naturalist2018` with its official train / validation splits (8,142 classes). The paper's
-settings (`config_lib.base_config()`): ViT-B/16 (ImageNet-21k), batch 128, 70 epochs, DRW on the
-last 10.
-
-Expected top-1 (Table 3, LT-DPT on iNaturalist 2018): overall 76.9.
+r"""LT-DPT on iNaturalist 2018 (paper Table 3, left), with the paper's settings.
 
   python -m ltdpt_jax.main --config=configs/inat2018.py --workdir=runs/inat2018
+
+tfds `i_naturalist2018`, its official train / validation splits (8,142 classes). Expected top-1
+(Table 3, LT-DPT): 76.9.
 """
 
 from ltdpt_jax import config_lib

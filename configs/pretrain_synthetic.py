@@ -1,27 +1,19 @@
 r"""Pretraining of the demo's backbone: a small ViT, every weight trained, on the balanced
-*upstream* synthetic task (all 64 shape x pattern classes of `data/synthetic.py`, on the shared
-random backgrounds; the demo's downstream classes are patterns in scenes, drawn on other shapes,
-so none of them is an upstream class).
+*upstream* synthetic task (the 64 shape x pattern classes of `data/synthetic.py`).
 
   python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py \
       --workdir=runs/pretrain --out=ltdpt_jax/assets/vit_demo.npz
 
-This command made the shipped `ltdpt_jax/assets/vit_demo.npz` (its SHA-256 is
-`configs/demo.py`'s `model.checkpoint_sha256`; the `.json` next to it holds the command, the
-upstream eval top-1 and reference logits). The ViT is base_config's custom size (patch 4, width
-64, 4 blocks, 4 heads, MLP 128) at 32 px. Recipe: AdamW (lr 3e-3, betas 0.9/0.999, weight decay
-0.05 on kernels), linear warm-up over 2 epochs then cosine to 0, label smoothing 0.1, gradient
-clipping at norm 1, batch 128. Crops: RandomResizedCrop area (0.25, 1) rather than (0.08, 1): a
-crop of 8% of a 32 px image often misses the object entirely (a 9 px window), which would train
-on wrong labels.
+This command made `ltdpt_jax/assets/vit_demo.npz` (the `.json` beside it holds the command, the
+upstream top-1 and reference logits). None of the demo's downstream classes is an upstream one.
 """
 
-from ltdpt_jax.tools import pretrain
+from ltdpt_jax import config_lib
 
 
 def get_config(arg=None):
   del arg
-  c = pretrain.base_config()
+  c = config_lib.pretrain_base_config()
   c.data.dataset = 'synthetic'
   c.data.class_set = 'upstream'
   c.data.num_classes = 64
@@ -31,10 +23,14 @@ def get_config(arg=None):
   c.data.image_size = 32
   c.data.batch_size = 128
   c.data.eval_batch_size = 256
+  # RandomResizedCrop area (0.25, 1), not (0.08, 1): 8% of a 32 px image (a 9 px window) often
+  # misses the object, which would train on wrong labels.
   c.data.crop_min_scale = 0.25
   c.data.num_workers = -1
   c.data.seed = 1                  # upstream images are drawn with another seed than the demo's
   c.model.backbone = 'custom'      # base_config's model.vit: patch 4, width 64, 4 blocks, 4 heads
+  # AdamW (betas 0.9 / 0.999, weight decay on kernels), warm-up over 2 epochs then cosine to 0,
+  # label smoothing 0.1, gradients clipped at norm 1 (pretrain_base_config's).
   c.optim.lr = 3e-3
   c.optim.warmup_epochs = 2.0
   c.optim.weight_decay = 0.05

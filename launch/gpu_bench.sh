@@ -2,7 +2,7 @@
 # Benchmark LT-DPT on one NVIDIA GPU (H200 / H100): configs/cifar100_lt.py = ViT-B/16 at 224 px,
 # n_f = n_b = 10 prompts, 6 BR blocks; random frozen backbone (no download) and synthetic data of
 # 224 px and 100 classes (no dataset). Cases: batch 128 and 256 x float32 / bfloat16 x attention 'xla'
-# / 'cudnn' (cuDNN fused attention needs bf16, so float32 runs 'xla' only: 6 cases, 1 skipped); each
+# / 'cudnn' (cuDNN fused attention needs bf16, so float32 runs 'xla' only: 8 cases, 2 skipped); each
 # times the train step alone, the synthetic input pipeline alone and the two end to end
 # (`python -m ltdpt_jax.bench --parts=train,pipeline,end_to_end`). The synthetic stand-in
 # generates CIFAR's 32 px images, and by default the training crop runs on the GPU
@@ -13,7 +13,8 @@
 # one table: train images/s, ms/step, model MFU against the dense bf16 peak, end-to-end images/s and
 # MFU, the allocator's peak GiB and the compiled step's GiB; it exits non-zero when any case failed.
 # $OUT_DIR/gpu.txt records the GPU. Budget: a compile (~30-60 s) plus ~10 s of timing per case, so
-# the five cases take about 5 minutes on an H200 -- an estimate: the script has not run on a GPU yet.
+# the six cases that run take about 4-7 minutes on an H200 -- an estimate: the script has not run on
+# a GPU yet.
 #
 #   bash launch/gpu_bench.sh                    # first run creates .venv-gpu: requirements + jax[cuda13]
 #   JAX_EXTRA=cuda12 bash launch/gpu_bench.sh   # NVIDIA driver < 580 (cuda13 needs >= 580, cuda12 >= 525)
@@ -34,10 +35,12 @@
 # XLA_CLIENT_MEM_FRACTION or XLA_PYTHON_CLIENT_PREALLOCATE=false to change it. The peak memory in
 # the JSON is the allocator's peak in use (memory.peak_bytes_in_use), not the preallocated pool.
 #
-# Reading the numbers: perf-anchors.md puts ViT-B/16 fwd + activation-only bwd at ~79 GFLOP/image
-# (P = 20); H200 dense bf16 peak 989.4 TFLOP/s => 12.5k img/s at 100% MFU, ~2k img/s for naive JAX
-# (16% MFU). The 'input pipeline' row generates synthetic 32 px images on the CPU (about 0.4 ms per
-# image per core, more than reading CIFAR from memory), so it measures the host, not a dataset read.
+# Reading the numbers: the analytic FLOP model (ltdpt_jax/models/flops.py) puts a ViT-B/16 with 20
+# prompt tokens in every block at ~79 GFLOP/image for fwd + activation-only bwd (each case's own
+# count: flops.analytic_train_per_image in its JSON); H200 dense bf16 peak 989.4 TFLOP/s => 12.5k
+# img/s at 100% MFU, ~2k img/s at 16% MFU. The 'input pipeline' row
+# generates synthetic 32 px images on the CPU (about 0.4 ms per image per core, more than reading
+# CIFAR from memory), so it measures the host, not a dataset read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by launch/gpu.sh and launch/gpu_bench.sh (sourced, not run): printing and running commands
 # with a dry run, and the venv that holds requirements.txt + a CUDA jax.
 #

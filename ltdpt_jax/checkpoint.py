@@ -1,28 +1,8 @@
-"""Orbax checkpoints of a run: trainable parameters, optimiser state, step, data-iterator state, meta.
+"""Orbax checkpoints of a run: trainable parameters, optimiser state, step, data-iterator state.
 
-One `ocp.CheckpointManager` under `workdir/checkpoints/` with three items per step:
-
-* `state`: the train state pytree without the frozen backbone (trainable params, optimiser state
-  including the GNM RNG key, step). The backbone is reloaded from its `.npz`, so a checkpoint of
-  ViT-B/16 LT-DPT is a few MB instead of 340 MB.
-* `data_iter`: the grain iterator state of every process, one `process_<i>-of-<n>.json` each
-  (grain's checkpoint handler). The LT-DPT train iterator's state is the same on every host (the
-  next global step, the seed, the sizes), so a checkpoint written by n processes restores onto any
-  other number: a process whose own file is missing reads process 0's.
-* `meta`: JSON with the config, the epoch, the class counts and evaluation results.
-
-Saves are asynchronous (the train loop goes on while the files are written) and atomic: Orbax
-writes to a temporary directory and renames it when complete, so a killed run never leaves a
-half-written checkpoint that a restart would read. Preservation keeps the last `keep` checkpoints
-plus the best one by evaluation accuracy (its metrics are stored with it, so a resumed run still
-knows which one is best).
-
-Restoring onto another device count works because the abstract target carries the shardings of
-the *current* mesh (everything in the state is replicated).
-
-Failures are told apart: a checkpoint whose files cannot be read raises `CheckpointDamaged`
-(the train loop sets it aside as `<step>.damaged` and falls back to the newest older one), a
-readable one of another model or optimiser raises `CheckpointMismatch` (names the arrays).
+`Checkpointer` wraps one `ocp.CheckpointManager` under `workdir/checkpoints/`; a checkpoint that
+cannot be read raises `CheckpointDamaged`, a readable one of another model or optimiser raises
+`CheckpointMismatch`. `IteratorHandler` restores the data-iterator state onto any process count.
 """
 
 from __future__ import annotations
@@ -43,7 +23,10 @@ from ltdpt_jax import fetch
 from ltdpt_jax.optim import path_name
 
 class CheckpointDamaged(Exception):
-  """A checkpoint whose files cannot be read (truncated, garbage, missing parts)."""
+  """A checkpoint whose files cannot be read (truncated, garbage, missing parts).
+
+  The train loop sets it aside as `<step>.damaged` and falls back to the newest older one.
+  """
 
   def __init__(self, step: int, directory, reason: str):
     super().__init__(f'The checkpoint of step {step} in {directory} is damaged: {reason}')
@@ -63,10 +46,12 @@ def _first_line(e: BaseException) -> str:
 
 
 class IteratorHandler(grain.checkpoint.CheckpointHandler):
-  """grain's iterator handler, restoring onto another process count (see the module docstring).
+  """grain's iterator handler, restoring onto another process count.
 
-  Only for iterators whose state does not depend on the process (as `data.TrainIterator`'s);
-  the state itself checks that the data order matches.
+  grain writes one `process_<i>-of-<n>.json` per process. The LT-DPT train iterator's state is
+  the same on every host (the next global step, the seed, the sizes), so a process whose own
+  file is missing reads process 0's. Only for iterators whose state does not depend on the
+  process (as `data.TrainIterator`'s); the state itself checks that the data order matches.
   """
 
   def restore(self, directory: epath.Path, item: Any = None, args: Any = None) -> Any:
@@ -102,7 +87,16 @@ class IteratorRestore(ocp.args.CheckpointArgs):
 
 
 class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` with the items of an LT-DPT run."""
+  """Thin wrapper over `ocp.CheckpointManager` with the items of an LT-DPT run.
+
+  Three items per step: `state`, the train state without the frozen backbone (trainable params,
+  optimiser state including the GNM key, step; the backbone is reloaded from its `.npz`, so a
+  checkpoint is a few MB); `data_iter`, the grain iterator state (`IteratorHandler`); `meta`,
+  JSON with the config, the epoch, the class counts and evaluation results. Saves are
+  asynchronous and atomic (Orbax writes to a temporary directory and renames it when complete),
+  so a killed run never leaves a half-written checkpoint that a restart would read. It keeps the
+  last `keep` checkpoints plus the best one by `best_metric`.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'accuracy',
                async_save: bool = True, read_only: bool = False):
@@ -255,3 +249,20 @@ def replicated_abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree` with `sharding` attached (a restore target)."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class IteratorState:
+  """A grain iterator state held apart from its iterator, in the form `IteratorHandler` saves and
+  restores: what the loop saves with each step's batch, and restores into the iterator."""
+
+  def __init__(self, state: Any = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes):
+    self.state = json.loads(state.decode())
+
+  def start_prefetch(self):
+    pass

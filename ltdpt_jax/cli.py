@@ -1,15 +1,9 @@
-"""What the command-line tools share (`main`, `pretrain`, `ablate`): quiet library logs, one-line
-errors, exit codes, multi-host start-up and absl flag parsing with clear config-key errors.
+"""What every command shares: start-up, one-line errors, exit codes and config validation.
 
-No flags are defined here, so every tool defines its own (`--config`, `--workdir`, ...) and they
-can be imported together. The exit codes are those of the README:
-
-  0 finished, 2 bad input or an OS failure (one line says what and how to fix it), 3 diverged
-  (NaN/inf; the last checkpoint is intact), 75 stopped by SIGTERM/Ctrl-C after a checkpoint
-  (rerun to resume), 130 stopped at once by a second Ctrl-C.
-
-`run_guarded(fn, workdir)` runs the body of a tool and turns the project's exceptions into those
-exit codes and one line each.
+`start` (logging, multi-host initialisation), `parse_flags` (a misspelt config key is one line),
+`load_config` and `validate_config` (every value checked before any work), `run_guarded` (the
+project's exceptions become one line and an exit code: the `EXIT_*` constants). No flags are
+defined here: each command defines its own.
 """
 
 from __future__ import annotations
@@ -25,7 +19,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Exit codes (also in the README).
+from ltdpt_jax import data as data_lib
+from ltdpt_jax import models
+from ltdpt_jax import evaluators
+from ltdpt_jax import run_dir
+from ltdpt_jax.models import common
+from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import vit
+
+# The exit codes of every command.
 EXIT_FINISHED = 0      # trained to the end / evaluated
 EXIT_BAD_INPUT = 2     # bad input, or an OS failure writing the run's files: one line says what
 EXIT_DIVERGED = 3      # NaN/inf: stopped, the last checkpoint intact
@@ -161,11 +163,9 @@ def load_config(config_flag):
 def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
   """Runs `fn()`; the project's exceptions become one line and an exit code: SetupError and
   ValueError 2, FloatingPointError 3, a second Ctrl-C 130, an OS failure writing the run 2."""
-  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
-  from ltdpt_jax import run_dir as run_dir_lib  # pylint: disable=g-import-not-at-top
   try:
     return fn()
-  except train.SetupError as e:
+  except run_dir.SetupError as e:
     fail(str(e), EXIT_BAD_INPUT)
   except FloatingPointError as e:
     fail(str(e), EXIT_DIVERGED)
@@ -174,7 +174,125 @@ def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
          'step; the last complete checkpoint is intact. Rerun the same command to resume.',
          EXIT_INTERRUPTED, quiet_exit=True)
   except Exception as e:  # pylint: disable=broad-except
-    failure = run_dir_lib.os_failure(e, workdir=workdir)
+    failure = run_dir.os_failure(e, workdir=workdir)
     if failure is None:
       raise
     fail(failure, EXIT_BAD_INPUT, quiet_exit=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config validation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _choices() -> dict[str, tuple]:
+  """The enumerated fields and the values they accept, as the parts that read them declare."""
+  return {
+      'model.backbone': vit.BACKBONES,
+      'model.method': ltdpt.METHODS,
+      'model.feature': ltdpt.FEATURES,
+      'model.prompt_mode': ltdpt.PROMPT_MODES,
+      'model.dtype': tuple(common.DTYPES),
+      'model.attention': vit.ATTENTIONS,
+      'model.remat_policy': tuple(vit.REMAT_POLICIES),
+      'data.dataset': data_lib.DATASETS,
+      'data.eval_split': data_lib.EVAL_SPLITS,
+      'data.on_bad_image': data_lib.ON_BAD_IMAGE,
+      'data.class_set': data_lib.CLASS_SETS,
+  }
+
+
+# Bounds of the other numeric fields outside config.model (whose values `models.build_model`
+# checks, with the architecture).
+_POSITIVE = ('data.image_size', 'data.batch_size', 'data.eval_batch_size', 'loss.s', 'optim.lr',
+             'optim.lr_base_batch', 'train.epochs', 'train.checkpoint_every_steps',
+             'train.log_every_steps', 'train.eval_every_epochs', 'train.keep_checkpoints')
+_NON_NEGATIVE = ('data.synthetic_image_size', 'loss.m', 'loss.noise_mul', 'loss.orth_lambda',
+                 'optim.momentum', 'optim.weight_decay', 'optim.gnm_rho', 'optim.gnm_dis_mul',
+                 'train.drw_epochs')
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def _validate_model(config):
+  """config.model: choices, the architecture and image size, and LTDPT's own checks."""
+  try:
+    arch = vit.arch_from_config(config.model)
+  except ValueError as e:
+    raise ValueError(f'config.model.vit: {e}') from None
+  try:
+    arch.grid(config.data.image_size)
+  except ValueError as e:
+    raise ValueError(f'config.data.image_size={config.data.image_size}: {e}') from None
+  try:
+    models.build_model(config.model, num_classes=2)
+  except ValueError as e:
+    raise ValueError(f'config.model: {e}') from None
+
+
+def validate_evals(config):
+  if not config.evals:
+    raise ValueError('config.evals is empty; the base config has '
+                     "config.evals.eval = {type: 'longtail'}.")
+  for name, section in config.evals.items():
+    if section.get('type') not in evaluators.REGISTRY:
+      raise ValueError(f'config.evals.{name}.type={section.get("type")!r} is not valid; choose '
+                       f'one of {tuple(evaluators.REGISTRY)}.')
+    if not section.get('every_epochs', 0) >= 0:
+      raise ValueError(f'config.evals.{name}.every_epochs={section.every_epochs} must be >= 0 '
+                       '(0: config.train.eval_every_epochs).')
+  name, sep, key = config.train.best_metric.partition('/')
+  if not sep or not key or name not in config.evals:
+    raise ValueError(f'config.train.best_metric={config.train.best_metric!r} must be '
+                     f"'<evaluator>/<metric>' with an evaluator of config.evals "
+                     f'({", ".join(config.evals)}), e.g. \'eval/accuracy\'.')
+
+
+def validate_config(config, *, num_devices: int | None = None,
+                    num_processes: int | None = None) -> None:
+  """Raises ValueError naming the first invalid value of an LT-DPT config and what it accepts
+  (the enumerated values as the parts that read them declare, the model by building it, the
+  bounds above, the batch sizes against the device and process counts)."""
+  if config.model.get('method') == models.PRETRAIN:
+    raise ValueError("config.model.method='pretrain' is a pretraining config: run it with "
+                     'python -m ltdpt_jax.tools.pretrain.')
+  for key, choices in _choices().items():
+    value = _get(config, key)
+    if value not in choices:
+      raise ValueError(f'config.{key}={value!r} is not valid; choose one of {choices}.')
+  for key in _POSITIVE:
+    if not _get(config, key) > 0:
+      raise ValueError(f'config.{key}={_get(config, key)!r} must be > 0.')
+  for key in _NON_NEGATIVE:
+    if not _get(config, key) >= 0:
+      raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
+  if not 0.0 < config.data.crop_min_scale <= 1.0:
+    raise ValueError(f'config.data.crop_min_scale={config.data.crop_min_scale} must be in (0, 1].')
+  if not 0.0 <= config.loss.drw_beta < 1.0:
+    raise ValueError(f'config.loss.drw_beta={config.loss.drw_beta} must be in [0, 1).')
+  if config.train.drw_epochs > config.train.epochs:
+    raise ValueError(f'config.train.drw_epochs={config.train.drw_epochs} exceeds '
+                     f'config.train.epochs={config.train.epochs}.')
+  thresholds = tuple(config.data.shot_thresholds)
+  if len(thresholds) != 2 or not 0 <= thresholds[0] <= thresholds[1]:
+    raise ValueError(f'config.data.shot_thresholds={thresholds} must be (tail_max, head_min) '
+                     'with 0 <= tail_max <= head_min, e.g. (20, 100).')
+  for key, needed in (('folder', ('train_dir', 'eval_dir')), ('list', ('train_list', 'eval_list'))):
+    for field in needed if config.data.dataset == key else ():
+      if not config.data[field]:
+        raise ValueError(f"config.data.dataset={key!r} needs config.data.{field} (see "
+                         'configs/folder.py).')
+  if config.data.dataset == 'cifar100_lt' and config.data.imbalance_ratio < 1:
+    raise ValueError(f'config.data.imbalance_ratio={config.data.imbalance_ratio} must be >= 1.')
+  _validate_model(config)
+  validate_evals(config)
+  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
+    for key in ('data.batch_size', 'data.eval_batch_size') if count else ():
+      if _get(config, key) % count:
+        raise ValueError(f'config.{key}={_get(config, key)} must be a multiple of the number of '
+                         f'{what} ({count}).')

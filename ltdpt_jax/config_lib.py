@@ -1,25 +1,19 @@
-"""Defaults and validation shared by every experiment config in `configs/`.
+"""The defaults every experiment config in `configs/` starts from; it imports only ml_collections.
 
-Each file in `configs/` calls `base_config()` and sets only what its experiment changes. The
-field names are fixed by SPEC.md ("Config names"); add fields here, rename none. One section per
-part, and each part reads only its own: `model` (`ltdpt.build_model`), `data` (the input
-pipeline, plus `train.seed` for the order), `loss` (the train step), `optim` (the optimiser,
-plus the total steps and the global batch), `evals` (the evaluators), `train` (the loop).
-
-`validate` checks every field before any work: the enumerated values against the declarations
-of the parts that read them (`vit.BACKBONES`, `ltdpt.METHODS`, ..., `data.DATASETS`,
-`evaluators.REGISTRY`), the model section by building the model, and the bounds below.
+`base_config()` (LT-DPT with the paper's settings), `pretrain_base_config()` (a backbone
+pretrained with `python -m ltdpt_jax.tools.pretrain`), `CHECKPOINTS` (where the paper's
+backbones are published) and `parse_arg` (the `file.py:a=1,b=x` argument of a config). Each part
+reads its own section; the commands check the values (`cli.validate_config`) before any work.
 """
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
-from ltdpt_jax import data as data_lib
-from ltdpt_jax import evaluators
-from ltdpt_jax import optim
-from ltdpt_jax.models import ltdpt
-from ltdpt_jax.models import vit
+# The default of config.optim.frozen_patterns: the whole ViT backbone is frozen.
+FROZEN_PATTERNS = ('^backbone/',)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = 'b16'           # 'ti16' | 's16' | 'b16' | 'l16' | 'custom' (sizes in model.vit)
+  c.model.backbone = 'b16'           # 'ti16' | 's16' | 'b16' | 'l16' | 'custom' (model.vit sizes)
   # Sizes used only when backbone == 'custom' (tiny ViTs for the demo and the tests).
   c.model.vit = ml_collections.ConfigDict(dict(
       patch_size=4, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128))
@@ -46,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature = 'cls_prompt_mean'  # 'cls_prompt_mean' | 'cls'
   c.model.prompt_mode = 'replace'    # 'replace' | 'carry'
   c.model.dropout = 0.1
-  c.model.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (frozen backbone stored in bf16)
+  # Compute dtype: 'float32' | 'bfloat16' (the frozen backbone is then stored in bf16 too).
+  c.model.dtype = 'float32'
   # Performance knobs (models/vit.py `attend`, `Encoder`): attention 'auto' (cuDNN fused attention
   # on a GPU with bf16, else XLA) | 'xla' | 'cudnn'; masked padding of queries/keys to a multiple of
   # pad_attention_to (0: none on XLA, 8 on cuDNN); remat: rematerialise each block in the backward
@@ -71,10 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.gnm_rho = 0.05             # 0 turns GNM off
   c.optim.gnm_dis_mul = 0.1
   # Regexes over '/'-joined parameter paths that are frozen (optax.set_to_zero, no gradients).
-  c.optim.frozen_patterns = optim.FROZEN_PATTERNS
+  c.optim.frozen_patterns = FROZEN_PATTERNS
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'cifar100_lt'     # data.DATASETS: 'cifar100_lt' | 'imagenet_lt' | 'places_lt' | 'inat2018' | 'synthetic'
+  # data.DATASETS: 'cifar100_lt' | 'imagenet_lt' | 'places_lt' | 'inat2018' | 'synthetic', or your
+  # own images: 'folder' | 'list' (below).
+  c.data.dataset = 'cifar100_lt'
   c.data.imbalance_ratio = 100.0
   c.data.image_size = 224
   c.data.data_dir = ''               # tfds data_dir ('' = tfds default, $TFDS_DATA_DIR)
@@ -132,6 +129,49 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def pretrain_base_config() -> ml_collections.ConfigDict:
+  """The defaults of a pretraining config (`configs/pretrain_*.py` set what they change).
+
+  Sections: `model` (the ViT: `backbone` preset or 'custom' with `vit.*` sizes, `dtype`; method
+  'pretrain': every weight trained, with a linear head), `data` (LT-DPT's data section, so every
+  source works), `loss` (`label_smoothing`), `optim` (AdamW), `evals` and `train` (as LT-DPT's).
+  """
+  lt = base_config()
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()
+  c.model.method = 'pretrain'
+  c.model.backbone = 'custom'        # 'ti16' | 's16' | 'b16' | 'l16' | 'custom' (model.vit sizes)
+  c.model.vit = copy.deepcopy(lt.model.vit)
+  c.model.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+
+  c.data = copy.deepcopy(lt.data)
+  c.data.dataset = 'synthetic'
+  c.data.class_set = 'upstream'
+  c.data.imbalance_ratio = 1.0       # balanced
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.label_smoothing = 0.1
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3                  # peak learning rate (for the global batch as configured)
+  c.optim.warmup_epochs = 2.0        # linear warm-up from 0, then cosine decay to 0
+  c.optim.weight_decay = 0.05        # AdamW's decoupled decay, on kernels only
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.grad_clip_norm = 1.0       # 0 = no clipping
+
+  c.evals = copy.deepcopy(lt.evals)
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 30
+  c.train.eval_every_epochs = 5
+  c.train.checkpoint_every_steps = 500
+  c.train.keep_checkpoints = 3
+  c.train.log_every_steps = 50
+  c.train.best_metric = 'eval/accuracy'
+  c.train.seed = 0
+  return c
+
+
 # Public Google Cloud Storage locations of the ImageNet-21k checkpoints the paper's backbones come
 # from (AugReg i21k, the weights timm's `vit_*_patch16_224_in21k` and so GNM-PT/LPT load). The
 # original 2020 release (`imagenet21k/ViT-B_16.npz`, used by the official VPT code) loads too.
@@ -167,109 +207,3 @@ def parse_arg(arg: str | None, **defaults):
       value = value.lower() in ('1', 'true', 'yes')
     out[key] = kind(value)
   return out
-
-
-def _choices() -> dict[str, tuple]:
-  """The enumerated fields and the values they accept, as the parts that read them declare."""
-  return {
-      'model.backbone': vit.BACKBONES,
-      'model.method': ltdpt.METHODS,
-      'model.feature': ltdpt.FEATURES,
-      'model.prompt_mode': ltdpt.PROMPT_MODES,
-      'model.dtype': tuple(ltdpt.DTYPES),
-      'model.attention': vit.ATTENTIONS,
-      'model.remat_policy': tuple(vit.REMAT_POLICIES),
-      'data.dataset': data_lib.DATASETS,
-      'data.eval_split': data_lib.EVAL_SPLITS,
-      'data.on_bad_image': data_lib.ON_BAD_IMAGE,
-      'data.class_set': data_lib.CLASS_SETS,
-  }
-
-
-# Bounds of the other numeric fields outside config.model (whose values `ltdpt.build_model`
-# checks, with the architecture).
-_POSITIVE = ('data.image_size', 'data.batch_size', 'data.eval_batch_size', 'loss.s', 'optim.lr',
-             'optim.lr_base_batch', 'train.epochs', 'train.checkpoint_every_steps',
-             'train.log_every_steps', 'train.eval_every_epochs', 'train.keep_checkpoints')
-_NON_NEGATIVE = ('data.synthetic_image_size', 'loss.m', 'loss.noise_mul', 'loss.orth_lambda', 'optim.momentum',
-                 'optim.weight_decay', 'optim.gnm_rho', 'optim.gnm_dis_mul', 'train.drw_epochs')
-
-
-def _get(config, dotted):
-  node = config
-  for part in dotted.split('.'):
-    node = node[part]
-  return node
-
-
-def _validate_model(config):
-  """config.model: choices, the architecture and image size, and LTDPT's own checks."""
-  try:
-    arch = vit.arch_from_config(config.model)
-  except ValueError as e:
-    raise ValueError(f'config.model.vit: {e}') from None
-  try:
-    arch.grid(config.data.image_size)
-  except ValueError as e:
-    raise ValueError(f'config.data.image_size={config.data.image_size}: {e}') from None
-  try:
-    ltdpt.build_model(config.model, num_classes=2)
-  except ValueError as e:
-    raise ValueError(f'config.model: {e}') from None
-
-
-def _validate_evals(config):
-  if not config.evals:
-    raise ValueError('config.evals is empty; the base config has '
-                     "config.evals.eval = {type: 'longtail'}.")
-  for name, section in config.evals.items():
-    if section.get('type') not in evaluators.REGISTRY:
-      raise ValueError(f'config.evals.{name}.type={section.get("type")!r} is not valid; choose '
-                       f'one of {tuple(evaluators.REGISTRY)}.')
-    if not section.get('every_epochs', 0) >= 0:
-      raise ValueError(f'config.evals.{name}.every_epochs={section.every_epochs} must be >= 0 '
-                       '(0: config.train.eval_every_epochs).')
-  name, sep, key = config.train.best_metric.partition('/')
-  if not sep or not key or name not in config.evals:
-    raise ValueError(f'config.train.best_metric={config.train.best_metric!r} must be '
-                     f"'<evaluator>/<metric>' with an evaluator of config.evals "
-                     f'({", ".join(config.evals)}), e.g. \'eval/accuracy\'.')
-
-
-def validate(config, *, num_devices: int | None = None, num_processes: int | None = None):
-  """Raises ValueError naming the first invalid config value and what it accepts."""
-  for key, choices in _choices().items():
-    value = _get(config, key)
-    if value not in choices:
-      raise ValueError(f'config.{key}={value!r} is not valid; choose one of {choices}.')
-  for key in _POSITIVE:
-    if not _get(config, key) > 0:
-      raise ValueError(f'config.{key}={_get(config, key)!r} must be > 0.')
-  for key in _NON_NEGATIVE:
-    if not _get(config, key) >= 0:
-      raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
-  if not 0.0 < config.data.crop_min_scale <= 1.0:
-    raise ValueError(f'config.data.crop_min_scale={config.data.crop_min_scale} must be in (0, 1].')
-  if not 0.0 <= config.loss.drw_beta < 1.0:
-    raise ValueError(f'config.loss.drw_beta={config.loss.drw_beta} must be in [0, 1).')
-  if config.train.drw_epochs > config.train.epochs:
-    raise ValueError(f'config.train.drw_epochs={config.train.drw_epochs} exceeds '
-                     f'config.train.epochs={config.train.epochs}.')
-  thresholds = tuple(config.data.shot_thresholds)
-  if len(thresholds) != 2 or not 0 <= thresholds[0] <= thresholds[1]:
-    raise ValueError(f'config.data.shot_thresholds={thresholds} must be (tail_max, head_min) '
-                     'with 0 <= tail_max <= head_min, e.g. (20, 100).')
-  for key, needed in (('folder', ('train_dir', 'eval_dir')), ('list', ('train_list', 'eval_list'))):
-    for field in needed if config.data.dataset == key else ():
-      if not config.data[field]:
-        raise ValueError(f"config.data.dataset={key!r} needs config.data.{field} (see "
-                         'configs/folder.py).')
-  if config.data.dataset == 'cifar100_lt' and config.data.imbalance_ratio < 1:
-    raise ValueError(f'config.data.imbalance_ratio={config.data.imbalance_ratio} must be >= 1.')
-  _validate_model(config)
-  _validate_evals(config)
-  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
-    for key in ('data.batch_size', 'data.eval_batch_size') if count else ():
-      if _get(config, key) % count:
-        raise ValueError(f'config.{key}={_get(config, key)} must be a multiple of the number of '
-                         f'{what} ({count}).')

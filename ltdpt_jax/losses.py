@@ -1,20 +1,8 @@
 """Losses of LT-DPT: GCL with DRW weights (L_lt), the group-prompt orthogonality loss (Eq. 6)
 and their sum (Eq. 7).
 
-GCL follows the official PyTorch code line for line (`Keke921/GCLLoss: losses.py` GCLLoss and
-its copy `Keke921/GNM-PT: loss.py` GCLLoss.forward):
-
-  m_j     = log n_max - log n_j                                  (float32, like torch)
-  xi_ij   = clip(N(0,1) / 3, -1, 1)                             (torch: Normal(0, 1/3).clamp(-1, 1))
-  c~_ij   = c_ij - noise_mul * |xi_ij| / max_k m_k * m_j         (every logit, one-sided)
-  c~_iy  -= m                                                    (margin on the target only)
-  L       = CE(s * c~, y, weight=w)                              (torch F.cross_entropy, mean)
-
-With class weights the mean is PyTorch's weighted mean, sum_i w_{y_i} l_i / sum_i w_{y_i}.
-DRW weights (`GNM-PT loss.py`, beta 0.9998): w_j = (1 - beta) / (1 - beta^{n_j}), normalised to
-sum to C. Differences from the PyTorch code, where it would produce inf/NaN: a class with
-n_j = 0 is treated as n_j = 1 (the rarest possible class) in both `gcl_loss` and
-`drw_weights`, and when all classes have the same count (max m = 0) the Gaussian-cloud term is 0.
+`gcl_loss` (with `gcl_logits`, `drw_weights`) follows the authors' PyTorch GCLLoss, as GNM-PT
+uses it; `orthogonality_loss` is Eq. 6 and `total_loss` Eq. 7.
 """
 
 from __future__ import annotations
@@ -27,6 +15,8 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def _safe_counts(class_counts) -> jax.Array:
+  # A class with n_j = 0 is treated as n_j = 1 (the rarest possible class), where the PyTorch
+  # code would produce inf / NaN.
   counts = jnp.asarray(class_counts, jnp.float32)
   if counts.ndim != 1:
     raise ValueError('class_counts must be a 1-D per-class count vector; '
@@ -43,7 +33,15 @@ def gcl_margins(class_counts: ArrayLike) -> jax.Array:
 def gcl_logits(cosine: jax.Array, labels: jax.Array, class_counts: ArrayLike, *,
                noise: jax.Array | None, s: float = 25.0, m: float = 0.1,
                noise_mul: float = 1.0) -> jax.Array:
-  """The scaled GCL logits s * c~ (B, C) that `gcl_loss` feeds to the cross-entropy."""
+  """The scaled GCL logits s * c~ (B, C) that `gcl_loss` feeds to the cross-entropy.
+
+  As the PyTorch GCLLoss, line for line:
+    m_j   = log n_max - log n_j                              (`gcl_margins`, float32 like torch)
+    xi_ij = clip(N(0,1) / 3, -1, 1)                          (torch: Normal(0, 1/3).clamp(-1, 1))
+    c~_ij = c_ij - noise_mul * |xi_ij| / max_k m_k * m_j     (every logit, one-sided)
+    c~_iy -= m                                               (margin on the target only)
+  When all classes have the same count (max m = 0) the Gaussian-cloud term is 0 (no NaN).
+  """
   cosine = jnp.asarray(cosine)
   if cosine.ndim != 2:
     raise ValueError(f'cosine must be (batch, classes); got shape {cosine.shape}.')
@@ -95,6 +93,8 @@ def gcl_loss(cosine: jax.Array, labels: jax.Array, class_counts: ArrayLike, *,
              noise_mul: float = 1.0, class_weights: ArrayLike | None = None) -> jax.Array:
   """Gaussian clouded logit adjustment loss (Li et al. 2022), the paper's L_lt (Section 5.3).
 
+  L = CE(s * c~, y, weight=w) with c~ from `gcl_logits` (torch's F.cross_entropy, mean).
+
   Args:
     cosine: (B, C) cosine logits of the cosine classifier (no scale applied).
     labels: (B,) integer targets.
@@ -135,8 +135,8 @@ def orthogonality_loss(group_prompts: jax.Array) -> jax.Array:
   """Eq. 6: L_b = sum over ordered pairs i != j of cos(P_i, P_j) for G group prompts.
 
   group_prompts: (G, ...) with each group's prompts (e.g. G x H x n_b x D) flattened to a
-  vector. Every unordered pair counts twice (SPEC.md). A zero vector has cosine 0 with all
-  others (norms are clamped at 1e-8, like torch's cosine_similarity).
+  vector. Every unordered pair counts twice, as in the sum over i != j. A zero vector has
+  cosine 0 with all others (norms are clamped at 1e-8, like torch's cosine_similarity).
   """
   g = group_prompts.shape[0]
   p = group_prompts.reshape(g, -1).astype(jnp.float32)

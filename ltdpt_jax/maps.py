@@ -1,33 +1,8 @@
 """What a trained LT-DPT model looks at: saliency, Grad-CAM and prompt-attention maps, and how
 much of each falls on the object (the paper's Figure 1 as a picture and as a number).
 
-For a uint8 batch, `make_maps_fn(model)` returns one jitted function that computes, per image
-(m patches on a gh x gw grid, row-major like the patch tokens):
-
-* `saliency` (B, S, S): the spectral-residual map (`saliency.spectral_residual`, Appendix B,
-  Eq. 8-12) at the image's resolution; `patch_scores` (B, m): the scores S the model's biases used;
-* `gradcam_pred`, `gradcam_true` (B, m): Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) adapted to a
-  ViT the usual way: activations A = the patch tokens entering the last block (B, m, D),
-  weights w_c = the mean over patches of d y_c / d A (y_c: the cosine logit of class c), map =
-  ReLU(sum_d w_c,d A_:,d); for the predicted and for the true class;
-* `fr_attention`, `br_attention`, `cls_attention` (B, m): the attention probabilities of the last
-  block over the patch keys, exactly the softmax the model computed with its saliency biases
-  (sown by `MultiHeadAttention`), averaged over heads and over the FR prompts (the general
-  prompts for method 'vpt'), the BR prompts ('fr_br' only; zeros otherwise) and the CLS query.
-
-The model is run on its straightforward path (`skip_dead_prompt_work=False`: every row of every
-block computed, the same outputs as training's path, tested in test_ltdpt.py) so that the prompt
-rows of the last block exist whatever the feature; the activations' gradient comes from Flax's
-`perturb` (`ltdpt.LAST_BLOCK_TOKENS`), which the train step never passes, so training pays
-nothing for any of this.
-
-Foreground share (`foreground_share`): the fraction of a map's mass on the object, sum(M F) /
-sum(M), with F the fraction of each patch the object covers (`patch_fraction` of a pixel mask)
-or the pixel mask itself for full-resolution maps. The synthetic dataset knows its objects
-(`SyntheticLT.object_mask`); for other data the reference is the top 25% most salient patches
-by S (`top_salient_patches`), which says where the saliency prior points rather than where the
-object is (S's own share is then high by construction). `share_stats` averages the shares over
-images, overall and per head / medium / tail group.
+`make_maps_fn` (and `compute` over a host batch) gives the maps of a batch; `shares` and
+`share_stats` measure each map's foreground share; `sample_eval_images` picks the images.
 """
 
 from __future__ import annotations
@@ -43,6 +18,7 @@ import numpy as np
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import saliency as saliency_lib
 from ltdpt_jax.data import transforms
+from ltdpt_jax.models import common
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.train_step import normalize_images
 
@@ -59,13 +35,21 @@ TOP_SALIENT_FRACTION = 0.25
 
 
 def straightforward(model: ltdpt.LTDPT) -> ltdpt.LTDPT:
-  """The same model (same parameters and outputs) computing every row of every block."""
+  """The same model (same parameters and outputs) computing every row of every block.
+
+  On this straightforward path (`skip_dead_prompt_work=False`, tested to match training's
+  outputs) the prompt rows of the last block exist whatever the feature, and XLA's attention
+  sows its probabilities.
+  """
   return model.clone(skip_dead_prompt_work=False, attention='xla')  # only XLA's sows the maps
 
 
 def gradcam(activations: jax.Array, gradients: jax.Array) -> jax.Array:
   """Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) on tokens: activations and gradients (B, m, D)
-  -> (B, m) = ReLU(sum_d alpha_d A_:,d), alpha = the mean of the gradient over the m patches."""
+  -> (B, m) = ReLU(sum_d alpha_d A_:,d), alpha = the mean of the gradient over the m patches.
+
+  Adapted to a ViT the usual way: A = the patch tokens entering the last block, and the gradient
+  that of a class's cosine logit with respect to A."""
   alpha = gradients.mean(axis=1)  # Eq. 1: global average pooling of the gradients
   return jax.nn.relu(jnp.einsum('bd,bmd->bm', alpha, activations))  # Eq. 2
 
@@ -79,7 +63,19 @@ def attention_over_patches(probs: jax.Array, rows: np.ndarray, patch_cols: slice
 
 
 def make_maps_fn(model: ltdpt.LTDPT, image_size: int):
-  """maps(params, images_uint8, labels) -> dict of maps (see the module docstring), jitted.
+  """maps(params, images_uint8, labels, scale) -> dict of maps, jitted.
+
+  Per image (m patches on a gh x gw grid, row-major like the patch tokens):
+  * 'saliency' (B, S, S): the spectral-residual map (`saliency.spectral_residual`, Eq. 8-12) at
+    the image's resolution; 'patch_scores' (B, m): the scores S the model's biases use;
+  * 'gradcam_pred', 'gradcam_true' (B, m): `gradcam` for the predicted and the true class;
+  * 'fr_attention', 'br_attention', 'cls_attention' (B, m): the last block's attention
+    probabilities over the patch keys, exactly the softmax the model computed with its saliency
+    biases (sown by `MultiHeadAttention`), averaged over heads and over the FR prompts (the
+    general prompts for method 'vpt'), the BR prompts ('fr_br' only; zeros otherwise) and the
+    CLS query.
+  The model runs `straightforward`; the activations' gradient comes from Flax's `perturb`
+  (`common.LAST_BLOCK_TOKENS`), which the train step never passes, so training pays nothing.
 
   `params`: the full parameter tree (trainable and frozen merged); images (B, S, S, 3) uint8 as
   the evaluation transform gives them; labels (B,) int (the true classes, for Grad-CAM).
@@ -92,13 +88,13 @@ def make_maps_fn(model: ltdpt.LTDPT, image_size: int):
   last = model.num_layers - 1
   layout = full.block_layout(last)
   sizes = full.segment_sizes(m)
-  q_types = ltdpt.BlockLayout.types(layout.queries, sizes)
-  k_types = ltdpt.BlockLayout.types(layout.keys, sizes)
-  patch_idx = np.flatnonzero(k_types == ltdpt.PATCH)
+  q_types = common.BlockLayout.types(layout.queries, sizes)
+  k_types = common.BlockLayout.types(layout.keys, sizes)
+  patch_idx = np.flatnonzero(k_types == common.PATCH)
   patch_cols = slice(int(patch_idx[0]), int(patch_idx[-1]) + 1)
-  rows = {'fr_attention': np.flatnonzero(q_types == ltdpt.FR),
-          'br_attention': np.flatnonzero(q_types == ltdpt.BR),
-          'cls_attention': np.flatnonzero(q_types == ltdpt.CLS)}
+  rows = {'fr_attention': np.flatnonzero(q_types == common.FR),
+          'br_attention': np.flatnonzero(q_types == common.BR),
+          'cls_attention': np.flatnonzero(q_types == common.CLS)}
   ph = model.arch.patch_size[0]
 
   def maps(params, images_uint8, labels, scale):
@@ -110,12 +106,12 @@ def make_maps_fn(model: ltdpt.LTDPT, image_size: int):
 
     def logits_of(perturbation):
       out, inter = full.apply(
-          {'params': params, 'perturbations': {ltdpt.LAST_BLOCK_TOKENS: perturbation}},
+          {'params': params, 'perturbations': {common.LAST_BLOCK_TOKENS: perturbation}},
           x, sal_in, train=False, mutable=['intermediates'])
       return out['logits'], (out, inter['intermediates'])
 
     logits, vjp, (out, inter) = jax.vjp(logits_of, zeros, has_aux=True)
-    tokens = inter[ltdpt.LAST_BLOCK_TOKENS][0][:, 1:].astype(jnp.float32)
+    tokens = inter[common.LAST_BLOCK_TOKENS][0][:, 1:].astype(jnp.float32)
     prediction = jnp.argmax(logits, axis=-1)
     num_classes = logits.shape[-1]
     grad_pred = vjp(jax.nn.one_hot(prediction, num_classes, dtype=logits.dtype))[0][:, 1:]
@@ -158,7 +154,11 @@ def patch_fraction(masks: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 def top_salient_patches(scores: np.ndarray, fraction: float = TOP_SALIENT_FRACTION) -> np.ndarray:
-  """(B, m) -> (B, m) 0/1: each image's ceil(fraction * m) patches of highest saliency S."""
+  """(B, m) -> (B, m) 0/1: each image's ceil(fraction * m) patches of highest saliency S.
+
+  The reference for data without object masks: it says where the saliency prior points rather
+  than where the object is (S's own share is then high by construction).
+  """
   scores = np.asarray(scores, np.float64)
   k = max(1, int(np.ceil(fraction * scores.shape[1])))
   order = np.argsort(-scores, axis=1, kind='stable')[:, :k]
@@ -180,8 +180,10 @@ def foreground_share(maps: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 def shares(maps: Mapping[str, np.ndarray], *, patch_size: int,
            masks: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], str]:
   """Per image, the foreground share of every map (`PATCH_MAPS` and the full saliency), and the
-  reference used: 'object mask' (pixel `masks` given) or 'top 25% salient patches'. Also
-  'foreground_area': the reference's own share of the image (a map spread evenly scores it)."""
+  reference used: 'object mask' (pixel `masks` given, e.g. `SyntheticLT.object_mask`; patch maps
+  are scored against the fraction of each patch it covers, `patch_fraction`) or 'top 25% salient
+  patches' (`top_salient_patches`). Also 'foreground_area': the reference's own share of the
+  image (a map spread evenly scores it)."""
   if masks is not None:
     fg_patch = patch_fraction(masks, patch_size)
     reference = 'object mask'

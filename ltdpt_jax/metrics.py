@@ -1,10 +1,10 @@
 """Metrics a person can plot: JSON lines, TensorBoard event files (no TensorFlow), progress lines,
 and the JSON records of a run (`write_json`, `read_json`).
 
-Only process 0 writes files. Every record is one JSON object per line in `workdir/metrics.jsonl`
-(`{"step": ..., "split": "train"|"eval", ...}`) and the same scalars go to TensorBoard event files
-in `workdir/tb/` through tensorboardX (written locally and copied when the workdir is gs://). `Progress` turns step counts and wall time into steps/s,
-images/s and an ETA for the console.
+Only process 0 writes files: `MetricWriter` appends one JSON object per record to
+`workdir/metrics.jsonl` (`{"step": ..., "split": "train"|"eval", ...}`) and the same scalars to
+TensorBoard event files in `workdir/tb/` (tensorboardX). `Progress` turns step counts and wall
+time into steps/s, images/s and an ETA for the console.
 """
 
 from __future__ import annotations

@@ -1,52 +1,9 @@
 """Optimiser of LT-DPT: trainable/frozen partition, SGD + coupled weight decay + cosine, and GNM.
 
-Partition. `param_labels` marks every parameter 'trainable' or 'frozen' by regexes over its
-'/'-joined path (`config.optim.frozen_patterns`, default `('^backbone/',)`, matched with
-`re.search`, big_vision style), so a config can move parts between partitions. `split_params`
-cuts the params into the two subtrees and `merge_params` joins them again.
-
-How the state stays small (jax-anchors 3.3). The train step keeps the frozen backbone as a
-separate, non-differentiated argument and takes `jax.value_and_grad` with respect to the
-*trainable subtree only*, so no backbone weight gradient is ever computed and the optimiser
-state (momentum, GNM key) covers only the trainable parameters (~1-2 M for ViT-B/16). The
-optimiser is still the SPEC's `optax.multi_transform({'trainable': base, 'frozen':
-set_to_zero()}, labels)` with the labels computed from the tree it is given; on the trainable
-subtree every leaf is 'trainable', and if it is ever given the full tree the frozen leaves get
-zero updates and `MaskedNode` (empty) state, and GNM does not perturb them.
-
-Base optimiser (Section 5.3, PyTorch `torch.optim.SGD(momentum=0.9, weight_decay=0.01)`
-semantics): g' = g + wd * theta (coupled decay, on the unperturbed theta); buf = 0.9 * buf + g'
-(buf_1 = g'_1, no dampening, no Nesterov); theta -= lr_t * buf, with lr_t a per-step cosine decay
-from lr = config.optim.lr * global_batch / config.optim.lr_base_batch to 0 over total_steps.
-Everything here reads the config's optim section (`config.optim`) only.
-
-GNM (Gaussian neighbourhood minimisation, GNM-PT `gnm.py`): each step every trainable leaf is
-perturbed by eps = rho * dis_mul * c * clip(N(0, 1) / 3, -1, 1), the gradient is taken at
-theta + eps (one gradient evaluation), and the wrapped optimiser is updated with that gradient
-and the *unperturbed* theta. `GNM` wraps any optax optimiser; its state `GNMState(rng,
-inner_state)` holds the key (raw uint32 key data, so Orbax saves it like any array), which
-advances on every `update`; the same state always gives the same eps. c = 1, halved to 0.5 once
-DRW is on (`gnm_scale`), is passed per step (it may be traced). rho = 0 turns GNM off (no
-random draws; the state keeps the same structure, so checkpoints stay compatible).
-
-A train step (loss and aux metrics come from the single gradient evaluation):
-
-    tx = optim.make_optimizer(config.optim, total_steps=total_steps,  # a GNM
-                              global_batch=config.data.batch_size, seed=config.train.seed)
-    labels = optim.param_labels(params, config.optim.frozen_patterns)
-    trainable, frozen = optim.split_params(params, labels)
-    opt_state = tx.init(trainable)
-
-    def train_step(trainable, opt_state, frozen, batch, step):
-      def loss_fn(tr):
-        logits = model.apply({'params': optim.merge_params(tr, frozen)}, batch['image'], ...)
-        loss = ...
-        return loss, {'loss': loss}
-      c = optim.gnm_scale(optim.drw_active(step, drw_start_step=drw_start))
-      (loss, aux), grads = tx.value_and_grad(loss_fn, has_aux=True)(trainable, opt_state,
-                                                                    scale=c)
-      updates, opt_state = tx.update(grads, opt_state, trainable)   # unperturbed params
-      return optax.apply_updates(trainable, updates), opt_state, aux
+`param_labels`, `split_params` and `merge_params` partition the parameters; `make_optimizer`
+builds the paper's optimiser from the config's optim section: `GNM` (Gaussian neighbourhood
+minimisation) around SGD with coupled weight decay (`sgd_coupled`) and a cosine schedule
+(`learning_rate`). Pretraining a backbone uses `make_pretrain_optimizer` (AdamW).
 """
 
 from __future__ import annotations
@@ -61,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ltdpt_jax import config_lib
+
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
-# The default of config.optim.frozen_patterns: the whole ViT backbone is frozen.
-FROZEN_PATTERNS = ('^backbone/',)
 # Folded into the seed so the GNM noise stream differs from streams made from the same seed.
 _GNM_STREAM = 0x474E4D  # 'GNM'
 
@@ -97,11 +54,14 @@ def _compile(patterns: str | Sequence[str]) -> list[re.Pattern]:
   return out
 
 
-def param_labels(params: Any, frozen_patterns: str | Sequence[str] = FROZEN_PATTERNS) -> Any:
+def param_labels(params: Any,
+                 frozen_patterns: str | Sequence[str] = config_lib.FROZEN_PATTERNS) -> Any:
   """A tree like `params` whose leaves are 'frozen' (path matches a pattern) or 'trainable'.
 
-  Paths are '/'-joined keys ('backbone/Transformer/encoderblock_0/...'); a pattern matches with
-  `re.search`, so anchor it with '^' to match from the root.
+  `frozen_patterns` is config.optim.frozen_patterns (big_vision style regexes), so a config can
+  move parts between partitions. Paths are '/'-joined keys
+  ('backbone/Transformer/encoderblock_0/...'); a pattern matches with `re.search`, so anchor it
+  with '^' to match from the root.
   """
   regexes = _compile(frozen_patterns)
 
@@ -163,10 +123,18 @@ def clipped_normal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
 class GNM:
   """Gaussian neighbourhood minimisation around any optax optimiser (GNM-PT, NeurIPS 2024).
 
+  Each step every trainable leaf is perturbed by eps = rho * dis_mul * c * clip(N(0, 1) / 3,
+  -1, 1), the gradient is taken at theta + eps (one gradient evaluation), and the wrapped
+  optimiser is updated with that gradient and the *unperturbed* theta. c = 1, halved to 0.5 once
+  DRW is on (`gnm_scale`), is passed per step (it may be traced).
+
   Has optax's `init(params)` / `update(grads, state, params, **extra)`, plus
   `perturbation(state, params, scale)`, `perturb(params, state, scale)` and
-  `value_and_grad(fun, has_aux)` for the train step (module docstring shows one). Use `update`
-  with the *unperturbed* params: the wrapped optimiser (e.g. its weight decay) sees them.
+  `value_and_grad(fun, has_aux)` for the train step (`make_optimizer` shows one). Use `update`
+  with the *unperturbed* params: the wrapped optimiser (e.g. its weight decay) sees them. The
+  state `GNMState(rng, inner_state)` holds the key as raw uint32 key data (Orbax saves it like
+  any array); it advances on every `update`, and the same state gives the same eps. rho = 0
+  turns GNM off (no random draws; the state keeps its structure, so checkpoints stay compatible).
 
   Attributes:
     inner: the wrapped optax transformation (SGD by default, any works).
@@ -277,7 +245,11 @@ def learning_rate(optim_config, total_steps: int, global_batch: int) -> optax.Sc
 
 def sgd_coupled(lr: optax.ScalarOrSchedule, *, momentum: float = 0.9,
                 weight_decay: float = 0.01) -> optax.GradientTransformation:
-  """PyTorch SGD(momentum, weight_decay): decay added to the gradient before the momentum."""
+  """PyTorch SGD(momentum, weight_decay): decay added to the gradient before the momentum.
+
+  g' = g + wd * theta (coupled decay); buf = momentum * buf + g' (buf_1 = g'_1, no dampening,
+  no Nesterov); theta -= lr_t * buf. The paper's (Section 5.3): momentum 0.9, weight decay 0.01.
+  """
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.sgd(lr, momentum=momentum if momentum > 0 else None, nesterov=False))
@@ -288,7 +260,29 @@ def make_optimizer(optim_config, *, total_steps: int, global_batch: int, seed: i
 
   Reads the config's optim section: {lr, lr_base_batch, momentum, weight_decay, gnm_rho,
   gnm_dis_mul, frozen_patterns}; `global_batch` scales the lr, `seed` (config.train.seed) seeds
-  GNM's noise. Init and update it on the trainable subtree (see the module docstring).
+  GNM's noise. Init and update it on the trainable subtree: the train step keeps the frozen
+  backbone as a separate, non-differentiated argument, so no backbone weight gradient is computed
+  and the optimiser state covers only the trainable parameters. Given the full tree instead, the
+  frozen leaves get zero updates and empty (`MaskedNode`) state, and GNM does not perturb them.
+
+  A train step (loss and aux metrics come from the single gradient evaluation):
+
+    tx = optim.make_optimizer(config.optim, total_steps=total_steps,
+                              global_batch=config.data.batch_size, seed=config.train.seed)
+    trainable, frozen = optim.split_params(
+        params, optim.param_labels(params, config.optim.frozen_patterns))
+    opt_state = tx.init(trainable)
+
+    def train_step(trainable, opt_state, frozen, batch, step):
+      def loss_fn(tr):
+        logits = model.apply({'params': optim.merge_params(tr, frozen)}, batch['image'], ...)
+        loss = ...
+        return loss, {'loss': loss}
+      c = optim.gnm_scale(optim.drw_active(step, drw_start_step=drw_start))
+      (loss, aux), grads = tx.value_and_grad(loss_fn, has_aux=True)(trainable, opt_state,
+                                                                    scale=c)
+      updates, opt_state = tx.update(grads, opt_state, trainable)   # unperturbed params
+      return optax.apply_updates(trainable, updates), opt_state, aux
   """
   o = optim_config
   patterns = tuple(o.frozen_patterns)
@@ -298,3 +292,36 @@ def make_optimizer(optim_config, *, total_steps: int, global_batch: int, seed: i
   tx = optax.multi_transform({TRAINABLE: base, FROZEN: optax.set_to_zero()}, labels_fn)
   trainable_mask = lambda tree: jax.tree.map(lambda l: l == TRAINABLE, labels_fn(tree))
   return gnm(tx, rho=o.gnm_rho, dis_mul=o.gnm_dis_mul, seed=seed, mask=trainable_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining a backbone (config.model.method = 'pretrain'): AdamW, every weight trained.
+
+
+def pretrain_learning_rate(optim_config, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at `total_steps`."""
+  warmup = int(round(float(optim_config.warmup_epochs) * steps_per_epoch))
+  warmup = min(warmup, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=float(optim_config.lr), warmup_steps=warmup,
+      decay_steps=max(total_steps, 1), end_value=0.0)
+
+
+def kernels_only(params: Any) -> Any:
+  """The weight-decay mask of pretraining: the kernels, not biases, LayerNorm, CLS or position
+  embedding."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+
+
+def make_pretrain_optimizer(optim_config, *, total_steps: int,
+                            steps_per_epoch: int) -> optax.GradientTransformation:
+  """optax AdamW (`b1`, `b2`, decoupled `weight_decay` on the kernels) on the warm-up + cosine
+  schedule, after clipping the gradients to global norm `grad_clip_norm` (0: no clipping)."""
+  o = optim_config
+  adamw = optax.adamw(pretrain_learning_rate(o, total_steps, steps_per_epoch), b1=float(o.b1),
+                      b2=float(o.b2), weight_decay=float(o.weight_decay), mask=kernels_only)
+  if float(o.grad_clip_norm) > 0:
+    return optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), adamw)
+  return adamw

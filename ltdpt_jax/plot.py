@@ -3,23 +3,8 @@ r"""Pictures of runs: per-class accuracy against training frequency, learning cu
   python -m ltdpt_jax.tools.plot --workdir=runs/demo                    # -> runs/demo/plots/
   python -m ltdpt_jax.tools.plot --workdir=runs/ltdpt runs/vpt --out=plots_compare   # overlaid
 
-`plot_run(workdir)` is what a training run calls after each evaluation (`config.train.plots`,
-on by default); it writes into `<workdir>/plots/`:
-
-* `per_class_accuracy.png`: one dot per class, accuracy (latest `eval_<step>.json`) against
-  the class's training images (log x axis), head / medium / tail bands shaded (thresholds of
-  `config.data.shot_thresholds`), and each run's sample-weighted group accuracy as a line over
-  its band; classes without evaluation images (accuracy n/a) are left out and counted in the
-  legend, empty groups are labelled n/a;
-* `learning_curves.png`: from `metrics.jsonl`: train loss with its GCL and orthogonality parts,
-  the learning rate, eval top-1 and head / medium / tail accuracy;
-* `confusion.png` (runs of up to 100 classes): the latest confusion matrix, classes ordered by
-  training frequency (most frequent first), row-normalised.
-
-Several runs (`plot_runs`) are overlaid in one figure of each kind (no confusion matrix).
-Styling: 10-11 pt text at 100 dpi, colours and markers from a colour-blind-safe palette (Okabe-
-Ito) that also differ in lightness and marker shape, so figures survive greyscale printing; the
-map figure of `visualize` uses `magma`. Everything uses matplotlib's Agg backend (no display).
+`plot_run` draws the figures of one run, `plot_runs` overlays several; `figure_maps` is the
+map grid of `tools.visualize`. Everything uses matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -32,14 +17,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from etils import epath
 
-# Okabe-Ito, in order of decreasing contrast on white; with distinct markers and line styles.
+# Okabe-Ito (colour-blind safe), in order of decreasing contrast on white; with distinct markers
+# and line styles, so that figures survive greyscale printing. Text is 10-11 pt at DPI.
 COLORS = ('#000000', '#E69F00', '#0072B2', '#009E73', '#D55E00', '#CC79A7', '#56B4E9')
 MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')
 LINESTYLES = ('-', '--', ':', '-.')
 GROUP_SHADES = {'tail': '0.93', 'medium': '0.85', 'head': '0.77'}  # grey levels, print-safe
-MAP_CMAP = 'magma'
+MAP_CMAP = 'magma'  # perceptually uniform; its lightness rises monotonically (greyscale-safe)
 MAX_CONFUSION_CLASSES = 100
 DPI = 100
 
@@ -134,8 +121,13 @@ def _label(workdir: str) -> str:
 
 def per_class_figure(runs: Sequence[tuple[str, dict[str, Any]]], path: str, *,
                      thresholds: tuple[int, int] = (20, 100)) -> str:
-  """Accuracy per class against training images (see the module docstring); runs = [(label,
-  eval record with 'per_class')]."""
+  """Accuracy per class against training images; runs = [(label, eval record with 'per_class')].
+
+  One dot per class against its training images (log x axis), the head / medium / tail bands
+  shaded (`thresholds` = (tail_max, head_min)), and each run's sample-weighted group accuracy as
+  a line over its band. Classes without evaluation images (accuracy n/a) are left out and counted
+  in the legend; empty groups are labelled n/a.
+  """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=PER_CLASS_SIZE)
   tail_max, head_min = thresholds
@@ -313,7 +305,13 @@ def figure_maps(path: str, images: np.ndarray, labels: np.ndarray, maps: Mapping
 # ---------------------------------------------------------------------------------------------
 
 def plot_run(workdir: str, out: str | None = None) -> list[str]:
-  """Every figure of one run into `out` (default `<workdir>/plots/`); returns the paths."""
+  """Every figure of one run into `out` (default `<workdir>/plots/`); returns the paths.
+
+  What a training run calls after each evaluation (`config.train.plots`, on by default):
+  `per_class_accuracy.png` (latest `eval_<step>.json`, `per_class_figure`),
+  `learning_curves.png` (`metrics.jsonl`, `learning_curves_figure`) and, for runs of up to
+  MAX_CONFUSION_CLASSES classes, `confusion.png` (`confusion_figure`).
+  """
   out = out or str(epath.Path(workdir) / 'plots')
   written = []
   record = latest_eval(workdir)
@@ -331,7 +329,8 @@ def plot_run(workdir: str, out: str | None = None) -> list[str]:
 
 
 def plot_runs(workdirs: Sequence[str], out: str) -> list[str]:
-  """Several runs overlaid (per-class accuracy, learning curves); returns the paths."""
+  """Several runs overlaid in one figure of each kind (per-class accuracy, learning curves; no
+  confusion matrix); returns the paths."""
   if len(workdirs) == 1:
     return plot_run(workdirs[0], out)
   evals = [(_label(w), latest_eval(w)) for w in workdirs]
@@ -344,3 +343,12 @@ def plot_runs(workdirs: Sequence[str], out: str) -> list[str]:
              learning_curves_figure([(_label(w), read_metrics(w)) for w in workdirs],
                                     os.path.join(out, 'learning_curves.png'))]
   return written
+
+
+def plot_run_or_warn(workdir: str) -> None:
+  """`plot_run` for the train loop: a figure that cannot be drawn is a warning, never the end of
+  a run."""
+  try:
+    plot_run(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Plots of %s not drawn: %s: %s', workdir, type(e).__name__, e)

@@ -1,39 +1,9 @@
 """Spectral-residual saliency (Hou & Zhang 2007; LT-DPT Appendix B, Eq. 8-12) in `jnp.fft`.
 
-`spectral_residual` reproduces OpenCV's `cv2.saliency.StaticSaliencySpectralResidual`
-(opencv_contrib `modules/saliency/src/staticSaliencySpectralResidual.cpp`, as it behaves in
-OpenCV 4.x/5.x) step by step, batched and jit-compatible:
-
-  1. gray = RGB -> Y with OpenCV's fixed-point BGR2GRAY for 8-bit images,
-     Y = (9798 R + 19235 G + 3735 B + 2^14) >> 15 (i.e. 0.299/0.587/0.114, rounded to uint8);
-  2. bilinear resize to `size` x `size` (aspect ratio ignored, half-pixel centres, edge clamp, no
-     antialiasing), computed as OpenCV's `INTER_LINEAR_EXACT` does for uint8: weights quantised to
-     1/256 and the result rounded half-up to uint8 (bit-exact with `cv2.resize`);
-  3. F = FFT(gray) (Eq. 8: amplitude M = |F|, phase P = angle(F); no fftshift, like OpenCV);
-  4. L = log(1 + M) (Eq. 9; current OpenCV's `log(magnitude + 1)`, finite on flat images);
-  5. A = 3x3 box blur of L with reflect-101 borders (Eq. 10);
-  6. R = L - A (Eq. 11);
-  7. |IFFT(exp(R + iP))| then 5x5 Gaussian (sigma 8, reflect-101) then squared (Eq. 12; OpenCV
-     blurs *before* squaring, the paper writes the square inside the blur: we follow OpenCV);
-     a frequency bin with M = 0 keeps phase 0, as OpenCV's cartToPolar gives atan2(0, 0) = 0;
-  8. divide by the per-image maximum (not min-max, like OpenCV);
-  9. bilinear resize back to H x W as OpenCV's float32 `INTER_LINEAR`.
-
-Measured against `cv2.saliency` (OpenCV 5.0) on scikit-image's photos (64x64, 224x224, 96x128,
-32x32, 50x75) the maps agree to 1e-5 .. 4.3e-5 maximum absolute error, correlation 1.000000
-(tests/test_saliency.py); the gray image and the 64x64 resize are bit-exact, the remaining gap
-is float32 FFTs here against OpenCV's float64 DFT and its approximate atan2 in cartToPolar.
-
-Horizontal flips: OpenCV's 3x3 blur runs on the unshifted spectrum with reflect-101 borders,
-which does not commute with k -> -k (mod N), so the map is flip-equivariant only approximately
-(max deviation ~1e-2 .. 3e-2 on photos); this port reproduces OpenCV's deviation exactly.
-
-`patch_saliency` turns the map into the per-patch scores S of Eq. 3 and 5: mean over each
-non-overlapping p x p patch, min-max normalised per image to [0, 1], flattened row-major like
-the patch tokens of a ViT (Conv patch embedding reshaped (B, h, w, D) -> (B, h*w, D)).
-
-Everything is elementwise, gathers and FFTs (no matmuls or convolutions), so the float32 result
-does not depend on the accelerator's default matmul precision.
+`spectral_residual` reproduces OpenCV's `cv2.saliency.StaticSaliencySpectralResidual` step by
+step, batched and jit-compatible, with one function per equation (`fourier_spectrum`, Eq. 8, to
+`saliency_from_residual`, Eq. 12); `patch_saliency` turns the map into the per-patch scores S of
+Eq. 3 and 5.
 """
 
 from __future__ import annotations
@@ -165,17 +135,25 @@ def _gaussian_taps(ksize: int, sigma: float) -> np.ndarray:
 
 
 def fourier_spectrum(gray: jax.Array) -> jax.Array:
-  """Eq. 8: M e^{jP} = F(I): the 2-D DFT of (..., h, w) gray images (complex64, unshifted)."""
+  """Eq. 8: M e^{jP} = F(I): the 2-D DFT of (..., h, w) gray images (complex64).
+
+  Amplitude M = |F|, phase P = angle(F); no fftshift, like OpenCV.
+  """
   return jnp.fft.fft2(gray.astype(jnp.float32))
 
 
 def log_amplitude(spectrum: jax.Array) -> jax.Array:
-  """Eq. 9: L = log M, computed as current OpenCV does, log(1 + M) (finite where M = 0)."""
+  """Eq. 9: L = log M, computed as OpenCV 4.x and 5.x do, log(1 + M) (finite where M = 0)."""
   return jnp.log1p(jnp.abs(spectrum))
 
 
 def average_log_amplitude(log_amp: jax.Array) -> jax.Array:
-  """Eq. 10: A = h * L with h the normalised 3x3 box filter, reflect-101 borders (cv2.blur)."""
+  """Eq. 10: A = h * L with h the normalised 3x3 box filter, reflect-101 borders (cv2.blur).
+
+  As in OpenCV, the blur runs on the unshifted spectrum with reflect-101 borders, which does not
+  commute with k -> -k (mod N): the saliency map is only approximately flip-equivariant, exactly
+  as OpenCV's is.
+  """
   return _separable_filter(log_amp, np.full(_BOX_SIZE, 1.0 / _BOX_SIZE))
 
 
@@ -187,6 +165,7 @@ def residual_spectrum(log_amp: jax.Array, avg_log_amp: jax.Array) -> jax.Array:
 def saliency_from_residual(residual: jax.Array, spectrum: jax.Array) -> jax.Array:
   """Eq. 12: S = g * |F^-1[exp(R + jP)]|^2, in OpenCV's order (blur the magnitude, then square).
 
+  The paper writes the square inside the blur; OpenCV blurs before squaring, and so do we.
   g is the 5x5 Gaussian with sigma 8 and reflect-101 borders. exp(R + jP) is formed as
   exp(R) * F / |F| (no angle/cos/sin); a bin with |F| = 0 gets phase 0, as in OpenCV.
   The result is unnormalised (see `normalize_by_max`).
@@ -207,6 +186,14 @@ def normalize_by_max(saliency: jax.Array) -> jax.Array:
 
 def spectral_residual(images: jax.Array, *, size: int | tuple[int, int] = 64) -> jax.Array:
   """Spectral-residual saliency maps (Appendix B, Eq. 8-12), as OpenCV computes them.
+
+  Steps: gray = OpenCV's 8-bit BGR2GRAY (`to_gray`); bilinear resize to `size` as OpenCV's
+  `INTER_LINEAR_EXACT` on uint8 (`resize_bilinear`); Eq. 8-12; division by the per-image
+  maximum (`normalize_by_max`); bilinear resize back to H x W as OpenCV's float32 `INTER_LINEAR`.
+  The maps match `cv2.saliency` to float32 precision (tests/test_saliency.py): the gray image
+  and the resize are bit-exact, the remaining gap is float32 FFTs here against OpenCV's float64
+  DFT and its approximate atan2. Everything is elementwise, gathers and FFTs (no matmuls), so the
+  result does not depend on the accelerator's default matmul precision.
 
   Args:
     images: (B, H, W, 3) RGB, values in [0, 255] (uint8, or float which is rounded first).
@@ -251,7 +238,8 @@ def patch_saliency(images: jax.Array, *, patch_size: int,
 
   The `spectral_residual` map at the image resolution, average-pooled over non-overlapping
   `patch_size` x `patch_size` patches, min-max normalised per image to [0, 1] (a constant map
-  gives all zeros), flattened row-major (grid row, then column) like the ViT patch tokens.
+  gives all zeros), flattened row-major (grid row, then column) like the ViT patch tokens (the
+  Conv patch embedding reshaped (B, h, w, D) -> (B, h*w, D)).
 
   Args:
     images: (B, H, W, 3) RGB in [0, 255]; H and W multiples of `patch_size`.

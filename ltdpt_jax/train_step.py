@@ -1,29 +1,9 @@
 """The jitted, data-parallel train and eval steps of LT-DPT.
 
-One train step, inside one `jax.jit` over the 1-D mesh ('data',) (batch sharded over devices,
-everything else replicated; XLA inserts the gradient all-reduce):
-
-0. with config.data.crop_on_device, the RandomResizedCrop + flip of the stored images
-   (`train_images`: the batch's 'crop' numbers, `data.device_transforms.resized_crop`);
-1. saliency S of the augmented uint8 batch with `jnp.fft` (`saliency.patch_saliency`, Eq. 8-12);
-2. the images normalised with mean = std = 0.5;
-3. the forward pass at the GNM-perturbed trainable parameters, GCL (+ DRW weights once DRW is
-   on) + lambda * orthogonality loss (Eq. 6-7);
-4. the gradient with respect to the trainable partition only (the frozen backbone is a separate,
-   non-differentiated argument, so no backbone weight gradient is ever computed: the step costs
-   about 2x the forward, see `tests/test_train_step.py`);
-5. the optimiser update on the unperturbed parameters (GNM, `optim.GNM`).
-
-`make_predict_fn` is the same forward in eval mode, for the evaluators (`ltdpt_jax.evaluators`).
-
-The per-step randomness (dropout, GCL's Gaussian cloud) comes from
-`fold_in(key(config.train.seed), step)`, and GNM's key lives in the optimiser state, so a resumed
-run draws exactly what an uninterrupted one draws, and the draws do not depend on the number of
-devices (threefry keys are partitionable).
-
-Why not `jax.pmap`: since JAX 0.8 it is a wrapper over `jit` + `shard_map` in maintenance mode,
-and Orbax cannot save its per-device arrays; `jit` with `NamedSharding` compiles to the same
-all-reduce data parallelism ("pmapped" in the design card means this).
+`make_train_step` builds the train step (saliency, forward at the GNM-perturbed parameters,
+loss of Eq. 7 from `make_loss_fn`, optimiser update); `make_predict_fn` is the same forward in
+eval mode, for the evaluators; `TrainState` is what a checkpoint holds. Pretraining a backbone
+uses `make_pretrain_step` and `make_pretrain_predict_fn`.
 """
 
 from __future__ import annotations
@@ -129,11 +109,24 @@ def make_train_step(model, tx: optim.GNM, *, loss_config, seed: int, class_count
                     drw_start_step: int, mesh: jax.sharding.Mesh, image_size: int | None = None):
   """The jitted train step: (state, frozen, batch) -> (state, metrics); `state` is donated.
 
+  One `jax.jit` over the 1-D mesh ('data',): the batch is sharded over devices, everything else
+  replicated, and XLA inserts the gradient all-reduce. (Not `jax.pmap`, which Orbax cannot save
+  the per-device arrays of; `jit` with `NamedSharding` compiles to the same data parallelism.)
+  The step: the crop on the device if the batch has 'crop' (`train_images`); saliency S of the
+  augmented uint8 batch (`saliency.patch_saliency`, Eq. 8-12); images normalised with
+  mean = std = 0.5; the forward at the GNM-perturbed trainable parameters, GCL (+ DRW weights
+  once DRW is on) + lambda * orthogonality loss (Eq. 6-7); the gradient with respect to the
+  trainable partition only (the frozen backbone is a separate, non-differentiated argument, so
+  no backbone weight gradient is computed); the optimiser update on the unperturbed parameters.
+  The per-step randomness (dropout, GCL's Gaussian cloud) comes from `fold_in(key(seed), step)`
+  (seed = config.train.seed) and GNM's key lives in the optimiser state, so a resumed run draws
+  exactly what an uninterrupted one draws, whatever the number of devices (threefry keys are
+  partitionable).
+
   batch: {'image': uint8 (B, S, S, 3), 'label': int (B,)} sharded over 'data' (extra keys such
   as 'id' are ignored), or {'image': uint8 (B, H, W, 3) as stored, 'crop': int32 (B, 5),
   'label'} with the crop on the device, cropped to `image_size` (`train_images`). DRW (class
-  weights, GNM c = 0.5) switches on at `drw_start_step`; the per-step randomness comes from
-  `seed` (config.train.seed).
+  weights, GNM c = 0.5) switches on at `drw_start_step`.
   """
   loss_fn = make_loss_fn(model, loss_config=loss_config, class_counts=class_counts)
   value_and_grad = tx.value_and_grad(loss_fn, has_aux=True)
@@ -156,6 +149,29 @@ def make_train_step(model, tx: optim.GNM, *, loss_config, seed: int, class_count
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def check_finite(state, step: int, last_saved: int | None):
+  """Raises FloatingPointError if the trainable parameters or optimiser state hold NaN/inf.
+
+  Called before every checkpoint and evaluation, so no checkpoint of a diverged state is ever
+  written. It waits for the step just dispatched, but only where the checkpoint's own
+  device-to-host copy waits for it anyway (checkpoint and epoch-end steps).
+  """
+  if not bool(_all_finite((state.params, state.opt_state))):
+    kept = (f'the last checkpoint (step {last_saved}) is intact' if last_saved is not None
+            else 'no checkpoint was written')
+    raise FloatingPointError(
+        f'The trainable parameters are not finite (NaN/inf) after step {step}: training diverged. '
+        f'The run stopped without checkpointing this state; {kept}. Lower --config.optim.lr '
+        '(or check the data) and start again.')
+
+
 def compiled_flops(compiled) -> float | None:
   """FLOPs XLA counts for a compiled computation (None where the backend does not say)."""
   try:
@@ -167,3 +183,48 @@ def compiled_flops(compiled) -> float | None:
   if not cost or 'flops' not in cost:
     return None
   return float(cost['flops'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining a backbone (config.model.method = 'pretrain').
+# ---------------------------------------------------------------------------------------------
+
+def vit_logits(model, params, images_uint8) -> jax.Array:
+  """The float32 logits of a `vit.VisionTransformer` with a head on a uint8 batch."""
+  return model.apply({'params': params},
+                     normalize_images(images_uint8))['logits'].astype(jnp.float32)
+
+
+def make_pretrain_predict_fn(model):
+  """predict(trainable, frozen, images_uint8) -> {'logits'}: the pretraining ViT in eval mode
+  (every weight is trainable; `frozen` is empty)."""
+  return lambda trainable, frozen, images_uint8: {'logits': vit_logits(model, trainable,
+                                                                       images_uint8)}
+
+
+def make_pretrain_step(model, tx: optax.GradientTransformation, *, label_smoothing: float,
+                       num_classes: int, mesh: jax.sharding.Mesh, image_size: int | None = None):
+  """The jitted pretraining step (state, frozen, batch) -> (state, metrics): softmax cross-entropy
+  on label-smoothed targets, the gradient of every parameter, the optimiser update;
+  data-parallel over `mesh` like `make_train_step`, cropping on the device the same way."""
+
+  def train_step(state: TrainState, frozen, batch):
+    del frozen  # every weight is trained
+    images = train_images(batch, image_size)
+
+    def loss_fn(params):
+      logits = vit_logits(model, params, images)
+      targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      accuracy = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
+      return loss, accuracy
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'train_accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))

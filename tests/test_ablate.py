@@ -9,9 +9,11 @@ import pytest
 
 import cli_worker
 import train_utils
-from ltdpt_jax.tools import ablate
+from ltdpt_jax import models
+from ltdpt_jax import run_dir
 from ltdpt_jax import train
 from ltdpt_jax.models import ltdpt
+from ltdpt_jax.tools import ablate
 
 
 @pytest.fixture(scope='module')
@@ -96,11 +98,11 @@ def test_rerun_returns_finished_cells_and_bad_rows_fail(tmp_path, cache, monkeyp
     again = ablate.run_ablation(_toy(), workdir, rows=['linear'], seeds=1)
   assert again['rows'][0]['cells'] == first['rows'][0]['cells']
   assert len(calls) == 1  # the finished cell was not trained again (Setup only read its data)
-  with pytest.raises(train.SetupError, match='unknown or no rows'):
+  with pytest.raises(run_dir.SetupError, match='unknown or no rows'):
     ablate.run_ablation(_toy(), workdir, rows='vpt,xyz')
   bad = _toy()
   bad.model.num_br_blocks = 9
-  with pytest.raises(train.SetupError, match="row 'fr_br'.*num_br_blocks=9"):
+  with pytest.raises(run_dir.SetupError, match="row 'fr_br'.*num_br_blocks=9"):
     ablate.run_ablation(bad, workdir, rows='linear,fr_br')
 
 
@@ -109,12 +111,12 @@ def test_linear_probe_is_head_only_and_matches_the_straightforward_path():
   import numpy as np  # pylint: disable=g-import-not-at-top
   c = _toy()
   c.model.method = 'linear'
-  model = ltdpt.build_model(c.model, 6, 16)
+  model = models.build_model(c.model, 6, 16)
   report = ltdpt.parameter_report(model, 16, frozen_patterns=('^backbone/',))
   assert report['trainable'] == report['head'] == 32 * 6 and report['fr_prompts'] == 0
   params = ltdpt.init_params(model, jax.random.key(0), 16)
   assert sorted(params) == ['backbone', 'head']
-  full = ltdpt.build_model(c.model, 6, 16, skip_dead_prompt_work=False)
+  full = models.build_model(c.model, 6, 16, skip_dead_prompt_work=False)
   x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
   a = model.apply({'params': params}, x)
   b = full.apply({'params': params}, x)

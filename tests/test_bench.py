@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 import train_utils
-from ltdpt_jax.bench import __main__ as bench
-from ltdpt_jax.bench import parts as bench_parts
-from ltdpt_jax.bench import report as bench_report
+from ltdpt_jax import models
 from ltdpt_jax import train_step as step_lib
+from ltdpt_jax.bench import __main__ as bench
+from ltdpt_jax.bench import memory as bench_memory
+from ltdpt_jax.bench import parts as bench_parts
+from ltdpt_jax.bench import programs as bench_programs
+from ltdpt_jax.bench import record as bench_record
+from ltdpt_jax.bench import report as bench_report
 from ltdpt_jax.models import flops as flops_lib
 from ltdpt_jax.models import ltdpt
 
@@ -52,12 +56,12 @@ def demo(tmp_path_factory):
 
 
 def _analytic(config, num_classes):
-  model = ltdpt.build_model(config.model, num_classes, config.data.image_size)
+  model = models.build_model(config.model, num_classes, config.data.image_size)
   return flops_lib.analytic_flops(model, config.data.image_size)
 
 
 def _xla_forward_per_image(config, num_classes):
-  model = ltdpt.build_model(config.model, num_classes, config.data.image_size)
+  model = models.build_model(config.model, num_classes, config.data.image_size)
   params = ltdpt.abstract_params(model, config.data.image_size)
   s, b = config.data.image_size, config.data.batch_size
   images = jax.ShapeDtypeStruct((b, s, s, 3), np.uint8)
@@ -130,6 +134,7 @@ def test_cli_demo_record_has_sane_values(demo):
   # MFU = achieved FLOP/s / (given peak 1e12 FLOP/s x 1 device).
   assert record['device']['peak_tflops_per_device'] == 1.0
   assert record['device']['peak_source'] == 'flag'
+  assert '.md' not in record['device']['peak_note']  # says what the peak is, cites no file
   assert t['achieved_tflops_model'] == pytest.approx(
       f['analytic_train_per_image'] * t['images_per_s'] / 1e12)
   assert t['mfu_model'] == pytest.approx(t['achieved_tflops_model'])
@@ -203,8 +208,8 @@ def test_analytic_query_layout_matches_xla_difference():
 
 @pytest.mark.parametrize('prompts,gmac', [(10, 18.49), (20, 19.41), (50, 22.22)])
 def test_vit_b16_forward_matches_published_counts(prompts, gmac):
-  """ViT-B/16 at 224 with P prompt tokens in every block, all rows computed: perf-anchors.md
-  section 1 (and Kim et al. 2023: 22.2 GMACs at 50 prompts)."""
+  """ViT-B/16 at 224 with P prompt tokens in every block, all rows computed: the published
+  counts (e.g. Kim et al. 2023: 22.2 GMACs at 50 prompts)."""
   c = train_utils.load_config('cifar100_lt')
   c.model.method = 'vpt'
   c.model.num_fr_prompts = prompts
@@ -212,25 +217,25 @@ def test_vit_b16_forward_matches_published_counts(prompts, gmac):
   a = _analytic(c, 100)
   assert a['dense_forward'] / 2e9 == pytest.approx(gmac, abs=0.01)
   assert a['forward'] == pytest.approx(a['dense_forward'] + 2 * 768 * 100)
-  if prompts == 20:  # forward + activation-only backward: 79.2 GFLOP (perf-anchors table)
+  if prompts == 20:  # forward + activation-only backward: 79.2 GFLOP
     assert a['train'] / 1e9 == pytest.approx(79.2, abs=0.1)
 
 
 def test_peak_table():
-  assert bench_parts.peak_tflops_for('NVIDIA H200') == 989.4
-  assert bench_parts.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.4
-  assert bench_parts.peak_tflops_for('NVIDIA H100 PCIe') is None
-  assert bench_parts.peak_tflops_for('NVIDIA A100-SXM4-80GB') == 312.0
-  assert bench_parts.peak_tflops_for('TPU v4') == 275.0
-  assert bench_parts.peak_tflops_for('TPU v5 lite') == 197.0
-  assert bench_parts.peak_tflops_for('TPU v5') == 459.0
-  assert bench_parts.peak_tflops_for('TPU v5p') == 459.0
-  assert bench_parts.peak_tflops_for('TPU v6 lite') == 918.0
-  assert bench_parts.peak_tflops_for('cpu') is None
+  assert bench_record.peak_tflops_for('NVIDIA H200') == 989.4
+  assert bench_record.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.4
+  assert bench_record.peak_tflops_for('NVIDIA H100 PCIe') is None
+  assert bench_record.peak_tflops_for('NVIDIA A100-SXM4-80GB') == 312.0
+  assert bench_record.peak_tflops_for('TPU v4') == 275.0
+  assert bench_record.peak_tflops_for('TPU v5 lite') == 197.0
+  assert bench_record.peak_tflops_for('TPU v5') == 459.0
+  assert bench_record.peak_tflops_for('TPU v5p') == 459.0
+  assert bench_record.peak_tflops_for('TPU v6 lite') == 918.0
+  assert bench_record.peak_tflops_for('cpu') is None
 
 
 def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
-  """--parts=memory (`bench_parts.memory_rows`): the step compiled for abstract arguments per
+  """--parts=memory (`bench_memory.memory_rows`): the step compiled for abstract arguments per
   device, with and without remat; its numbers add up, remat's FLOPs are reported against no
   remat, and the abstract step compiles to exactly the buffers of train.Setup's step."""
   from ltdpt_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -238,8 +243,8 @@ def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
   c = _tiny()
   c.model.dtype = 'bfloat16'
   setup = train.Setup(c)
-  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
-                              remat_policies=('nothing',), options=FAST_COMPILE)
+  m = bench_memory.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                               remat_policies=('nothing',), options=FAST_COMPILE)
   assert (m['dtype'], m['platform'], m['num_devices']) == ('bfloat16', 'cpu', 1)
   # In a process whose backend has started, XLA:CPU keeps its concurrency schedule (the CLI
   # switches it before), and the table says so.
@@ -257,7 +262,7 @@ def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
   assert 'nothing' in table and 'concurrency schedule' in table
   # The abstract step is Setup's: the same step function on arguments of the same shapes and
   # dtypes (the frozen backbone in bf16), so the same program.
-  step, args = bench_parts.abstract_train_step(setup.config, setup.info, setup.mesh)
+  step, args = bench_memory.abstract_train_step(setup.config, setup.info, setup.mesh)
   batch = sharding.to_global(bench_parts.random_batch(16, 16, setup.num_classes, 0,
                                                       eval_batch=False), setup.batch_sharding)
   real = (setup.state, setup.frozen, {k: batch[k] for k in ('image', 'label')})
@@ -271,9 +276,9 @@ def test_memory_part_reports_buffers_and_what_remat_costs(monkeypatch):
   assert 1.0 < m['rows'][0]['flops_over_model'] < m['rows'][1]['flops_over_model']
   # The CLI's switch to the memory-minimising schedule: only before a backend starts.
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert not bench_parts.use_cpu_memory_schedule()
-  monkeypatch.setenv('XLA_FLAGS', bench_parts.CPU_MEMORY_SCHEDULE_FLAG)
-  assert bench_parts.use_cpu_memory_schedule() and bench_parts.cpu_memory_schedule_in_effect()
+  assert not bench_memory.use_cpu_memory_schedule()
+  monkeypatch.setenv('XLA_FLAGS', bench_memory.CPU_MEMORY_SCHEDULE_FLAG)
+  assert bench_memory.use_cpu_memory_schedule() and bench_memory.cpu_memory_schedule_in_effect()
 
 
 def test_memory_part_reports_a_program_that_does_not_fit(monkeypatch):
@@ -282,7 +287,7 @@ def test_memory_part_reports_a_program_that_does_not_fit(monkeypatch):
   Other compile errors still raise."""
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
   setup = train.Setup(_tiny())
-  real = bench_parts.compile_step
+  real = bench_programs.compile_step
   message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
              'temporaries (17.15G) exceeds available HBM (15.75G).')
 
@@ -292,9 +297,9 @@ def test_memory_part_reports_a_program_that_does_not_fit(monkeypatch):
       raise RuntimeError(message + '\nmore detail')
     return real(step, *args, options=options)
   refuse_without_remat.calls = 0
-  monkeypatch.setattr(bench_parts, 'compile_step', refuse_without_remat)
-  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
-                              remat_policies=('nothing',), options=FAST_COMPILE)
+  monkeypatch.setattr(bench_programs, 'compile_step', refuse_without_remat)
+  m = bench_memory.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                               remat_policies=('nothing',), options=FAST_COMPILE)
   first, second = m['rows']
   assert first['remat_policy'] == 'none' and first['does_not_fit'] == message
   assert 'total_bytes' not in first
@@ -302,11 +307,11 @@ def test_memory_part_reports_a_program_that_does_not_fit(monkeypatch):
   assert second['flops_over_no_remat'] == bench_report.NA  # nothing to compare with
   table = bench_report.format_memory_report(m)
   assert f'does not fit: {message}' in table
-  monkeypatch.setattr(bench_parts, 'compile_step',
+  monkeypatch.setattr(bench_programs, 'compile_step',
                       lambda *a, **k: (_ for _ in ()).throw(RuntimeError('INTERNAL: bad')))
   with pytest.raises(RuntimeError, match='INTERNAL'):
-    bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
-                            remat_policies=(), options=FAST_COMPILE)
+    bench_memory.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                             remat_policies=(), options=FAST_COMPILE)
 
 
 def _has_libtpu() -> bool:
@@ -317,12 +322,13 @@ def _has_libtpu() -> bool:
 @pytest.mark.skipif(_has_libtpu(), reason='libtpu is installed (the next test runs instead)')
 def test_memory_topology_without_libtpu_says_what_to_install():
   with pytest.raises(ValueError, match=r"pip install 'jax\[tpu\]>=0.10,<0.13'.*v5e:2x2"):
-    bench_parts.topology_mesh('v5e:2x2')
+    bench_memory.topology_mesh('v5e:2x2')
   with pytest.raises(ValueError, match='add memory to --parts'):
     bench.run_benchmark(_tiny(), parts=('train',), memory_topology='v5e:2x2')
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install 'jax[tpu]>=0.10,<0.13'; no TPU)")
+@pytest.mark.skipif(not _has_libtpu(),
+                    reason="needs libtpu (pip install 'jax[tpu]>=0.10,<0.13'; no TPU)")
 def test_memory_topology_compiles_for_a_tpu_chip_ahead_of_time():
   """--memory_topology: the memory part compiled by the TPU compiler for a v5e chip, on a host
   without one; the model traced for the TPU (remat's optimization barriers), per device."""
@@ -338,17 +344,17 @@ def test_memory_topology_compiles_for_a_tpu_chip_ahead_of_time():
   # it is in the README.
   c.data.crop_on_device = False
   setup = train.Setup(c)
-  mesh = bench_parts.topology_mesh('v5e:2x2')
+  mesh = bench_memory.topology_mesh('v5e:2x2')
   assert mesh.size == 1 and mesh.devices.flat[0].platform == 'tpu'
-  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(512,),
-                              remat_policies=('nothing',), mesh=mesh)
+  m = bench_memory.memory_rows(setup.config, setup.info, per_device_batches=(512,),
+                               remat_policies=('nothing',), mesh=mesh)
   assert (m['platform'], m['device_kind'], m['num_devices']) == ('tpu', 'TPU v5 lite', 1)
   none, nothing = m['rows']
   assert 0 < nothing['temp_bytes'] < none['temp_bytes'] / 2
   assert nothing['flops_over_no_remat'] > 1.0
   assert 'TPU v5 lite' in bench_report.format_memory_report(m)
   with pytest.raises(ValueError, match="cannot describe that TPU.*such as 'v5e:2x2'"):
-    bench_parts.topology_mesh('v5e:banana')
+    bench_memory.topology_mesh('v5e:banana')
 
 
 def _has_cuda_plugin() -> bool:
@@ -361,20 +367,20 @@ def test_gpu_targets_are_shipped_and_name_their_device():
   and its memory (what XLA's deviceless compile reports as the device)."""
   expected = {'h100': ('"NVIDIA H100 80GB HBM3"', 85520809984),
               'h200': ('"NVIDIA H200"', 150754820096)}
-  assert set(bench_parts.GPU_TARGETS) == set(expected)
+  assert set(bench_memory.GPU_TARGETS) == set(expected)
   for name, (kind, memory) in expected.items():
-    assert bench_parts.is_gpu_target(name) and bench_parts.is_gpu_target(name.upper())
-    with open(f'{bench_parts.GPU_TARGET_DIR}/{bench_parts.GPU_TARGETS[name]}') as f:
+    assert bench_memory.is_gpu_target(name) and bench_memory.is_gpu_target(name.upper())
+    with open(f'{bench_memory.GPU_TARGET_DIR}/{bench_memory.GPU_TARGETS[name]}') as f:
       text = f.read()
     assert f'device_description_str: {kind}' in text
     assert f'device_memory_size: {memory}' in text and 'major: 9' in text
-  assert not bench_parts.is_gpu_target('v5e:2x2')
+  assert not bench_memory.is_gpu_target('v5e:2x2')
 
 
 @pytest.mark.skipif(_has_cuda_plugin(), reason='the CUDA plugin is installed (next test runs)')
 def test_gpu_memory_topology_without_the_cuda_plugin_says_what_to_install():
   with pytest.raises(ValueError, match=r"cannot describe that GPU.*jax\[cuda13\]>=0.10,<0.13"):
-    bench_parts.topology_mesh('h200')
+    bench_memory.topology_mesh('h200')
 
 
 @pytest.mark.skipif(not _has_cuda_plugin(),
@@ -385,18 +391,18 @@ def test_memory_topology_compiles_for_an_h200_ahead_of_time_with_cudnn_attention
   every block: one forward and one backward call per block, and one more forward per block
   when remat 'nothing' recomputes it."""
   import os  # pylint: disable=g-import-not-at-top
-  os.environ.setdefault(bench_parts.SKIP_CUDA_CHECK_ENV, '1')
+  os.environ.setdefault(bench_memory.SKIP_CUDA_CHECK_ENV, '1')
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
   c = _tiny()
   c.model.dtype = 'bfloat16'
   setup = train.Setup(c)
-  mesh = bench_parts.topology_mesh('h200')
+  mesh = bench_memory.topology_mesh('h200')
   assert mesh.devices.flat[0].platform == 'gpu'
   # auto crops on the GPU: the step compiled here includes the integer crop matmuls.
-  _, (_, _, batch) = bench_parts.abstract_train_step(setup.config, setup.info, mesh)
+  _, (_, _, batch) = bench_memory.abstract_train_step(setup.config, setup.info, mesh)
   assert 'crop' in batch
-  m = bench_parts.memory_rows(setup.config, setup.info, per_device_batches=(16,),
-                              remat_policies=('nothing',), mesh=mesh)
+  m = bench_memory.memory_rows(setup.config, setup.info, per_device_batches=(16,),
+                               remat_policies=('nothing',), mesh=mesh)
   assert (m['platform'], m['device_kind']) == ('gpu', 'NVIDIA H200')
   layers = setup.model.arch.num_layers
   none, nothing = m['rows']

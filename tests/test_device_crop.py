@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltdpt_jax.bench import memory as bench_memory
 from ltdpt_jax.bench import parts as bench_parts
 from ltdpt_jax import config_lib
 from ltdpt_jax import data as data_lib
@@ -220,10 +221,10 @@ def test_memory_report_step_takes_the_pipelines_batch():
   c = _synthetic_data(None)
   info = data_lib.get_dataset_info(c.data)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
-  _, (_, _, batch) = bench_parts.abstract_train_step(c, info, mesh)
+  _, (_, _, batch) = bench_memory.abstract_train_step(c, info, mesh)
   assert sorted(batch) == ['image', 'label'] and batch['image'].shape == (8, 16, 16, 3)
   c.data.crop_on_device = True
-  step, args = bench_parts.abstract_train_step(c, info, mesh)
+  step, args = bench_memory.abstract_train_step(c, info, mesh)
   assert sorted(args[2]) == ['crop', 'image', 'label']
   assert args[2]['image'].shape == (8, 12, 12, 3) and args[2]['crop'].shape == (8, 5)
   assert step.lower(*args).compile(train_utils.QUICK).memory_analysis() is not None

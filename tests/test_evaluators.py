@@ -8,6 +8,7 @@ import pytest
 import train_utils
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import evaluators
+from ltdpt_jax import models
 from ltdpt_jax import optim
 from ltdpt_jax import sharding
 from ltdpt_jax import train
@@ -26,7 +27,7 @@ def test_eval_step_counts_per_class_with_mask():
   """Per-class (correct, count) of one batch with padding rows, against numpy on the logits."""
   config = train_utils.tiny_config()
   mesh = sharding.make_mesh()
-  model = ltdpt.build_model(config.model, 6, 16)
+  model = models.build_model(config.model, 6, 16)
   params = ltdpt.init_params(model, jax.random.key(0), 16)
   tr, fr = optim.split_params(params, optim.param_labels(params))
   ev = longtail.Evaluator(step_lib.make_predict_fn(model), name='eval', frozen=fr, mesh=mesh,

@@ -1,10 +1,14 @@
-"""One cache and one download routine for checkpoints and split files (ltdpt_jax/fetch.py)."""
+"""One cache and one download routine (through pooch) for checkpoints and split files."""
 
 import hashlib
+import http.server
 import logging
 import pathlib
-import time
+import socket
+import threading
+import types
 
+import pooch
 import pytest
 
 from ltdpt_jax import fetch
@@ -13,21 +17,16 @@ from ltdpt_jax.data import splits
 
 @pytest.fixture
 def no_cache_env(monkeypatch):
-  for name in ('LTDPT_CACHE_DIR', 'LTDPT_JAX_CACHE', 'XDG_CACHE_HOME'):
+  for name in ('LTDPT_CACHE_DIR', 'XDG_CACHE_HOME'):
     monkeypatch.delenv(name, raising=False)
   return monkeypatch
 
 
-def test_cache_dir_from_the_environment(no_cache_env, tmp_path, caplog):
+def test_cache_dir_from_the_environment(no_cache_env, tmp_path):
   no_cache_env.setenv('HOME', str(tmp_path / 'home'))
   assert fetch.cache_dir() == tmp_path / 'home' / '.cache' / 'ltdpt_jax'
   no_cache_env.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   assert fetch.cache_dir() == tmp_path / 'xdg' / 'ltdpt_jax'
-  # The name the split files used before still works, with a deprecation message.
-  no_cache_env.setenv('LTDPT_JAX_CACHE', str(tmp_path / 'old'))
-  with caplog.at_level(logging.WARNING):
-    assert fetch.cache_dir() == tmp_path / 'old'
-  assert 'LTDPT_JAX_CACHE is deprecated' in caplog.text and 'LTDPT_CACHE_DIR' in caplog.text
   no_cache_env.setenv('LTDPT_CACHE_DIR', str(tmp_path / 'new'))
   assert fetch.cache_dir() == tmp_path / 'new'
 
@@ -47,31 +46,17 @@ def test_checkpoints_and_split_files_share_the_cache(no_cache_env, tmp_path):
   assert ckpt.read_bytes() == b'not read here'
 
 
-def test_download_tries_mirrors_in_order(tmp_path):
-  good = tmp_path / 'good.txt'
-  good.write_text('payload')
-  sha = hashlib.sha256(b'payload').hexdigest()
-  bad = tmp_path / 'bad.txt'
-  bad.write_text('tampered')
-  missing = tmp_path / 'missing.txt'
-  dest = tmp_path / 'out' / 'file.txt'
-  assert fetch.download([missing.as_uri(), bad.as_uri(), good.as_uri()], dest,
-                        sha256=sha) == dest
-  assert dest.read_text() == 'payload'
-  with pytest.raises(fetch.FetchError) as e:
-    fetch.download([missing.as_uri(), bad.as_uri()], tmp_path / 'out' / 'other.txt', sha256=sha)
-  msg = str(e.value)
-  assert 'missing.txt: FileNotFoundError' in msg and 'bad.txt: sha256' in msg and sha in msg
-  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['file.txt']  # nothing partial
-
-
 class _Server:
-  """A local HTTP server on 127.0.0.1 whose handler misbehaves as asked (tests only)."""
+  """A local HTTP server on 127.0.0.1 whose handler misbehaves as asked (tests only).
 
-  def __init__(self, body: bytes, mode: str, failures: int = 10**9):
-    import http.server  # pylint: disable=g-import-not-at-top
-    import threading  # pylint: disable=g-import-not-at-top
+  Modes: 'ok' serves `body`; 'stall' answers nothing until the server closes; 'drop' sends a third
+  of `body` and closes the connection; 'missing' answers 404. The first `failures` requests
+  misbehave, the later ones are served.
+  """
+
+  def __init__(self, body: bytes, mode: str = 'ok', failures: int = 10**9):
     self.requests = 0
+    self.closing = threading.Event()
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -79,7 +64,10 @@ class _Server:
         server.requests += 1
         failing = server.requests <= failures
         if failing and mode == 'stall':
-          time.sleep(3)  # longer than the client's timeout
+          server.closing.wait()
+          return
+        if failing and mode == 'missing':
+          self.send_error(404)
           return
         self.send_response(200)
         self.send_header('Content-Length', str(len(body)))
@@ -94,78 +82,97 @@ class _Server:
 
     self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/file.bin'
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
-  def close(self):
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.closing.set()
     self.httpd.shutdown()
     self.httpd.server_close()
 
 
 @pytest.fixture
-def quick_network(monkeypatch):
-  monkeypatch.setattr(fetch, 'TIMEOUT_S', 1.0)
-  monkeypatch.setattr(fetch, 'BACKOFF_S', 0.05)
-  monkeypatch.setattr(fetch, 'PROGRESS_EVERY_S', 0.0)
+def no_waits(monkeypatch):
+  """pooch sleeps (`time.sleep` in `pooch.core.stream_download`) between attempts: not here."""
+  monkeypatch.setattr(pooch.core, 'time', types.SimpleNamespace(sleep=lambda seconds: None))
+  monkeypatch.setattr(fetch, 'TIMEOUT_S', 10.0)  # a bound on a broken test, never reached
 
 
 def _refused_url():
-  import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return f'http://127.0.0.1:{s.getsockname()[1]}/vit.npz'
 
 
+def test_download_tries_mirrors_in_order(no_waits, tmp_path):
+  good = tmp_path / 'good.txt'
+  good.write_text('payload')
+  sha = hashlib.sha256(b'payload').hexdigest()
+  missing = tmp_path / 'missing.txt'
+  dest = tmp_path / 'out' / 'file.txt'
+  with _Server(b'tampered') as bad:
+    assert fetch.download([missing.as_uri(), bad.url, good.as_uri()], dest, sha256=sha) == dest
+    assert dest.read_text() == 'payload'
+    with pytest.raises(fetch.FetchError) as e:
+      fetch.download([missing.as_uri(), bad.url], tmp_path / 'out' / 'other.txt', sha256=sha)
+  msg = str(e.value)
+  assert msg.index('missing.txt: FileNotFoundError') < msg.index(f'{bad.url}: sha256 ')
+  tampered = hashlib.sha256(b'tampered').hexdigest()
+  assert f'sha256 {tampered} != expected {sha} (after {fetch.RETRIES} attempts)' in msg
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['file.txt']  # nothing partial
+
+
+def test_existing_file_is_kept_unless_its_digest_differs(tmp_path):
+  src = tmp_path / 'src.txt'
+  src.write_text('new')
+  dest = tmp_path / 'dest.txt'
+  dest.write_text('old')
+  assert fetch.download([src.as_uri()], dest).read_text() == 'old'
+  sha = hashlib.sha256(b'new').hexdigest()
+  assert fetch.download([src.as_uri()], dest, sha256=sha).read_text() == 'new'
+
+
 @pytest.mark.parametrize('mode,reason', [('refuse', 'ConnectionRefusedError'),
                                          ('stall', 'timed out'), ('drop', 'IncompleteRead')])
-def test_unreachable_server_fails_in_one_line_after_retries(quick_network, tmp_path, mode, reason):
-  server = None if mode == 'refuse' else _Server(b'x' * 100_000, mode)
-  url = _refused_url() if server is None else server.url
-  try:
+def test_unreachable_server_fails_in_one_line_after_retries(no_waits, monkeypatch, tmp_path, mode,
+                                                            reason):
+  if mode == 'stall':
+    monkeypatch.setattr(fetch, 'TIMEOUT_S', 0.2)  # the server never answers: any timeout fails
+  with _Server(b'x' * 100_000, 'ok' if mode == 'refuse' else mode) as server:
+    url = _refused_url() if mode == 'refuse' else server.url
     with pytest.raises(fetch.FetchError) as e:
       fetch.download([url], tmp_path / 'vit.npz', local_copy_key='config.model.checkpoint')
-  finally:
-    if server is not None:
-      server.close()
   msg = str(e.value)
-  assert '\n' not in msg and url in msg and reason in msg, msg
+  assert '\n' not in msg and f'{url}: ' in msg and reason in msg, msg
   assert f'after {fetch.RETRIES} attempts' in msg
   assert f'place the file by hand at {tmp_path / "vit.npz"}' in msg
   assert 'config.model.checkpoint' in msg
-  if server is not None:
-    assert server.requests == fetch.RETRIES
+  assert server.requests == (0 if mode == 'refuse' else fetch.RETRIES)
   assert list(tmp_path.iterdir()) == []  # no partial file
 
 
-def test_dropped_connection_is_retried_and_progress_is_logged(quick_network, tmp_path, caplog):
-  body = bytes(range(256)) * 40_000  # 10 MB: progress lines
-  server = _Server(body, 'drop', failures=1)
-  try:
-    with caplog.at_level(logging.INFO):
-      got = fetch.download([server.url], tmp_path / 'f.bin',
-                           sha256=hashlib.sha256(body).hexdigest())
-  finally:
-    server.close()
+def test_dropped_connection_is_retried_with_a_progress_bar(no_waits, tmp_path, caplog, capsys):
+  body = bytes(range(256)) * 40_000  # 10.24 MB
+  with _Server(body, 'drop', failures=1) as server, caplog.at_level(logging.WARNING):
+    got = fetch.download([server.url], tmp_path / 'f.bin', sha256=hashlib.sha256(body).hexdigest())
   assert got.read_bytes() == body and server.requests == 2
-  assert 'retrying in' in caplog.text and 'IncompleteRead' in caplog.text
-  assert 'MB/s' in caplog.text and 'ETA' in caplog.text and '10.2 MB (100%)' in caplog.text
+  assert f'Attempt 1 of {fetch.RETRIES} to download {server.url} failed' in caplog.text
+  assert 'IncompleteRead' in caplog.text
+  err = capsys.readouterr().err  # tqdm's bar: its last state covers the whole file
+  assert '100%' in err and '10.2M/10.2M' in err, err[-300:]
+  assert list(tmp_path.iterdir()) == [got]
 
 
-def test_http_error_is_not_retried(quick_network, tmp_path):
-  import http.server  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
-  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)
-  threading.Thread(target=httpd.serve_forever, daemon=True).start()
-  url = f'http://127.0.0.1:{httpd.server_address[1]}/no/such/file.npz'
-  try:
-    with pytest.raises(fetch.FetchError, match='HTTP 404') as e:
-      fetch.download([url], tmp_path / 'x.npz')
-  finally:
-    httpd.shutdown()
-    httpd.server_close()
-  assert 'attempts' not in str(e.value)
+def test_http_error_is_not_retried(no_waits, tmp_path):
+  with _Server(b'', 'missing') as server:
+    with pytest.raises(fetch.FetchError, match='HTTP 404 Not Found') as e:
+      fetch.download([server.url], tmp_path / 'x.npz')
+  assert 'attempts' not in str(e.value) and server.requests == 1
 
 
-def test_unreachable_split_file_names_the_local_copy_key(quick_network, tmp_path):
+def test_unreachable_split_file_names_the_local_copy_key(no_waits, tmp_path):
   url = _refused_url()
   with pytest.raises(fetch.FetchError) as e:
     splits.fetch_split_file('Places_LT_train.txt', cache=tmp_path / 'splits', urls=[url])

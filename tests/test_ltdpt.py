@@ -11,7 +11,9 @@ import skimage.data
 import skimage.transform
 
 import npz_utils
+from ltdpt_jax import cli
 from ltdpt_jax import config_lib
+from ltdpt_jax import models
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.models import vit_checkpoint
 
@@ -52,7 +54,7 @@ def tiny_config(checkpoint: str = '', **model):
 
 
 def build(c, num_classes=NUM_CLASSES, **overrides):
-  return ltdpt.build_model(c.model, num_classes, c.data.image_size, **overrides)
+  return models.build_model(c.model, num_classes, c.data.image_size, **overrides)
 
 
 def shapes_of(c, num_classes=NUM_CLASSES):
@@ -378,7 +380,7 @@ def test_gradients_reach_keys_selected_groups_and_the_right_scales(ckpt):
 
 @pytest.mark.parametrize('h,expected', [(3, 552_960), (6, 1_013_760), (12, 1_935_360)])
 def test_parameter_report_table7(h, expected):
-  c = config_lib.base_config()  # ViT-B/16 with the SPEC defaults
+  c = config_lib.base_config()  # ViT-B/16 with the paper's defaults
   c.model.num_br_blocks = h
   r = report(c, 100)
   assert r['fr_prompts'] + r['br_prompts'] == expected
@@ -568,7 +570,7 @@ def test_attention_options_on_cpu(ckpt, caplog):
     with pytest.raises(ValueError, match=match):
       build(tiny_config(**bad))
     with pytest.raises(ValueError, match=match):
-      config_lib.validate(tiny_config(**bad))
+      cli.validate_config(tiny_config(**bad))
 
 
 def test_cudnn_branch_pads_to_what_cudnn_accepts(ckpt, monkeypatch):

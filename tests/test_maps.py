@@ -19,7 +19,7 @@ import pytest
 from ltdpt_jax import maps
 from ltdpt_jax import saliency as saliency_lib
 from ltdpt_jax.data import synthetic
-from ltdpt_jax.models import ltdpt
+from ltdpt_jax.models import common
 
 import npz_utils
 import test_ltdpt as lt
@@ -117,7 +117,7 @@ def test_gradcam_and_attention_equal_an_independent_computation(ckpt, model_kw):
   apply = jax.jit(lambda p_, x_, s_: maps.straightforward(model).apply(
       {'params': p_}, x_, s_, mutable=['intermediates']), compiler_options=lt.QUICK)
   out, inter = apply(params, x, None if model.method == 'vpt' else sal)
-  x_in = inter['intermediates'][ltdpt.LAST_BLOCK_TOKENS][0]
+  x_in = inter['intermediates'][common.LAST_BLOCK_TOKENS][0]
   run, m, n_img = _reference(arrays, params, c, np.asarray(x_in), sal, out)
   logits, probs = jax.jit(run, compiler_options=lt.QUICK)(x_in[:, 1:])
   np.testing.assert_allclose(logits, got['logits'], rtol=2e-4, atol=2e-5)

@@ -14,16 +14,17 @@ import pytest
 
 import cli_worker
 import train_utils
+from ltdpt_jax import config_lib
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import fetch
-from ltdpt_jax.tools import pretrain
-from ltdpt_jax import train
-from ltdpt_jax import train_step as step_lib
+from ltdpt_jax import optim
 from ltdpt_jax import run_dir as run_dir_lib
+from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.data import synthetic
 from ltdpt_jax.data import transforms
 from ltdpt_jax.evaluators import longtail
 from ltdpt_jax.models import vit_checkpoint
+from ltdpt_jax.tools import pretrain
 
 REPO = train_utils.REPO
 ASSET = REPO / 'ltdpt_jax' / 'assets' / 'vit_demo.npz'
@@ -49,7 +50,7 @@ def test_shipped_checkpoint_is_the_demo_default_small_and_recorded():
                                     'pretrain_synthetic.py')
   assert side['eval']['accuracy'] > 0.5 and side['steps'] > 0
   # The shipped file came from the config as committed (compared as JSON: tuples are lists;
-  # keys added to the config since then count as their defaults, workdir.ADDED_KEYS).
+  # keys added to the config since then count as their defaults, run_dir.ADDED_KEYS).
   assert run_dir_lib.config_changes(
       side['config'], train_utils.load_config('pretrain_synthetic').to_dict()) == ({}, {})
 
@@ -217,7 +218,7 @@ def test_pretraining_resumed_ends_with_the_same_weights(straight, cache, tmp_pat
   config = _toy_config()
   with cli_worker.use_compilation_cache(cache):
     with monkeypatch.context() as m:
-      m.setattr(train._Preemption, 'should_stop', lambda self, step: step == 2)  # pylint: disable=protected-access
+      m.setattr(run_dir_lib.Preemption, 'should_stop', lambda self, step: step == 2)
       assert pretrain.run(config, workdir, out) == {'stopped_at': 2}
     assert not os.path.exists(out)
     result = pretrain.run(config, workdir, out)
@@ -239,7 +240,7 @@ def test_pretraining_on_an_image_folder(tmp_path, cache):
   train_dir, eval_dir = tmp_path / 'train', tmp_path / 'val'
   image_folders.write_folder(train_dir, [8, 8], names=['a', 'b'])
   image_folders.write_folder(eval_dir, [2, 2], names=['a', 'b'], seed=1)
-  config = pretrain.base_config()
+  config = config_lib.pretrain_base_config()
   config.data.dataset = 'folder'
   config.data.train_dir, config.data.eval_dir = str(train_dir), str(eval_dir)
   config.data.image_size, config.data.batch_size, config.data.eval_batch_size = 16, 8, 8
@@ -258,12 +259,12 @@ def test_pretraining_on_an_image_folder(tmp_path, cache):
 def test_weight_decay_only_on_kernels_and_schedule():
   params = {'embedding': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}, 'cls': jnp.ones(3),
             'head': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
-  mask = pretrain._decay_mask(params)  # pylint: disable=protected-access
+  mask = optim.kernels_only(params)
   assert jax.tree.leaves(mask) == jax.tree.leaves(
       {'embedding': {'kernel': True, 'bias': False}, 'cls': False,
        'head': {'kernel': True, 'bias': False}})
-  o = pretrain.base_config().optim
+  o = config_lib.pretrain_base_config().optim
   o.lr, o.warmup_epochs = 1.0, 1.0
-  sched = pretrain.learning_rate_schedule(o, total_steps=10, steps_per_epoch=2)
+  sched = optim.pretrain_learning_rate(o, total_steps=10, steps_per_epoch=2)
   assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(1.0)
   assert float(sched(6)) == pytest.approx(0.5) and float(sched(10)) == pytest.approx(0.0)

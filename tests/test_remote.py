@@ -14,6 +14,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from ltdpt_jax import run_dir
 from ltdpt_jax import train
 from ltdpt_jax.data import splits
 from ltdpt_jax.tools.predict import Predictor
@@ -39,7 +40,7 @@ def gcs(tmp_path, monkeypatch):
 def test_train_stop_resume_eval_and_predict_on_a_gs_workdir(cli_straight, gcs, monkeypatch):
   config = train_utils.run_config(keep_checkpoints=2)  # old checkpoints deleted on the bucket
   stops = {5}
-  monkeypatch.setattr(train._Preemption, 'should_stop', lambda self, step: step in stops)
+  monkeypatch.setattr(run_dir.Preemption, 'should_stop', lambda self, step: step in stops)
   assert train.train_and_evaluate(config, WORKDIR) == {'stopped_at': 5}  # a preemption
   results = train.train_and_evaluate(config, WORKDIR)  # the relaunch resumes from step 5
   local = gcs / 'bucket' / 'runs' / 'tiny'

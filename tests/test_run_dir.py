@@ -22,6 +22,7 @@ import pytest
 import cli_worker
 import npz_utils
 import train_utils
+from ltdpt_jax import run_dir
 from ltdpt_jax import train
 
 STEPS = 14
@@ -282,7 +283,7 @@ def test_another_backbone_file_of_the_same_shapes_is_refused(cache, tmp_path):
     shutil.rmtree(workdir / 'checkpoints' / '7')  # as if stopped before its last step
     out = cli_worker.run_cli(_cli(workdir, config=with_backbone(b)), cache)
     cli_worker.one_error_line(out, 2, digest_a, digest_b, 'config.model.checkpoint')
-    with pytest.raises(train.SetupError, match=f'{digest_b}.*{digest_a}'):
+    with pytest.raises(run_dir.SetupError, match=f'{digest_b}.*{digest_a}'):
       train.evaluate_checkpoint(with_backbone(b), str(workdir), step=6)
     shutil.copy(a, tmp_path / 'moved.npz')  # the same file elsewhere: fine
     results = train.train_and_evaluate(with_backbone(tmp_path / 'moved.npz'), str(workdir))

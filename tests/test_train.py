@@ -25,9 +25,10 @@ import pytest
 
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import models
+from ltdpt_jax import run_dir
 from ltdpt_jax import sharding
 from ltdpt_jax import train
-from ltdpt_jax.models import ltdpt
 
 import cli_worker
 import fake_gcs
@@ -115,7 +116,7 @@ def test_resume_mid_epoch_and_across_drw_equals_straight_run(straight, tmp_path,
   with keep_checkpoints=2 only the last 2 checkpoints and the best one survive the restarts."""
   config = _config(keep_checkpoints=2)
   stops = {5, 10}
-  monkeypatch.setattr(train._Preemption, 'should_stop', lambda self, step: step in stops)
+  monkeypatch.setattr(run_dir.Preemption, 'should_stop', lambda self, step: step in stops)
   workdir = str(tmp_path / 'stopped')
 
   # Which step's metrics the host fetches, against how many steps it has dispatched.
@@ -168,7 +169,7 @@ def test_crop_on_device_run_equals_straight_run(straight, tmp_path, monkeypatch)
   config = _config()
   config.data.crop_on_device = True
   workdir = str(tmp_path / 'device_crop')
-  monkeypatch.setattr(train._Preemption, 'should_stop', lambda self, step: step == 10)
+  monkeypatch.setattr(run_dir.Preemption, 'should_stop', lambda self, step: step == 10)
   assert train.train_and_evaluate(config, workdir) == {'stopped_at': 10}
   _assert_states_equal(cli_worker.restore_state(workdir, 9)[0],
                        cli_worker.restore_state(straight.workdir, 9)[0])
@@ -244,9 +245,9 @@ def test_evaluate_checkpoint_matches_in_training_eval(straight, tmp_path):
   record = train.evaluate_checkpoint(straight.config, str(workdir), step=7)
   assert record == _read_json(straight.workdir / 'eval_7.json')
   assert record['epoch'] == 1 and record['step'] == 7
-  with pytest.raises(train.SetupError, match=r'step 5 .*available steps: \[3, 6, 7, 9, 12, 14\]'):
+  with pytest.raises(run_dir.SetupError, match=r'step 5 .*available steps: \[3, 6, 7, 9, 12, 14\]'):
     train.evaluate_checkpoint(straight.config, str(workdir), step=5)
-  with pytest.raises(train.SetupError, match='No checkpoint in .*empty.*--mode=train'):
+  with pytest.raises(run_dir.SetupError, match='No checkpoint in .*empty.*--mode=train'):
     train.evaluate_checkpoint(straight.config, str(tmp_path / 'empty'))
 
 
@@ -278,12 +279,12 @@ def test_evaluators_with_their_own_periods_in_training_and_eval_mode(straight, t
 def test_log_start_when_the_backend_reports_no_flops(caplog):
   """A compiled step whose cost_analysis has no FLOPs (or fails) does not stop training."""
   config = train_utils.tiny_config()
-  model = ltdpt.build_model(config.model, 6, 16)
+  model = models.build_model(config.model, 6, 16)
   info = types.SimpleNamespace(name='test', num_train=100, num_eval=30, class_names=('a',) * 6,
                                class_counts=np.arange(6))
   setup = types.SimpleNamespace(config=config, model=model, image_size=16, info=info,
                                 num_classes=6, steps_per_epoch=6, total_steps=12,
-                                drw_start_step=6, backbone_sha256=None)
+                                drw_start_step=6, backbone_sha256=None, pretraining=False)
 
   class NoFlops:
     def cost_analysis(self):
@@ -316,17 +317,17 @@ def test_resume_with_another_config_fails_clearly(straight, tmp_path):
       shutil.rmtree(workdir / 'checkpoints' / str(step))
   config = _config()
   config.data.batch_size = 8
-  with pytest.raises(train.SetupError, match=r'checkpoints/7: data\.batch_size 16 -> 8\. .*'
+  with pytest.raises(run_dir.SetupError, match=r'checkpoints/7: data\.batch_size 16 -> 8\. .*'
                                              r'config\.json.*--allow_config_change'):
     train.train_and_evaluate(config, str(workdir))
   # Accepted deliberately, the data order still cannot resume from that checkpoint.
-  with pytest.raises(train.SetupError, match=r'step 7.*same data order'):
+  with pytest.raises(run_dir.SetupError, match=r'step 7.*same data order'):
     train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   config = _config()
   config.model.num_fr_prompts = 3
-  with pytest.raises(train.SetupError, match=r'model\.num_fr_prompts 2 -> 3'):
+  with pytest.raises(run_dir.SetupError, match=r'model\.num_fr_prompts 2 -> 3'):
     train.train_and_evaluate(config, str(workdir))
-  with pytest.raises(train.SetupError, match=r'step 7 .* holds other arrays than this config '
+  with pytest.raises(run_dir.SetupError, match=r'step 7 .* holds other arrays than this config '
                                              r'trains.*params/fr_prompts.*config\.json'):
     train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   assert _steps(workdir) == [3, 6, 7]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import losses
+from ltdpt_jax import models
 from ltdpt_jax import optim
 from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import ltdpt
@@ -34,7 +35,7 @@ def _setup(config, num_classes, mesh, drw_start_step=50, quick=False):
   """(model, state, frozen, jitted train step, class counts); with `quick` the step comes
   compiled with train_utils.QUICK (for tests of values, not of the compiled program)."""
   size = config.data.image_size
-  model = ltdpt.build_model(config.model, num_classes, size)
+  model = models.build_model(config.model, num_classes, size)
   params = ltdpt.init_params(model, jax.random.key(0), size)
   trainable, frozen = optim.split_params(
       params, optim.param_labels(params, tuple(config.optim.frozen_patterns)))
@@ -128,13 +129,13 @@ _EIGHT_DEVICES = textwrap.dedent('''
     import jax, numpy as np
     assert jax.device_count() == 8, jax.devices()
     import train_utils
-    from ltdpt_jax import optim, train_step as step_lib
+    from ltdpt_jax import models, optim, train_step as step_lib
     from ltdpt_jax.models import ltdpt
     config = train_utils.tiny_config(batch_size=16)
     results = []
     for n in (1, 8):
       mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ('data',))
-      model = ltdpt.build_model(config.model, 6, 16)
+      model = models.build_model(config.model, 6, 16)
       params = ltdpt.init_params(model, jax.random.key(0), 16)
       tr, fr = optim.split_params(params, optim.param_labels(params))
       tx = optim.make_optimizer(config.optim, total_steps=10, global_batch=16,
@@ -271,7 +272,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   recomputes the blocks."""
   config = train_utils.tiny_config(image_size=16, batch_size=8)
   size = config.data.image_size
-  base = ltdpt.build_model(config.model, 6, size)
+  base = models.build_model(config.model, 6, size)
   params = ltdpt.init_params(base, jax.random.key(0), size)
   trainable, frozen = optim.split_params(params, optim.param_labels(params))
   counts = np.linspace(50, 5, 6).astype(np.int64)
@@ -306,7 +307,7 @@ def test_remat_orders_the_recomputation_for_the_platform_it_is_traced_for():
   config = train_utils.tiny_config(image_size=16, batch_size=8)
   config.model.remat = True
   size = config.data.image_size
-  model = ltdpt.build_model(config.model, 6, size)
+  model = models.build_model(config.model, 6, size)
   params = ltdpt.init_params(model.clone(remat=False), jax.random.key(0), size)
   trainable, frozen = optim.split_params(params, optim.param_labels(params))
   loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss,

@@ -259,19 +259,6 @@ def test_fetch_checkpoint_file_url_and_local_http(tmp_path):
     fetch.fetch_checkpoint(str(src / 'vit.npz'), sha256='1' * 64)
 
 
-def test_moved_names_stay_importable_from_vit():
-  """The checkpoint I/O moved to vit_checkpoint.py / fetch.py; the old names still work."""
-  from ltdpt_jax.models.vit import from_npz  # pylint: disable=g-import-not-at-top
-  assert from_npz is vit_checkpoint.from_npz
-  for name in ('load_npz', 'params_from_flat', 'infer_architecture', 'resize_posemb',
-               'CheckpointInfo', 'backbone_params'):
-    assert getattr(vit, name) is getattr(vit_checkpoint, name), name
-  assert vit.fetch_checkpoint is fetch.fetch_checkpoint
-  assert vit.default_cache_dir is fetch.cache_dir
-  with pytest.raises(AttributeError, match='no_such_name'):
-    vit.no_such_name  # pylint: disable=pointless-statement
-
-
 def test_gelu_is_the_exact_gelu_with_its_derivative():
   """vit.gelu (the erf form) against math.erf in float64 and against jax.nn.gelu's erfc form,
   values and derivatives, over the range block activations take (and far tails)."""

@@ -53,8 +53,11 @@ def test_cpu_vs_torch_reports_medians_of_alternating_rounds(tmp_path, monkeypatc
   monkeypatch.setattr(mod, '_torch', lambda a: calls.append('torch') or next(torch_ips))
   monkeypatch.setattr(mod, '_ours', lambda a: calls.append('ours') or next(ours_ips))
   out = tmp_path / 'r.json'
-  assert mod.main(['--torch_python=python', '--rounds=3', f'--out={out}']) == 0
+  assert mod.main(['--torch_python=python', '--torch_step=step.py', '--rounds=3',
+                   f'--out={out}']) == 0
   assert calls == ['torch', 'ours', 'ours', 'torch', 'torch', 'ours']  # the order alternates
   rec = json.loads(out.read_text())
   assert [r['ratio'] for r in rec['rounds']] == pytest.approx([1.1, 1.5, 1.0])
   assert rec['median'] == pytest.approx({'torch': 10.0, 'ours': 12.0, 'ratio': 1.1})
+  with pytest.raises(SystemExit):  # --torch_step has no default
+    mod.main(['--torch_python=python'])

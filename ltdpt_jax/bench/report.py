@@ -1,7 +1,11 @@
-"""The readable table of a benchmark record (`bench.run_benchmark`), and its number formats."""
+"""The readable table of a benchmark record (`bench.run_benchmark`), its number formats, and
+`write`: the record and its table to a file and stdout."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import Any
 
 NA = 'n/a'  # what the record holds where a number is not available
@@ -36,7 +40,7 @@ def _gib(x) -> str:
 
 
 def format_memory_report(report: dict[str, Any]) -> str:
-  """The memory part (`bench_parts.memory_rows`) as a table, GiB per device."""
+  """The memory part (`memory.memory_rows`) as a table, GiB per device."""
   lines = [
       f"memory report ({report['platform']} {report.get('device_kind', '')}, "
       f"{report['dtype']}, attention "
@@ -64,8 +68,18 @@ def format_memory_report(report: dict[str, Any]) -> str:
 
 def format_table(record: dict[str, Any]) -> str:
   """A human-readable summary of a `run_benchmark` record."""
-  c, dv, h, f = record['config'], record['device'], record['host'], record['flops']
-  lines = [
+  lines = [*_header(record), '', *_rates(record), '', *_flops(record['flops']),
+           _memory(record['memory'])]
+  if 'memory_report' in record:
+    lines += ['', format_memory_report(record['memory_report'])]
+  lines.append(_compile(record['timing']))
+  return '\n'.join(lines)
+
+
+def _header(record: dict[str, Any]) -> list[str]:
+  """What ran where: the config, the devices and the host's load."""
+  c, dv, h = record['config'], record['device'], record['host']
+  return [
       f"LT-DPT benchmark {c['file']}: {c['backbone']}, {c['method']}, {c['dtype']}, "
       f"{c['image_size']}px, batch {c['batch_size']} (eval {c['eval_batch_size']}), "
       f"{c['num_classes']} classes, data {c['dataset']}",
@@ -75,10 +89,13 @@ def format_table(record: dict[str, Any]) -> str:
       f"host: {h['before']['cpus_usable']} usable CPUs, load average (1/5/15 min) before "
       + '/'.join(f'{x:.2f}' for x in h['before']['loadavg']) + ', after '
       + '/'.join(f'{x:.2f}' for x in h['after']['loadavg']),
-      '',
-      f"{'part':<24}{'images/s':>12}{'img/s/dev':>12}{'ms/step':>10}{'TFLOP/s':>10}"
-      f"{'MFU':>8}{'MFU xla':>9}",
   ]
+
+
+def _rates(record: dict[str, Any]) -> list[str]:
+  """One row per timed part, and what bounds the end-to-end rate."""
+  lines = [f"{'part':<24}{'images/s':>12}{'img/s/dev':>12}{'ms/step':>10}{'TFLOP/s':>10}"
+           f"{'MFU':>8}{'MFU xla':>9}"]
   rows = (('train step', 'train_step', 'achieved_tflops_model'),
           ('eval step', 'eval_step', 'achieved_tflops_model'),
           ('input pipeline', 'input_pipeline', None),
@@ -97,9 +114,13 @@ def format_table(record: dict[str, Any]) -> str:
                  f"{_pct(r['mfu_xla']) if 'mfu_xla' in r else '':>9}")
   if 'end_to_end' in record and 'bottleneck' in record['end_to_end']:
     lines.append(f"end to end bound by: {record['end_to_end']['bottleneck']}")
+  return lines
+
+
+def _flops(f: dict[str, Any]) -> list[str]:
+  """XLA's and the analytic FLOPs per image."""
   ratio = f['step_over_forward_xla']
-  lines += [
-      '',
+  return [
       'FLOPs per image: train step (XLA) ' + _si(f['train_step_xla_per_image'], 'FLOP')
       + ', forward (XLA) ' + _si(f['forward_xla_per_image'], 'FLOP') + ', step/forward '
       + (f'{ratio:.2f}' if isinstance(ratio, float) else ratio),
@@ -111,18 +132,37 @@ def format_table(record: dict[str, Any]) -> str:
       + '; dense ViT formula (all tokens every block) ' + _si(
           f['analytic_dense_vit_forward_per_image'], 'FLOP'),
   ]
-  mem = record['memory']
+
+
+def _memory(mem: dict[str, Any]) -> str:
+  """The allocator's peak and the compiled train step's buffers."""
   tc = mem['train_step_compiled']
-  lines.append(
+  return (
       f"memory: peak in use {_mib(mem['peak_bytes_in_use'])} (limit {_mib(mem['bytes_limit'])});"
       + (f" train step compiled: arguments {_mib(tc.get('argument_size_in_bytes'))}, temp "
          f"{_mib(tc.get('temp_size_in_bytes'))}, output {_mib(tc.get('output_size_in_bytes'))}"
          if isinstance(tc, dict) else ''))
-  if 'memory_report' in record:
-    lines += ['', format_memory_report(record['memory_report'])]
-  tm = record['timing']
+
+
+def _compile(tm: dict[str, Any]) -> str:
+  """Compile and set-up seconds, and how the parts were timed."""
   cs = tm['compile_s']
-  lines.append(f"compile: train {_num(cs['train'], '.1f')} s, eval {_num(cs['eval'], '.1f')} s, "
-               f"forward {_num(cs['forward'], '.1f')} s; setup {tm['setup_s']:.1f} s; "
-               f"{tm['steps']} timed steps x {tm['repeats']} rounds after {tm['warmup']} warm-up")
-  return '\n'.join(lines)
+  return (f"compile: train {_num(cs['train'], '.1f')} s, eval {_num(cs['eval'], '.1f')} s, "
+          f"forward {_num(cs['forward'], '.1f')} s; setup {tm['setup_s']:.1f} s; "
+          f"{tm['steps']} timed steps x {tm['repeats']} rounds after {tm['warmup']} warm-up")
+
+
+def write(record: dict[str, Any], path: str | None) -> None:
+  """The table to stdout and the JSON to `path`, or without one the table to stderr and the
+  JSON to stdout."""
+  text = json.dumps(record, indent=1)
+  if not path:
+    print(format_table(record), file=sys.stderr, flush=True)
+    print(text)
+    return
+  print(format_table(record), flush=True)
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as fh:
+    fh.write(text + '\n')
+  print(f'JSON written to {path}')

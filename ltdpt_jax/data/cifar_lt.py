@@ -1,17 +1,7 @@
 """CIFAR-100-LT: the exponential per-class profile and the seeded choice of training images.
 
-Follows `kaidic/LDAM-DRW: imbalance_cifar.py` (Cao et al. 2019) exactly:
-  1. n_max = len(train) / 100 (500 on the real data), n_i = int(n_max * (1/ratio)^(i/99));
-  2. a legacy NumPy RNG seeded once with `seed` (LDAM's `rand_number`, default 0);
-  3. classes visited in ascending label order; for each, the positions of that class in the
-     original CIFAR-100 training order, ascending, are shuffled in place with that RNG and the
-     first n_i kept (every class is shuffled, also those kept whole, so the RNG stream matches);
-  4. the kept images are concatenated class by class.
-The test split stays whole (10,000 images, 100 per class).
-
-The original order is recovered from tfds `cifar100`'s `id` feature (`train_%05d`, the record's
-position in `cifar-100-binary/train.bin`): the prepared tfds files are shuffled on disk, so the
-records are sorted by that number first (see `ltdpt_jax.data.sources`).
+`cifar_lt_counts` gives the images per class and `cifar_lt_indices` the images kept, as LDAM-DRW
+(Cao et al. 2019) builds the benchmark; the test split stays whole (100 images per class).
 """
 
 from __future__ import annotations
@@ -37,6 +27,14 @@ def cifar_lt_indices(labels: np.ndarray, ratio: float, *, seed: int = 0,
                      max_count: float | None = None,
                      num_classes: int = CIFAR100_NUM_CLASSES) -> np.ndarray:
   """Positions (in the original training order) of the images CIFAR-100-LT keeps, LDAM order.
+
+  As LDAM-DRW's IMBALANCECIFAR100: a legacy NumPy RNG seeded once with `seed`; the classes are
+  visited in ascending label order, and for each the positions of that class in the original
+  training order (ascending) are shuffled in place with that RNG and the first n_i kept. Every
+  class is shuffled, also those kept whole, so the RNG stream matches. The kept images are
+  concatenated class by class. `labels` must be in the original CIFAR-100 order (the record's
+  position in the original training file; `sources.cifar100_lt_sources` recovers it from tfds'
+  `id` feature, since the prepared tfds files are shuffled).
 
   Args:
     labels: fine labels of the full training split in the original CIFAR order.

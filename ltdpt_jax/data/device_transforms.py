@@ -1,36 +1,8 @@
-"""The training crop on the accelerator (config.data.crop_on_device): the host ships raw images.
+"""The training crop on the accelerator (`config.data.crop_on_device`): the host ships raw images.
 
-With `config.data.crop_on_device` (True, or None = auto on a GPU/TPU for CIFAR-100-LT and the
-synthetic data: `pipeline.crop_on_device`), a grain worker does not resize: it draws the augmentation
-(`transforms.train_crop`: the RandomResizedCrop box and the flip, the same numbers from the same
-generator as the host path) and hands over the image as it is stored plus those five numbers.
-The train step then calls `resized_crop` before the saliency. For CIFAR-100-LT a worker
-ships 3 KB per image instead of 150 KB at 224 px, and skips the 2.0 ms Pillow upsampling
-(README "Benchmark", the host side).
-
-What `resized_crop` computes. Pillow's bilinear `Image.resize(size, BILINEAR, box)` (what the host
-path runs) is a separable triangle filter. For output pixel i of one axis it takes the centre
-c = box_start + (i + 0.5) * box_len / size. Its support is max(box_len / size, 1) (it widens when
-shrinking: antialiasing), and it reads every image pixel under that support, including pixels
-outside the box. The weights are normalised over the pixels inside the image, so the image edges
-clamp. `jax.image.scale_and_translate(..., method='linear', antialias=True)` has exactly these
-weights with scale = size / box_len and translation = -box_start * scale: it samples at
-c - 0.5 in pixel-index units, scales the kernel by max(1 / scale, 1), and normalises each
-output's weights over the input.
-
-The two results can still differ by one grey level, for two reasons. Pillow computes in 8-bit
-fixed point: a horizontal pass rounded to uint8, then the vertical pass rounded again. Here both
-passes run in float32 with one rounding at the end (floor(x + 0.5), Pillow's rounding). The
-triangle weights are >= 0 and sum to 1, so the intermediate rounding moves the value before the
-last rounding by at most 0.5 (plus float error). Two numbers less than 1 apart round to integers
-at most 1 apart. So every pixel is within +-1 of the host path's, and tests/test_device_crop.py
-checks that against Pillow itself.
-
-Cost: two small integer matmuls per image with dense (input, output) weight matrices
-(`crop_flops`). For 32 px -> 224 px that is 2 * 3 * 224 * 32 * (32 + 224) = 11 MFLOP per image,
-0.02% of the ViT-B/16 train step's 68 GFLOP. The batch is cropped CHUNK images at a time, so
-the int32 intermediates stay small (at batch 512 and 224 px: 84 MiB of temporaries on a TPU
-v5e, 22 MiB on an H200, against 672 and 588 MiB for the whole batch at once).
+A grain worker draws the augmentation (`transforms.train_crop`) and ships the stored image with
+its five crop numbers; the train step applies them with `resized_crop`, which reproduces Pillow's
+bilinear resize of the host path exactly, in Pillow's fixed point (`pillow_bilinear_weights`).
 """
 
 from __future__ import annotations
@@ -43,7 +15,7 @@ from ltdpt_jax.data import transforms
 CROP_FIELDS = transforms.CROP_FIELDS
 
 
-CHUNK = 32  # images cropped at a time (resized_crop)
+CHUNK = 32  # images cropped at a time (resized_crop): bounds the int32 temporaries
 PRECISION_BITS = 22  # Pillow's 8-bit resampling: coefficients in 22-bit fixed point
 
 
@@ -65,7 +37,7 @@ def pillow_bilinear_weights(in_size: int, out_size: int, start: jax.Array, lengt
                             ) -> jax.Array:
   """int32 (in_size, out_size): the fixed-point coefficients Pillow's 8-bit bilinear resize uses
   to map the box [start, start + length) of an axis of in_size pixels onto out_size pixels
-  (`precompute_coeffs` + `normalize_coeffs_8bpc` of Pillow's Resample.c), computed exactly.
+  (Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`), computed exactly.
 
   Output pixel i has centre c = start + (i + 0.5) * length / out_size; input pixel j gets the
   triangle weight 1 - |j + 0.5 - c| / s with s = max(length / out_size, 1) (or 0 outside the
@@ -106,7 +78,7 @@ def vertical_pass_first(height: int, width: int, size: int,
 
   Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
   pixels as the width: height - size > 0 and height - size > 2 * (width - size) (full image
-  sizes, not the box's; `ImagingResampleInner` in Resample.c). Earlier versions always run the
+  sizes, not the box's; Pillow's `ImagingResampleInner`). Pillow 12 and older run the
   horizontal pass first. The order changes which intermediate is rounded to 8 bits, so it
   follows the installed Pillow, the one the host path (`transforms.apply_crop`) runs.
   """
@@ -138,7 +110,8 @@ def resized_crop_one(image: jax.Array, crop: jax.Array, size: int) -> jax.Array:
 def crop_flops(height: int, width: int, size: int, channels: int = 3) -> int:
   """Multiply-adds x 2 of the two passes for one height x width image cropped to size x size
   (dense weight matrices, as `resized_crop` computes them; XLA's count of the chunked loop
-  covers only one chunk)."""
+  covers only one chunk). For 32 px -> 224 px: 2 * 3 * 224 * 32 * (32 + 224) = 11 MFLOP, a
+  negligible part of a ViT-B/16 train step."""
   first = height * width * size  # the first pass keeps the other axis at its input length
   if vertical_pass_first(height, width, size):
     return 2 * channels * (first + size * width * size)
@@ -147,7 +120,10 @@ def crop_flops(height: int, width: int, size: int, channels: int = 3) -> int:
 
 def resized_crop(images: jax.Array, crop: jax.Array, size: int) -> jax.Array:
   """uint8 (B, H, W, C) images and int (B, 5) crops (`transforms.train_crop`) -> uint8
-  (B, size, size, C): exactly what `transforms.apply_crop` (Pillow) gives on the host."""
+  (B, size, size, C): exactly what `transforms.apply_crop` (Pillow) gives on the host.
+
+  Two small integer matmuls per image with dense (input, output) weight matrices (`crop_flops`).
+  """
   if images.ndim != 4 or crop.shape != (images.shape[0], len(CROP_FIELDS)):
     raise ValueError(f'resized_crop needs images (B, H, W, C) and crops (B, {len(CROP_FIELDS)}); '
                      f'got {images.shape} and {crop.shape}.')

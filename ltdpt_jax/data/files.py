@@ -1,38 +1,9 @@
 """A user's own long-tailed data: image folders and list files, read with Pillow in grain workers.
 
-Two sources (`config.data.dataset`):
-
-* 'folder': `data.train_dir` and `data.eval_dir` in the torchvision `ImageFolder` layout,
-  `<dir>/<class name>/<image files>`; images in nested folders inside a class folder belong to
-  that class. Class index = position in the sorted class names of the train folder, unless
-  `data.class_names` lists them (then the train folder may not have others).
-* 'list': `data.train_list` / `data.eval_list`, either OLTR lines `<relative path> <label>` (what
-  ImageNet-LT and Places-LT ship; the label an index) or a CSV file with a header `path,label`
-  (the label a class name or an index), paths relative to `data.image_root` (default: the list
-  file's folder). Class names: `data.class_names`, else the sorted names of a CSV, else '0'..'K-1'.
-
-Scanning (`scan_folder`, `read_list`) lists files with `os.scandir` (no decoding): extensions
-jpg, jpeg, png, bmp, gif, tif, tiff, webp match case-insensitively; hidden files and folders
-(starting with '.') and files of other extensions are ignored and counted in the log. Then every
-file gets a header check (`check_images`, no decoding, about 45 us a file): its first bytes must be
-those of an image format, and a JPEG, PNG or GIF must end like a complete file (end-of-image
-marker, IEND chunk, trailer), which catches the commonest damage, a file cut short (a file whose
-end looks wrong is decoded once, to tell damage from harmless trailing bytes). The list of bad files of a listing
-(paths, sizes and modification times) is cached under `fetch.cache_dir()/scans`, so a second
-scan of the same 100,000 files only lists them. `data.on_bad_image`: 'error' (default) stops
-before any step naming the bad files; 'skip' drops them (counted in the log; the train loop
-writes their paths to `<workdir>/bad_images.txt`).
-
-Decoding (`decode_image`), the same for every image: EXIF orientation applied; the first frame
-of an animated GIF; every mode converted to 8-bit RGB: grayscale and 1-bit repeated, palette
-through its colours, CMYK by Pillow's conversion, 16-bit and 32-bit integer grayscale scaled by
-1/257 (65535 -> 255), float images clipped to [0, 1] then scaled, and transparency (RGBA, LA,
-palette with a transparent colour) composited on WHITE. The train and eval transforms of the
-tfds datasets follow, so the saliency is computed on the view the model sees.
-
-Bad layouts are errors naming the path (and line) and the fix, raised before any step: a
-missing or empty directory, a class folder with no images, an eval class the train folder does
-not have, a list line that does not parse or names a missing file.
+'folder' (`scan_folder`: ImageFolder layout) and 'list' (`read_list`: OLTR lines or a CSV) find
+the images; `check_images` and `without_bad` catch damaged files before any step; `decode_image`
+gives every image as 8-bit RGB; `ImageFiles` is the random-access source. The train and eval
+transforms of the tfds datasets follow, so the saliency is computed on the view the model sees.
 """
 
 from __future__ import annotations
@@ -57,7 +28,11 @@ BACKGROUND = (255, 255, 255)  # what transparent pixels are composited on
 
 
 class DataError(ValueError):
-  """A folder or list file that cannot be used as given (one line naming it and the fix)."""
+  """A folder or list file that cannot be used as given (one line naming it and the fix).
+
+  Raised before any step: a missing or empty directory, a class folder with no images, an eval
+  class the train folder does not have, a list line that does not parse or names a missing file.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +50,12 @@ def is_image_name(name: str) -> bool:
 
 
 def walk_images(folder: str, ignored: dict[str, int] | None = None) -> list[str]:
-  """Image files below `folder` (recursive, sorted), skipping hidden entries; `ignored` counts
-  what was skipped ('hidden', 'not an image')."""
+  """Image files below `folder` (recursive, sorted), listed with `os.scandir` (no decoding).
+
+  Extensions `IMAGE_EXTENSIONS` match case-insensitively; hidden files and folders (starting with
+  '.') and files of other extensions are skipped, and `ignored` counts them ('hidden', 'not an
+  image') for the log.
+  """
   ignored = {} if ignored is None else ignored
   out, stack = [], [folder]
   while stack:
@@ -126,8 +105,9 @@ def _class_folders(root: str, key: str) -> list[str]:
 
 def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str = 'train_dir',
                 allow_empty_classes: bool = False) -> Scan:
-  """The images of an ImageFolder-layout `root` (see the module docstring).
+  """The images of an ImageFolder-layout `root`: `<root>/<class name>/<image files>`.
 
+  Images in nested folders inside a class folder belong to that class (`walk_images`).
   `class_names` fixes the classes and their order (every class folder must be one of them);
   otherwise they are the sorted folder names. `allow_empty_classes` (eval folders): a class of
   `class_names` may have no folder or no image there.
@@ -191,7 +171,13 @@ def _parse_lines(path: str) -> list[tuple[int, str, str]]:
 
 def read_list(path: str, *, image_root: str = '', class_names: Sequence[str] | None = None,
               key: str = 'train_list') -> Scan:
-  """The images a list file names (see the module docstring); every file must exist."""
+  """The images a list file names; every file must exist.
+
+  Either OLTR lines `<relative path> <label>` (what ImageNet-LT and Places-LT ship; the label an
+  index) or a CSV file with the header `path,label` (the label a class name or an index). Paths
+  are relative to `image_root` (default: the list file's folder). Class names: `class_names`,
+  else the sorted names of a CSV, else '0'..'K-1'.
+  """
   if not path:
     raise DataError(f'config.data.{key} is not set; point it at a list file of '
                     "'<relative/path> <label>' lines or a 'path,label' CSV.")
@@ -289,10 +275,11 @@ def _listing_key(paths: Sequence[str]) -> str:
 
 
 def check_images(paths: Sequence[str], *, cache: bool = True) -> dict[str, str]:
-  """{path: problem} of the files that fail the header check (see the module docstring).
+  """{path: problem} of the files that fail the header check (`_header_problem`, no decoding).
 
-  The result for an identical listing (paths, sizes, mtimes) is cached under
-  `fetch.cache_dir()/scans`.
+  The check catches the commonest damage, a file cut short. The result for an identical listing
+  (paths, sizes, mtimes) is cached under `fetch.cache_dir()/scans`, so a second scan of the same
+  files only lists them.
   """
   key = _listing_key(paths) if cache else None
   cache_file = fetch.cache_dir() / 'scans' / f'{key}.json' if key else None
@@ -301,8 +288,8 @@ def check_images(paths: Sequence[str], *, cache: bool = True) -> dict[str, str]:
       return json.loads(cache_file.read_text())
     except ValueError:
       pass
-  # One Python loop (about 45 us a file: 100,000 files in 5 s): threads would only contend for
-  # the GIL, and worker processes cost more to start than they save at that speed.
+  # One Python loop (tens of microseconds a file): threads would only contend for the GIL, and
+  # worker processes cost more to start than they save at that speed.
   problems = {p: r for p in paths if (r := _header_problem(p))}
   if cache_file is not None:
     try:
@@ -324,7 +311,13 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
-  """A Pillow image (any mode) as HWC uint8 RGB, as the module docstring says."""
+  """A Pillow image (any mode) as HWC uint8 RGB, the same for every image.
+
+  EXIF orientation applied; grayscale and 1-bit repeated, palette through its colours, CMYK by
+  Pillow's conversion, 16-bit and 32-bit integer grayscale scaled by 1/257 (65535 -> 255), float
+  images clipped to [0, 1] then scaled, and transparency (RGBA, LA, palette with a transparent
+  colour) composited on white (`BACKGROUND`).
+  """
   try:
     im = ImageOps.exif_transpose(im)
   except Exception:  # pylint: disable=broad-except  # a broken EXIF block: keep it as stored
@@ -344,7 +337,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def decode_image(path: str) -> np.ndarray:
-  """The image file at `path` as HWC uint8 RGB (first frame; see the module docstring)."""
+  """The image file at `path` as HWC uint8 RGB (the first frame of an animated GIF; `to_rgb`)."""
   try:
     with Image.open(path) as im:
       im.seek(0)
@@ -374,7 +367,12 @@ class ImageFiles:
 
 
 def without_bad(scan: Scan, on_bad_image: str) -> tuple[Scan, dict[str, str]]:
-  """The scan without the files that fail the header check ('skip'), or DataError ('error')."""
+  """The scan without the files that fail the header check ('skip'), or DataError ('error').
+
+  `on_bad_image` is config.data.on_bad_image: 'error' (default) stops before any step naming the
+  bad files; 'skip' drops them (counted in the log; the train loop writes their paths to
+  `<workdir>/bad_images.txt`). Also returns {path: problem} of the files dropped.
+  """
   if on_bad_image not in ON_BAD_IMAGE:
     raise DataError(f'config.data.on_bad_image={on_bad_image!r} is not valid; choose one of '
                     f'{ON_BAD_IMAGE}.')

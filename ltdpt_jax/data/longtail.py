@@ -1,10 +1,6 @@
-"""Long-tailed class profiles.
+"""Long-tailed class profiles: `exponential_counts`, the exponential profile of LDAM-DRW.
 
-`exponential_counts` is the exponential profile of Cao et al. 2019 (LDAM-DRW,
-`kaidic/LDAM-DRW: imbalance_cifar.py`, `get_img_num_per_cls`):
-n_i = int(n_max * (1 / ratio) ** (i / (K - 1))), computed in Python float64 and truncated towards
-zero, class 0 being the head. (The head / medium / tail grouping of the evaluation is
-`ltdpt_jax.evaluators.longtail.shot_groups`.)
+The head / medium / tail grouping of the evaluation is `ltdpt_jax.evaluators.longtail.shot_groups`.
 """
 
 from __future__ import annotations
@@ -14,6 +10,9 @@ import numpy as np
 
 def exponential_counts(max_count: float, ratio: float, num_classes: int) -> np.ndarray:
   """Per-class counts n_i = int(max_count * (1/ratio)^(i/(K-1))), i = 0..K-1 (int64).
+
+  The exponential profile of Cao et al. 2019 (LDAM-DRW's `get_img_num_per_cls`), computed in
+  Python float64 and truncated towards zero; class 0 is the head.
 
   Args:
     max_count: images of the largest (first) class; LDAM's `img_max`, may be a float.

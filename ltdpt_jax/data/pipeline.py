@@ -1,40 +1,9 @@
 """grain input pipelines: per-host shards of global batches, deterministic, resumable, padded eval.
 
-Training stream (`make_train_iterator`). With N training images, global batch B, P processes
-(hosts) and per-host batch b = B / P, every epoch e uses the permutation
-`perm_e = np.random.default_rng([seed, 0x5EED, e]).permutation(N)` (seed = config.train.seed,
-the `seed` argument),
-and is cut into `steps_per_epoch = N // B` global batches (the last N - steps * B images of each
-epoch's order are dropped). Global step t (epoch e = t // steps, k = t % steps) is the images at
-positions q = k * B + j, j = 0..B-1, of that epoch's order; host h takes j in [h * b, (h + 1) * b).
-Every host computes the same permutation, so the hosts' batches at step t are disjoint and their
-union (concatenated in host order) is exactly global batch t. The augmentation of position q of
-epoch e uses `np.random.default_rng([seed, 0xA06, e, q])`, so a batch depends only on (config,
-step) -- not on the number of hosts or workers, nor on where a run was resumed. The stream is
-infinite (epoch after epoch).
-
-Iterator state is {'step': next global step, plus the seed, N and B as a guard}: `set_state`
-rebuilds the grain pipeline from that step (worker processes included), so a state saved with one
-number of workers or hosts restores with another. The iterator is a `grain.DatasetIterator`, and
-works with orbax through `grain.checkpoint.CheckpointSave` / `CheckpointRestore` (grain's handler
-writes one `process_<i>-of-<n>.json` per host, all holding the same state; to restore onto a
-different host count, read any one of them and call `set_state`).
-
-Evaluation (`make_eval_iterator`): no shuffle, no augmentation randomness; with M eval images,
-global eval batch E (config.data.eval_batch_size) and e = E / P per host, there are
-ceil(M / E) batches on every host; host h's row r of batch k is eval image k * E + h * e + r, or
-padding (zero image, label 0, id -1, mask False) past M. Every eval image is in exactly one row
-with mask True over all hosts, and all hosts run the same number of batches.
-
-Batches: {'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'id': int64 (b,)} (+ 'mask': bool
-for eval). With the crop on the device (`crop_on_device(config.data)`), training batches hold the images as stored,
-uint8 (b, H, W, 3) (one size for the whole training set, checked per image), and 'crop':
-int32 (b, 5), the RandomResizedCrop box and flip (`transforms.train_crop`, drawn from the same
-generator in the same order), which the train step applies (`device_transforms.resized_crop`,
-bit-identical to the host's Pillow crop); 'id' is the image's index in the train (LT subset) or eval source. Work runs in
-`config.data.num_workers` grain worker processes (0 = in this process with threads; -1 = chosen
-from the CPU count: min(32, cores - 2), 0 on <= 2 cores), NumPy and Pillow only. grain itself
-imports JAX; workers pin it to the CPU platform and never call it.
+`make_train_iterator` gives this host's infinite training stream (`TrainIterator`, whose order
+`TrainExample` defines), `make_eval_iterator` its padded evaluation batches (`EvalExample`);
+`get_dataset_info`, `steps_per_epoch`, `train_batch_shapes` and `crop_on_device` describe them.
+Work runs in grain worker processes (`num_workers`), NumPy and Pillow only.
 """
 
 from __future__ import annotations
@@ -95,7 +64,8 @@ def num_eval_batches(data, info: DatasetInfo) -> int:
 
 
 def num_workers(requested: int) -> int:
-  """Worker processes for `config.data.num_workers` (-1: min(32, cores - 2), 0 on <= 2 cores)."""
+  """Worker processes for `config.data.num_workers` (-1: min(32, cores - 2), 0 on <= 2 cores;
+  0: the work runs in this process, with threads)."""
   if requested >= 0:
     return int(requested)
   try:
@@ -130,7 +100,23 @@ def augment_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 
 class TrainExample:
-  """grain map: host-local stream index -> augmented training example (see module docstring)."""
+  """grain map: host-local stream index -> augmented training example.
+
+  With N training images, global batch B, P processes and per-host batch b = B / P, epoch e uses
+  the order `epoch_permutation(N, seed, e)` (seed = config.train.seed), cut into N // B global
+  batches (the last N - steps * B images of each epoch's order are dropped). Global step t
+  (epoch e = t // steps, k = t % steps) is the images at positions q = k * B + j, j = 0..B-1, of
+  that order; host h takes j in [h * b, (h + 1) * b). Every host computes the same permutation,
+  so the hosts' batches at step t are disjoint and their union (in host order) is global batch t.
+  Position q of epoch e is augmented with `augment_rng(seed, e, q)`, so a batch depends only on
+  (config, step), not on the number of hosts or workers, nor on where a run was resumed.
+
+  Each example is {'image': uint8 (S, S, 3), 'label': int32, 'id': int64 (the image's index in
+  the train source)}. With `crop_on_device`, 'image' is the image as stored (one size for the
+  whole training set, checked per image) and 'crop' int32 (5,) is the RandomResizedCrop box and
+  flip (`transforms.train_crop`, drawn from the same generator in the same order), which the
+  train step applies (`device_transforms.resized_crop`, bit-identical to the host's crop).
+  """
 
   def __init__(self, source, *, image_size: int, seed: int, global_batch: int,
                process_index: int, process_count: int,
@@ -194,7 +180,12 @@ class TrainExample:
 
 
 class EvalExample:
-  """grain map: host-local eval index -> eval example or padding, with 'mask'."""
+  """grain map: host-local eval index -> eval example or padding, with 'mask'.
+
+  No shuffle and no randomness. With M eval images, global eval batch E and e = E / P per host,
+  host h's row r of batch k is eval image k * E + h * e + r, or padding (zero image, label 0,
+  id -1, mask False) past M: every eval image is in exactly one row with mask True over all hosts.
+  """
 
   def __init__(self, source, *, image_size: int, global_batch: int, process_index: int,
                process_count: int):
@@ -220,7 +211,8 @@ class EvalExample:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
-  """Keeps JAX (which grain imports) off the accelerators in worker processes (grain #820)."""
+  """Keeps JAX (which grain imports) off the accelerators in worker processes: the workers pin
+  it to the CPU platform and never call it."""
   del worker_index, worker_count
   jax = sys.modules.get('jax')
   if jax is not None:
@@ -243,7 +235,10 @@ class TrainIterator(grain.DatasetIterator):
   """Infinite iterator over this host's slices of the global training batches.
 
   `get_state()` -> {'step', 'seed', 'num_records', 'global_batch', 'version'}; `set_state`
-  restarts the grain pipeline (and its workers) at that step.
+  rebuilds the grain pipeline (and its workers) from that step, so a state saved with one number
+  of workers or hosts restores with another (the seed and sizes guard the data order). Works
+  with orbax through grain's checkpoint handler, which writes one `process_<i>-of-<n>.json` per
+  host, all holding the same state (`checkpoint.IteratorHandler` restores onto any host count).
   """
 
   def __init__(self, example: TrainExample, workers: int, start_step: int = 0):
@@ -305,7 +300,8 @@ class TrainIterator(grain.DatasetIterator):
 def make_train_iterator(data, *, seed: int, process_index: int | None = None,
                         process_count: int | None = None) -> TrainIterator:
   """This host's infinite training iterator over a config's data section, in the order that
-  `seed` (config.train.seed) gives (see the module docstring for the exact order)."""
+  `seed` (config.train.seed) gives (`TrainExample` defines it). JAX is asked for the process
+  index and count only when they are not given."""
   src = sources_lib.get_sources(data)
   h, p, _ = _host_split(int(data.batch_size), process_index, process_count,
                         'config.data.batch_size')
@@ -326,9 +322,10 @@ ONE_SIZE_DATASETS = ('cifar100_lt', 'synthetic')
 
 def crop_on_device(data, platform: str | None = None) -> bool:
   """Whether the training crop runs on the accelerator: config.data.crop_on_device, or for
-  None (auto, also configs older than the key) whether the platform the step runs on
-  (`platform`, default JAX's backend) is not the CPU and the dataset is one of
-  ONE_SIZE_DATASETS."""
+  None or a missing key (auto) whether the platform the step runs on (`platform`, default JAX's
+  backend) is not the CPU and the dataset is one of ONE_SIZE_DATASETS. For small stored images
+  (CIFAR's 32 px) a worker then ships ~50x fewer bytes than a 224 px crop and skips the Pillow
+  upsampling that bounds its throughput; on a CPU the step would pay what the workers save."""
   value = data.get('crop_on_device', None)
   if value is not None:
     return bool(value)

@@ -1,32 +1,9 @@
-"""Random-access sources of the five datasets, from tfds ArrayRecord data or generated in code.
+"""Random-access sources of the datasets: tfds ArrayRecord data, synthetic, or the user's files.
 
-Every source is a picklable sequence (`len`, `[i]`) whose elements are
-{'image': uint8 HWC, 'label': int, 'id': i}, with the labels of all elements in `.labels`; grain
-reads them in worker processes, so nothing here imports JAX.
-
-| config.data.dataset | tfds dataset (version) | train | eval |
-|---|---|---|---|
-| 'cifar100_lt' | cifar100 (3.0.2) | LDAM subset of `train` | `test` (10,000) |
-| 'imagenet_lt' | imagenet2012 (5.1.0) | ImageNet_LT_train.txt in `train` | ImageNet_LT_test.txt |
-| 'places_lt' | places365_small (2.1.0) | Places_LT_train.txt in `train` | Places_LT_test.txt |
-| 'inat2018' | i_naturalist2018 (1.0.0) | `train` (437,513) | `validation` (24,426) |
-| 'synthetic' | none (synthetic.py; `data.class_set`) | long-tailed train | balanced test |
-| 'folder' | none (files.py) | `data.train_dir` class folders | `data.eval_dir` |
-| 'list' | none (files.py) | `data.train_list` under `data.image_root` | `data.eval_list` |
-
-(The two OLTR test lists are exactly the tfds `validation` splits: ILSVRC12 val, Places365 val.)
-
-ImageNet-LT and Places-LT evaluate on the OLTR *test* lists by default (as LPT does;
-`config.data.eval_split = 'val'`, optional, selects the 20-per-class / 20-per-class val lists,
-which are drawn from the tfds train split). For iNat2018 the tfds label is used as is (the index
-of the species name in tfds' names file).
-
-The tfds datasets must be prepared once in ArrayRecord format (`tfds.data_source` reads nothing
-else); `open_tfds` explains how when they are not. Joining split files needs each record's file
-name: `scan_fields` reads it for every record with image decoding skipped (about 0.1 ms a record
-plus the I/O of the whole split: minutes for imagenet2012) and caches the result in memory, and on
-disk under `fetch.cache_dir()/index` for splits of more than 100,000 records, keyed by the prepared
-dataset's path and dataset_info.json.
+`get_sources(config.data)` returns the train and eval `Sources`; each source is a picklable
+sequence of {'image': uint8 HWC, 'label': int, 'id': i} with every label in `.labels`. grain
+reads them in worker processes, so nothing here imports JAX. `open_tfds` opens a prepared tfds
+split (and says how to prepare it), `scan_fields` reads its record fields without the images.
 """
 
 from __future__ import annotations
@@ -56,6 +33,9 @@ TFDS_NAME = {
     'inat2018': 'i_naturalist2018',
 }
 # What config.data.dataset and config.data.eval_split accept (config_lib.validate checks these).
+# ImageNet-LT and Places-LT evaluate on the OLTR *test* lists by default, as LPT does (exactly the
+# tfds `validation` splits); eval_split 'val' selects the OLTR val lists (20 images per class,
+# drawn from the tfds train split).
 DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic', 'folder', 'list')
 EVAL_SPLITS = ('test', 'val')
 ON_BAD_IMAGE = files.ON_BAD_IMAGE
@@ -81,7 +61,11 @@ def prepare_hint(name: str, data_dir: str) -> str:
 
 
 def open_tfds(name: str, split: str, data_dir: str = '', *, decoders: Any = None):
-  """`tfds.data_source(name, split=split, data_dir=data_dir)` with clear errors when unprepared."""
+  """`tfds.data_source(name, split=split, data_dir=data_dir)` with clear errors when unprepared.
+
+  The dataset must be prepared once in ArrayRecord format (`tfds.data_source` reads nothing
+  else); the errors say how (`prepare_hint`).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
@@ -127,8 +111,10 @@ def scan_fields(name: str, split: str, data_dir: str, fields: tuple[str, ...]
                 ) -> dict[str, np.ndarray]:
   """Reads `fields` (not the image) of every record of a tfds split, in record order.
 
-  Text fields come back as str arrays, the others as int64. Cached in memory, and on disk for
-  splits of more than 100,000 records.
+  Joining split files needs each record's file name. Image decoding is skipped, but the whole
+  split is read (minutes for imagenet2012), so the result is cached in memory, and on disk under
+  `fetch.cache_dir()/index` for splits of more than 100,000 records, keyed by the prepared
+  dataset's path and dataset_info.json. Text fields come back as str arrays, the others as int64.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   src = open_tfds(name, split, data_dir, decoders={'image': tfds.decode.SkipDecoding()})
@@ -212,7 +198,9 @@ def _ids_to_int(ids: np.ndarray, prefix: str) -> np.ndarray:
 def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
   """CIFAR-100-LT: LDAM's seeded subset of tfds `cifar100` train (original order from `id`).
 
-  The test split is used whole. Train element i is image i of LDAM's IMBALANCECIFAR100 list.
+  The prepared tfds files are shuffled on disk, so the records are first sorted by their `id`
+  (`train_%05d`, the position in the original CIFAR-100 training file). The test split is used
+  whole. Train element i is image i of LDAM's IMBALANCECIFAR100 list.
   """
   name = 'cifar100'
   tr = scan_fields(name, 'train', data_dir, ('id', 'label'))
@@ -248,7 +236,10 @@ def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
 
 def split_file_sources(dataset: str, data_dir: str, split_dir: str,
                        eval_split: str = 'test') -> Sources:
-  """ImageNet-LT / Places-LT: OLTR lists joined with imagenet2012 / places365_small."""
+  """ImageNet-LT / Places-LT: OLTR lists joined with imagenet2012 / places365_small by file name.
+
+  `eval_split` 'test' (default) or 'val' picks the OLTR list of the eval source.
+  """
   if eval_split not in EVAL_SPLITS:
     raise ValueError(f'config.data.eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}.')
   prefix = _SPLIT_PREFIX[dataset]
@@ -264,7 +255,8 @@ def split_file_sources(dataset: str, data_dir: str, split_dir: str,
 
 
 def inat2018_sources(data_dir: str) -> Sources:
-  """iNaturalist 2018: tfds `i_naturalist2018` train / validation as they are."""
+  """iNaturalist 2018: tfds `i_naturalist2018` train / validation as they are (the tfds label,
+  the index of the species name in tfds' names file, is used as is)."""
   name = 'i_naturalist2018'
   views = []
   for split in ('train', 'validation'):
@@ -315,7 +307,7 @@ def file_sources(dataset: str, *, train: str, eval_: str, image_root: str,
 
 def synthetic_image_size(d) -> int:
   """Side of a synthetic dataset's generated images: data.synthetic_image_size, or
-  data.image_size where that is 0 (or absent, in configs older than the key)."""
+  data.image_size where that is 0 or absent."""
   return int(d.get('synthetic_image_size', 0) or d.image_size)
 
 
@@ -359,5 +351,16 @@ def _sources_for_key(key: tuple) -> Sources:
 
 
 def get_sources(data) -> Sources:
-  """The train / eval sources that a config's data section describes (memoised per process)."""
+  """The train / eval sources that a config's data section describes (memoised per process).
+
+  | config.data.dataset | tfds dataset (version) | train | eval |
+  |---|---|---|---|
+  | 'cifar100_lt' | cifar100 (3.0.2) | LDAM subset of `train` | `test` (10,000) |
+  | 'imagenet_lt' | imagenet2012 (5.1.0) | ImageNet_LT_train.txt in `train` | ImageNet_LT_test.txt |
+  | 'places_lt' | places365_small (2.1.0) | Places_LT_train.txt in `train` | Places_LT_test.txt |
+  | 'inat2018' | i_naturalist2018 (1.0.0) | `train` (437,513) | `validation` (24,426) |
+  | 'synthetic' | none (`synthetic`; `data.class_set`) | long-tailed train | balanced test |
+  | 'folder' | none (`files`) | `data.train_dir` class folders | `data.eval_dir` |
+  | 'list' | none (`files`) | `data.train_list` under `data.image_root` | `data.eval_list` |
+  """
   return _sources_for_key(_key(data))

@@ -1,31 +1,8 @@
-"""OLTR split files of ImageNet-LT and Places-LT (Liu et al. 2019): reading, fetching, matching.
+"""The OLTR split files of ImageNet-LT and Places-LT (Liu et al. 2019): reading, fetching, matching.
 
-A split file has one `<relative/path> <int label>` per line, e.g.
-`train/n01440764/n01440764_762.JPEG 0` (ImageNet) or `train/airfield/00004851.jpg 0` (Places,
-the Places365-Standard "easyformat" layout). OLTR joins the path with a data root (or prepends the
-root when the line starts with '/'); only the basename and the label matter here.
-
-Files (published by the OLTR authors; the same blobs are committed in
-`facebookresearch/classifier-balancing: data/{ImageNet_LT,Places_LT}/`):
-
-| file | lines | classes | per class | drawn from (tfds split) |
-|---|---|---|---|---|
-| ImageNet_LT_train.txt | 115,846 | 1000 | 1280..5 | imagenet2012 `train` |
-| ImageNet_LT_val.txt | 20,000 | 1000 | 20 | imagenet2012 `train` |
-| ImageNet_LT_test.txt | 50,000 | 1000 | 50 | imagenet2012 `validation` (all of it) |
-| Places_LT_train.txt | 62,500 | 365 | 4980..5 | places365_small `train` |
-| Places_LT_val.txt | 7,300 | 365 | 20 | places365_small `train` |
-| Places_LT_test.txt | 36,500 | 365 | 100 | places365_small `validation` (all of it) |
-
-Places-LT train has 131 / 163 / 71 head / medium / tail classes (> 100, 20..100, < 20).
-
-`fetch_split_file` reads a file from a local directory (`config.data.split_dir`, flat or in the
-OLTR layout `<dir>/ImageNet_LT/<file>`), or downloads it once from its public location, checks its
-sha256 and caches it under `fetch.cache_dir()/splits` (default `~/.cache/ltdpt_jax/splits`).
-
-`match_split_entries` joins entries with the records of a tfds split: by (basename, label), since
-Places train basenames such as `00000001.jpg` repeat across classes; a listed file that is absent,
-or present only under another label, raises an error naming it.
+`read_split_file` parses one, `fetch_split_file` reads it from `config.data.split_dir` or
+downloads it once (SHA-256 checked), `match_split_entries` joins its entries with the records of
+a tfds split, and `class_counts` counts them.
 """
 
 from __future__ import annotations
@@ -45,6 +22,17 @@ _COMMIT = '22370c64141cc662f62ead89447c838c4a7977b5'  # facebookresearch/classif
 _GITHUB = f'https://raw.githubusercontent.com/facebookresearch/classifier-balancing/{_COMMIT}/data'
 _DRIVE = 'https://drive.google.com/uc?export=download&id='
 
+# The files the OLTR authors published (the same blobs as in facebookresearch/classifier-balancing):
+#
+# | file                  | lines   | classes | per class | drawn from (tfds split)             |
+# | ImageNet_LT_train.txt | 115,846 | 1000    | 1280..5   | imagenet2012 `train`                |
+# | ImageNet_LT_val.txt   | 20,000  | 1000    | 20        | imagenet2012 `train`                |
+# | ImageNet_LT_test.txt  | 50,000  | 1000    | 50        | imagenet2012 `validation` (all)     |
+# | Places_LT_train.txt   | 62,500  | 365     | 4980..5   | places365_small `train`             |
+# | Places_LT_val.txt     | 7,300   | 365     | 20        | places365_small `train`             |
+# | Places_LT_test.txt    | 36,500  | 365     | 100       | places365_small `validation` (all)  |
+#
+# Places-LT train has 131 / 163 / 71 head / medium / tail classes (> 100, 20..100, < 20).
 # file name -> (sha256, mirrors). sha256 of ImageNet_LT_{train,val}.txt as in tfds
 # `imagenet_lt/checksums.tsv` (whose Google Drive URLs are the second mirror); the others computed
 # from the published files.
@@ -78,7 +66,10 @@ TFDS_SPLIT_OF_PREFIX = {'train': 'train', 'val': 'validation'}
 def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
   """Parses an OLTR split file into [(relative_path, label), ...] in file order.
 
-  Blank lines are skipped. A line that is not `<path> <non-negative int>` raises a ValueError
+  A line is `<relative/path> <int label>`, e.g. `train/n01440764/n01440764_762.JPEG 0`
+  (ImageNet) or `train/airfield/00004851.jpg 0` (Places365-Standard "easyformat"); OLTR joins
+  the path with a data root, and only its basename and the label matter here. Blank lines are
+  skipped. A line that is not `<path> <non-negative int>` raises a ValueError
   naming the file and the 1-based line number. Local or remote (gs://, through `etils.epath`).
   """
   path = epath.Path(path)
@@ -120,7 +111,8 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
   With `split_dir`, the file is taken from `<split_dir>/<name>` or `<split_dir>/<prefix>/<name>`
   (prefix 'ImageNet_LT' / 'Places_LT', the OLTR layout); a checksum different from the published
   one is logged, not fatal, so that custom lists can be used. Without it, the file is downloaded
-  once from `urls` (default: the published mirrors), its sha256 verified, and cached.
+  from `urls` (default: the published mirrors) into `cache` (default `fetch.cache_dir()/splits`)
+  with `fetch.download`, which keeps a cached copy with the expected sha256 and replaces another.
   `split_dir` may be remote (gs://, read through `etils.epath`, as on Cloud TPU VMs).
   """
   if name not in SPLIT_FILES and (urls is None or sha256 is None):
@@ -145,18 +137,17 @@ def fetch_split_file(name: str, *, split_dir: str | os.PathLike = '',
         f"(sha256 {want_sha}) into that directory, or set config.data.split_dir='' to download "
         'and cache it automatically.')
   target = pathlib.Path(cache) if cache is not None else fetch.cache_dir() / 'splits'
-  path = target / name
-  if path.is_file():
-    if fetch.sha256_of(path) == want_sha:
-      return path
-    logging.warning('Cached split file %s has a wrong checksum; downloading it again.', path)
-  return fetch.download(mirrors, path, sha256=want_sha, timeout=timeout,
+  return fetch.download(mirrors, target / name, sha256=want_sha, timeout=timeout,
                         local_copy_key='config.data.split_dir (a directory holding it)')
 
 
 def match_split_entries(entries: Sequence[tuple[str, int]], file_names: Iterable[str | bytes],
                         labels: Iterable[int], *, what: str = 'split file') -> np.ndarray:
   """Record indices of a tfds split that the split-file entries name, in entry order.
+
+  Matched by (basename, label): Places train basenames such as `00000001.jpg` repeat across
+  classes. A listed file that is absent, or present only under another label, raises an error
+  naming it.
 
   Args:
     entries: (relative path, label) pairs from `read_split_file`.

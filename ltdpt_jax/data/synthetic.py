@@ -1,55 +1,9 @@
-"""An embedded synthetic long-tailed benchmark, generated in code (SPEC "Data", issue 4 item 3).
+"""An embedded synthetic long-tailed benchmark, generated in code: no download, no storage.
 
-A class is the (shape, colour pattern) of one foreground object, or a pattern in a scene (a
-background of its own). What the K classes are is the `class_set` (`config.data.class_set`):
-
-* 'default' (what this module always did): shape `SHAPES[c % S]`, pattern `PATTERNS[c // S]`,
-  with S shapes in use (5 for K = 20, so 5 shapes x 4 patterns), K <= 64.
-* 'upstream' (the demo backbone's balanced pretraining task, `configs/pretrain_synthetic.py`):
-  every pair of the 8 `SHAPES` and the 8 `PATTERNS`, class c = (`SHAPES[c % 8]`,
-  `PATTERNS[c // 8]`), K <= 64 (the demo's backbone uses all 64).
-* 'downstream' (the demo's long-tailed task, `configs/demo.py`): a class is an object pattern
-  *in a scene*: (`PATTERNS`, `SCENES`), 4 (K = 20) to 8 (K = 40) patterns per scene, class c in
-  scene `SCENES[c % 5]` with the (c // 5)-th pattern of that scene's order (`_SCENE_PATTERNS`:
-  the patterns rotated by the scene's index, the ones that would vanish into the scene, blue on
-  sky, green on grass, yellow on sand, red on brick..., last), K <= 40; every pair occurs once,
-  and head, medium and tail classes each mix scenes and patterns. The object's shape is drawn per
-  image from the 5 `DOWNSTREAM_SHAPES`, which no upstream class has, and carries no label.
-
-So upstream and downstream share the patterns (colours, textures), the noise and the kind of
-objects, but no class: no downstream object has an upstream shape and every downstream class
-needs its scene, a background the upstream never shows (its backgrounds are the shared random
-pool, which carries no label, so the pretrained backbone learned to look past the background).
-The downstream task asks for what the paper's BR prompts are for: context in the background,
-shared by the classes of a scene whatever their object (Section 4.3), next to the object's own
-pattern (the FR prompts' salient region); the demo measures transfer through prompts, not a
-reused head (`class_table`, tested disjoint). (The demo's pretraining also draws its images with
-another `data.seed`, so even the background pools differ.)
-
-  shapes (default, upstream):  circle, square, triangle, cross, ring, diamond, frame, star
-  shapes (downstream only):    crescent, hourglass, arrow, heart, dome
-  patterns: red, green, blue, stripes, yellow, checker, cyan, magenta
-            (solid hues jittered by +-12 degrees with random saturation/value; stripes and
-            checker use two random colours, so only their texture identifies them)
-  scenes (downstream only, `make_scene`, each image drawn afresh):
-            sky (pale to deep blue, top to bottom), grass (dark green, rough), sand (pale
-            yellow-orange with dunes), night (near black with stars), brick (red-brown bricks
-            with light mortar)
-
-The object has a random centre, size (half-width 20-45 % of the image) and rotation (+-15 deg),
-and lies on its class's scene or, in the default and upstream class sets, on a background picked
-from a pool of smooth random textures (linear colour gradient plus low-frequency noise) that
-every class shares, so the background carries no label information; per-pixel noise (+-10
-levels, a random window of a fixed noise tile) is added last.
-The training split has the exponential long-tailed profile
-n_i = int(num_train_max * (1/ratio)^(i/(K-1))) (class 0 the head), the test split
-`num_test_per_class` images per class.
-
-Every image is a pure function of (seed, split, index, class set): it is generated on the fly in
-`__getitem__` (about 0.4 ms at 32 px, 2.5 ms at 224 px on one core), so the source is
-random-access, picklable (the background pool is rebuilt lazily in each worker) and needs no
-storage.
-Any resolution works; images are square, `image_size` pixels.
+A class is the (shape, colour pattern) of one foreground object, or a pattern in a scene; which
+classes exist is the class set (`class_table`: 'default', 'upstream', 'downstream'). `SyntheticLT`
+is the random-access source (long-tailed train split, balanced test split, object masks as the
+ground truth of where to look); `make_backgrounds`, `make_scene` and `shape_mask` draw the parts.
 """
 
 from __future__ import annotations
@@ -64,6 +18,8 @@ from PIL import Image
 from ltdpt_jax.data import longtail
 
 SHAPES = ('circle', 'square', 'triangle', 'cross', 'ring', 'diamond', 'frame', 'star')
+# Solid hues (+-12 degrees, random saturation and value: `_random_colour`), or stripes and
+# checker in two random colours, so that only their texture identifies them.
 PATTERNS = ('red', 'green', 'blue', 'stripes', 'yellow', 'checker', 'cyan', 'magenta')
 _HUES = {'red': 0.0, 'yellow': 60.0, 'green': 120.0, 'cyan': 180.0, 'blue': 240.0,
          'magenta': 300.0}
@@ -85,7 +41,8 @@ CLASS_SETS = ('default', 'upstream', 'downstream')
 MAX_CLASSES_OF = {'default': MAX_CLASSES, 'upstream': MAX_CLASSES,
                   'downstream': len(SCENES) * len(PATTERNS)}
 _SPLIT_CODE = {'train': 0, 'test': 1}
-# Folded into the image RNG of the non-default class sets (the default's streams are unchanged).
+# Folded into the image RNG key of the non-default class sets; the default's key is
+# (seed, split, index) alone (`SyntheticLT._rng`).
 _CLASS_SET_CODE = {'upstream': 1, 'downstream': 2}
 
 
@@ -118,7 +75,29 @@ class SyntheticClass(NamedTuple):
 
 
 def class_table(num_classes: int, class_set: str = 'default') -> list[SyntheticClass]:
-  """The `SyntheticClass` of each of the K classes of `class_set` (see the module docstring)."""
+  """The `SyntheticClass` of each of the K classes of `class_set`.
+
+  * 'default': shape `SHAPES[c % S]`, pattern `PATTERNS[c // S]`, with S shapes in use
+    (`shape_pattern_grid`: 5 for K = 20, so 5 shapes x 4 patterns), K <= 64; on the shared pool
+    of random backgrounds.
+  * 'upstream' (the demo backbone's balanced pretraining task, `configs/pretrain_synthetic.py`):
+    every pair of the 8 `SHAPES` and the 8 `PATTERNS`, class c = (`SHAPES[c % 8]`,
+    `PATTERNS[c // 8]`), K <= 64; on the shared pool too.
+  * 'downstream' (the demo's long-tailed task, `configs/demo.py`): a pattern *in a scene*: class
+    c is in scene `SCENES[c % 5]` with the (c // 5)-th pattern of that scene's order
+    (`_SCENE_PATTERNS`: rotated by the scene's index, the patterns that would vanish into the
+    scene last), K <= 40; every pair occurs once, and head, medium and tail classes each mix
+    scenes and patterns. The object's shape is drawn per image from `DOWNSTREAM_SHAPES`, which
+    no upstream class has, and carries no label.
+
+  So upstream and downstream share the patterns, the noise and the kind of objects, but no class:
+  every downstream class needs its scene, a background the upstream never shows (its backgrounds
+  carry no label, so a backbone pretrained on it learns to look past the background). The
+  downstream task asks for what the paper's BR prompts are for: context in the background,
+  shared by the classes of a scene whatever their object (Section 4.3), next to the object's own
+  pattern (the FR prompts' salient region). The demo thus measures transfer through prompts, not
+  a reused head.
+  """
   if class_set not in CLASS_SETS:
     raise ValueError(f'Unknown synthetic class set {class_set!r} (config.data.class_set); choose '
                      f'one of {CLASS_SETS}.')
@@ -195,7 +174,11 @@ def _random_colour(rng: np.random.Generator, hue: float | None = None) -> np.nda
 
 
 def make_backgrounds(seed: int, num: int, size: int) -> np.ndarray:
-  """The shared background pool, uint8 (num, size, size, 3): gradients plus smooth noise."""
+  """The shared background pool, uint8 (num, size, size, 3): gradients plus smooth noise.
+
+  Linear colour gradients plus low-frequency noise, shared by every class of the default and
+  upstream class sets, so the background carries no label information.
+  """
   rng = np.random.default_rng([seed, 7_919])
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
   out = np.empty((num, size, size, 3), np.uint8)
@@ -256,10 +239,15 @@ def make_scene(scene: str, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 class SyntheticLT:
-  """Random-access source of the synthetic long-tailed dataset (see the module docstring).
+  """Random-access source of the synthetic long-tailed dataset, images of any square size S.
 
-  `source[i]` -> {'image': uint8 (S, S, 3), 'label': int, 'id': i}. Train images are ordered
-  class by class (class 0, the head, first); `labels` holds every label without generating images.
+  `source[i]` -> {'image': uint8 (S, S, 3), 'label': int, 'id': i}. The train split has the
+  exponential profile n_i = int(num_train_max * (1/ratio)^(i/(K-1))), ordered class by class
+  (class 0, the head, first); the test split has `num_test_per_class` images per class. `labels`
+  holds every label without generating images. Every image is a pure function of (seed, split,
+  index, class set), generated on the fly in `__getitem__`, so the source is random-access,
+  picklable (the background pool and noise tile are rebuilt lazily in each worker) and needs no
+  storage.
   `class_set` chooses what the classes are (`class_table`: shape, pattern, scene); with
   imbalance_ratio 1 every class has `num_train_max` training images (a balanced task).
   """
@@ -321,7 +309,8 @@ class SyntheticLT:
     return {'image': self.render(label, self._rng(index)), 'label': label, 'id': index}
 
   def _rng(self, index: int) -> np.random.Generator:
-    """The generator of image `index` (the default class set's streams as they always were)."""
+    """The generator of image `index`: key (seed, split, index), plus the class set's code for
+    the non-default class sets."""
     key = [self.seed, _SPLIT_CODE[self.split], index]
     if self.class_set in _CLASS_SET_CODE:
       key.append(_CLASS_SET_CODE[self.class_set])
@@ -340,11 +329,16 @@ class SyntheticLT:
     return self.render_with_mask(label, rng)[0]
 
   def render_with_mask(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`render`, and the (S, S) bool mask of the object's pixels."""
+    """`render`, and the (S, S) bool mask of the object's pixels.
+
+    The object has a random centre, size (half-width 20-45% of the image) and rotation
+    (+-15 degrees), and lies on its class's scene or on a random (flipped) background of the
+    shared pool; per-pixel noise (+-10 levels, a random window of the noise tile) is added last.
+    """
     size = self.image_size
     cls = self.classes[label]
     pattern = cls.pattern
-    # One shape draws nothing, so the default and upstream streams are what they always were.
+    # A class of one shape draws no random number for it.
     shape = cls.shapes[int(rng.integers(len(cls.shapes)))] if len(cls.shapes) > 1 else cls.shapes[0]
     if cls.scene is None:
       bg = self.backgrounds[rng.integers(self.num_backgrounds)]

@@ -1,21 +1,8 @@
 """Image transforms of the input pipeline, NumPy + Pillow only (they run in grain workers).
 
-Train (LPT / torchvision defaults, `DongSky/LPT: phase2_test/datasets.py`):
-  RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3)) + horizontal flip with p = 0.5.
-  The crop box is drawn as torchvision's `RandomResizedCrop.get_params` does (10 attempts of an
-  area fraction ~ U(scale) and a log-uniform aspect ratio, box sides rounded, top-left uniform
-  among integer positions; central crop clamped to the ratio range as the fallback), then the box
-  is resized to S x S with Pillow's bilinear filter (`Image.resize(..., BILINEAR, box=...)`, which
-  widens its support when shrinking, i.e. antialiases, like torchvision on PIL images). Small
-  native images (CIFAR 32 px, synthetic) are therefore upsampled from the crop to S.
-Eval: resize the whole image to R x R with R = int(S * 256 / 224) (256 for S = 224; square, as
-  LPT's `Resize((256, 256))`, which changes the aspect ratio of non-square images), Pillow
-  bilinear, then the centre S x S crop (offsets rounded as torchvision's `CenterCrop`).
-
-All randomness comes from the `np.random.Generator` passed in, in this order: per attempt one
-uniform area fraction and one uniform log-ratio, then the top and left offsets (`integers`), then
-one uniform for the flip. Images are HWC uint8 RGB in and out; grayscale (HW or HW1) is expanded to
-three channels.
+Train: `train_transform` (RandomResizedCrop + horizontal flip, as `train_crop` draws them and
+`apply_crop` applies them); eval: `eval_transform` (square resize, centre crop). Images are HWC
+uint8 RGB in and out; grayscale (HW or HW1) is expanded to three channels (`as_rgb`).
 """
 
 from __future__ import annotations
@@ -46,7 +33,13 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 def random_resized_crop_params(height: int, width: int, rng: np.random.Generator,
                                scale: tuple[float, float] = SCALE,
                                ratio: tuple[float, float] = RATIO) -> tuple[int, int, int, int]:
-  """(top, left, crop_height, crop_width) as torchvision's `RandomResizedCrop.get_params`."""
+  """(top, left, crop_height, crop_width) as torchvision's `RandomResizedCrop.get_params`.
+
+  10 attempts of an area fraction ~ U(scale) and a log-uniform aspect ratio, box sides rounded,
+  top-left uniform among integer positions; the central crop clamped to the ratio range is the
+  fallback. Per attempt one uniform area fraction and one uniform log-ratio are drawn from
+  `rng`, then the top and left offsets (`integers`).
+  """
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -72,7 +65,11 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
 
 def resize_box(image: np.ndarray, size: int, box: tuple[int, int, int, int] | None = None
                ) -> np.ndarray:
-  """Bilinear (Pillow) resize of `image[top:top+h, left:left+w]` to (size, size); box=(t,l,h,w)."""
+  """Bilinear (Pillow) resize of `image[top:top+h, left:left+w]` to (size, size); box=(t,l,h,w).
+
+  Pillow's bilinear filter widens its support when shrinking (it antialiases, like torchvision
+  on PIL images); small native images (CIFAR 32 px, synthetic) are upsampled from the box.
+  """
   pil = Image.fromarray(image)
   pil_box = None if box is None else (box[1], box[0], box[1] + box[3], box[0] + box[2])
   return np.asarray(pil.resize((size, size), Image.BILINEAR, box=pil_box))
@@ -81,9 +78,10 @@ def resize_box(image: np.ndarray, size: int, box: tuple[int, int, int, int] | No
 def train_crop(height: int, width: int, rng: np.random.Generator, *,
                min_scale: float = SCALE[0]) -> np.ndarray:
   """The training augmentation of one image of height x width, as numbers: int32
-  [top, left, crop_height, crop_width, flip] (`CROP_FIELDS`), drawn from `rng` in the order the
-  module docstring gives. `train_transform` applies it with Pillow on the host;
-  `device_transforms.resized_crop` applies it on the accelerator (config.data.crop_on_device)."""
+  [top, left, crop_height, crop_width, flip] (`CROP_FIELDS`), drawn from `rng`: the crop box
+  (`random_resized_crop_params`), then one uniform for the flip. `train_transform` applies it
+  with Pillow on the host; `device_transforms.resized_crop` applies it on the accelerator
+  (config.data.crop_on_device)."""
   top, left, h, w = random_resized_crop_params(height, width, rng,
                                                scale=(float(min_scale), SCALE[1]))
   flip = rng.uniform() < 0.5
@@ -105,7 +103,11 @@ def apply_crop(image: np.ndarray, size: int, crop: np.ndarray) -> np.ndarray:
 
 def train_transform(image: np.ndarray, size: int, rng: np.random.Generator, *,
                     min_scale: float = SCALE[0]) -> np.ndarray:
-  """RandomResizedCrop(size, (min_scale, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5."""
+  """RandomResizedCrop(size, (min_scale, 1), (3/4, 4/3)) then a horizontal flip with p = 0.5.
+
+  LPT's training augmentation (torchvision's defaults, scale (0.08, 1)): the box resized to
+  size x size with Pillow's bilinear filter (`resize_box`).
+  """
   image = as_rgb(image)
   crop = train_crop(image.shape[0], image.shape[1], rng, min_scale=min_scale)
   return apply_crop(image, size, crop)
@@ -117,7 +119,11 @@ def eval_resize_size(size: int) -> int:
 
 
 def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
-  """Resize to R x R (R = eval_resize_size(size), bilinear), then the centre size x size crop."""
+  """Resize to R x R (R = eval_resize_size(size), bilinear), then the centre size x size crop.
+
+  Square as LPT's `Resize((256, 256))`, which changes the aspect ratio of non-square images;
+  the crop offsets are rounded as torchvision's `CenterCrop`.
+  """
   image = as_rgb(image)
   r = eval_resize_size(size)
   resized = resize_box(image, r)

@@ -1,16 +1,8 @@
 """Where the prompts look, measured during training: foreground shares of the model's maps.
 
-A config switch: `--config.train.attention_stats=True` adds it (name 'attention', at every
-evaluation, its defaults), or a config file lists it in `config.evals`, e.g.
-`c.evals.attention = ml_collections.ConfigDict(dict(type='attention', every_epochs=5,
-num_images=128))`. At each of its evaluations it computes, on a fixed seeded sample of
-`num_images` eval images spread over head, medium and tail classes (`maps.sample_eval_images`),
-the maps of `ltdpt_jax.maps` (Grad-CAM, FR / BR / CLS attention, saliency S) and their mean
-foreground share (the fraction of each map's mass on the object: the synthetic dataset's object
-masks, otherwise the top 25% most salient patches), overall and per group. The record goes to
-`<workdir>/<name>_<step>.json`; its scalars (`<map>` overall, `<group>_<map>` per group) to
-`metrics.jsonl` and TensorBoard, so the learning curve of where the prompts look is plotted
-with the others.
+`Evaluator` computes the maps of `ltdpt_jax.maps` (Grad-CAM, FR / BR / CLS attention, saliency S)
+on a fixed sample of eval images and the mean share of each map's mass on the object, overall and
+per head / medium / tail group, so where the prompts look is plotted with the learning curves.
 """
 
 from __future__ import annotations
@@ -27,7 +19,15 @@ from ltdpt_jax.evaluators import longtail
 
 
 class Evaluator:
-  """Foreground shares of the maps on a fixed sample of eval images (see the module docstring).
+  """Foreground shares of the maps on a fixed sample of eval images.
+
+  Added by `--config.train.attention_stats=True` (name 'attention', at every evaluation, its
+  defaults), or listed in `config.evals`, e.g. `c.evals.attention = ml_collections.ConfigDict(
+  dict(type='attention', every_epochs=5, num_images=128))`. The sample is seeded and spread over
+  head, medium and tail classes (`maps.sample_eval_images`). The foreground share is the fraction
+  of each map's mass on the object: the synthetic dataset's object masks, otherwise the top 25%
+  most salient patches. The record goes to `<workdir>/<name>_<step>.json`; its scalars (`<map>`
+  overall, `<group>_<map>` per group) to `metrics.jsonl` and TensorBoard.
 
   Args (as every evaluator, `evaluators.common`): predict_fn (unused: the maps need the model
   itself), name, frozen, mesh, data, info, workdir; and `model` (the LTDPT module), `scale`

@@ -1,17 +1,8 @@
 """Evaluators chosen by name from the config, each with its own period (big_vision style).
 
-`config.evals` holds one section per evaluator; its key is the evaluator's name (the prefix of
-its metrics in `metrics.jsonl` / TensorBoard and of the files it writes), and its fields are
-`type` (a key of `REGISTRY`), `every_epochs` (0: `config.train.eval_every_epochs`) and whatever
-else that type takes. The base config has one, `eval` (type 'longtail'); 'attention'
-(`evaluators/attention.py`: foreground shares of Grad-CAM and prompt attention) measures where
-the prompts look during training; `config.train.attention_stats=True` adds it with its defaults. Every evaluator also
-runs after the last step, and `--mode=eval` runs them all on a checkpoint.
-
-An evaluator is a small object built as `Type(predict_fn, name=..., frozen=..., mesh=...,
-data=config.data, info=..., workdir=..., **its other fields)` with one method,
-`run(trainable, *, step, epoch) -> record` (a JSON-able dict; `scalars(record)` is what goes to
-the metric writers).
+`from_config` builds the `Scheduled` evaluators of `config.evals` (types in `REGISTRY`); every
+evaluator has one method, `run(trainable, *, step, epoch) -> record` (a JSON-able dict;
+`scalars(record)` is what goes to the metric writers).
 """
 
 from __future__ import annotations
@@ -21,7 +12,9 @@ from typing import Any, Callable, NamedTuple
 from ltdpt_jax.evaluators import attention
 from ltdpt_jax.evaluators import longtail
 
-# type name -> evaluator class (the values config.evals.<name>.type accepts).
+# type name -> evaluator class (the values config.evals.<name>.type accepts): 'longtail'
+# (top-1, head / medium / tail, per class) and 'attention' (foreground shares of Grad-CAM and
+# prompt attention: where the prompts look during training).
 REGISTRY: dict[str, type] = {'longtail': longtail.Evaluator, 'attention': attention.Evaluator}
 _SCHEDULE_FIELDS = ('type', 'every_epochs')
 
@@ -40,9 +33,18 @@ def every_epochs(eval_config, train_config) -> int:
 
 def from_config(config, *, predict_fn: Callable[..., Any], frozen: Any, mesh, info,
                 steps_per_epoch: int, workdir: str | None, model=None) -> list[Scheduled]:
-  """The evaluators of `config.evals`, in config order, with their periods in steps. Types
-  that look inside the model (`needs_model`, e.g. 'attention') also get `model` and the loss
-  scale s."""
+  """The evaluators of `config.evals`, in config order, with their periods in steps.
+
+  A section's key is the evaluator's name (the prefix of its metrics in `metrics.jsonl` /
+  TensorBoard and of the files it writes); its fields are `type` (a key of `REGISTRY`),
+  `every_epochs` (0: `config.train.eval_every_epochs`) and whatever else that type takes. The
+  base config has one, `eval` (type 'longtail'); `config.train.attention_stats=True` adds an
+  'attention' one with its defaults. Each is built as `Type(predict_fn, name=..., frozen=...,
+  mesh=..., data=config.data, info=..., workdir=..., **its other fields)`; types that look inside
+  the model (`needs_model`, e.g. 'attention') also get `model` and the loss scale s. The train
+  loop runs every evaluator also after the last step, and `--mode=eval` runs them all on a
+  checkpoint.
+  """
   out = []
   sections = list(config.evals.items())
   if config.train.get('attention_stats', False) and not any(

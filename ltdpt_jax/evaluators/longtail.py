@@ -1,20 +1,8 @@
 """Long-tailed classification evaluator: top-1, head / medium / tail and per-class accuracy.
 
-What it measures (SPEC "Evaluation"): top-1 over every evaluation image, the accuracy of the
-head (> 100 training images), medium (20..100, both ends included) and tail (< 20) classes
-(thresholds `config.data.shot_thresholds`), sample-weighted within each group and `None` for a
-group with no class (never 0), the accuracy of every class (`None` for a class without
-evaluation images) and their mean, a per-class record {name, train_count, eval_count,
-accuracy, group} of each class and, for runs of up to 100 classes, the confusion matrix
-(`confusion`[true][predicted] counts). Groups always come from the *training* counts
-(`facebookresearch/classifier-balancing: utils.py` `shot_acc`, the convention the paper states).
-
-How (big_vision `evaluators/classification.py`): one jitted step over the data-sharded eval
-batch counts, per class, the correct predictions and the examples, with the padding rows of the
-last batch masked out (`mask` False rows count nowhere, so every image is counted exactly once
-whatever the device or process count); the counts are summed on the host in exact integers.
-`run` writes the record `{step, epoch, accuracy, ..., per_class_accuracy}` to
-`<workdir>/<name>_<step>.json` (process 0) and logs one line.
+`Evaluator` counts correct predictions per class over the eval split in one jitted step per
+batch (big_vision's classification evaluator style); `summarize_eval` turns the counts into the
+record and `shot_groups` defines the head / medium / tail classes.
 """
 
 from __future__ import annotations
@@ -45,7 +33,8 @@ def shot_groups(class_counts: Sequence[int] | np.ndarray, *, head_min: int = HEA
                 tail_max: int = TAIL_MAX) -> dict[str, np.ndarray]:
   """Class indices of the head (> head_min), medium (tail_max..head_min) and tail (< tail_max).
 
-  Groups are always defined by the number of *training* images per class. A group may be empty
+  Groups are defined by the number of *training* images per class (the convention the paper
+  states, as `shot_acc` of Kang et al.'s classifier-balancing code). A group may be empty
   (CIFAR-100-LT at ratio 10 has no tail class); callers report it as not applicable.
 
   Returns:
@@ -69,6 +58,9 @@ def summarize_eval(correct: np.ndarray, count: np.ndarray, class_counts: np.ndar
                    confusion: np.ndarray | None = None) -> dict[str, Any]:
   """Top-1, Head/Medium/Tail (sample-weighted, None = no class in that group) and per class.
 
+  Top-1 is over every evaluation image; a group's accuracy is sample-weighted within the group
+  and None (never 0) for a group with no class; 'per_class_accuracy' is None for a class without
+  evaluation images, and 'mean_per_class_accuracy' their mean. The counts are exact integers.
   `thresholds` = (tail_max, head_min) (config.data.shot_thresholds). With `class_names`, also
   'per_class': [{name, train_count, eval_count, accuracy (None without eval images), group}].
   With `confusion` (C, C) counts (row: true class, column: predicted), also 'confusion'.
@@ -103,7 +95,14 @@ def _percent(value: float | None) -> str:
 
 
 class Evaluator:
-  """Long-tailed classification on the config's eval split (see the module docstring).
+  """Long-tailed classification on the config's eval split.
+
+  One jitted step over the data-sharded eval batch counts, per class, the correct predictions
+  and the examples; padding rows (`mask` False) count nowhere, so every image is counted exactly
+  once whatever the device or process count. The counts are summed on the host. `run` writes the
+  record {step, epoch, **summarize_eval(...)} to `<workdir>/<name>_<step>.json` (process 0) and
+  logs a line; runs of up to MAX_CONFUSION_CLASSES classes also get the confusion matrix
+  (`confusion`[true][predicted] counts).
 
   Args:
     predict_fn: (trainable, frozen, uint8 images) -> {'logits': (B, C), ...}, traceable

@@ -1,14 +1,12 @@
-"""The analytic FLOP model of LT-DPT: matmul FLOPs of the forward and the train step per image.
-
-Read off the model's own token layout (`LTDPT.block_layout`), so the count follows whatever rows
-the model computes (dead prompt work skipped or not, 'replace' or 'carry'). The benchmark
-compares it with XLA's count of the compiled programs and uses it for the model MFU.
-"""
+"""The analytic FLOP model of LT-DPT: `analytic_flops`, the matmul FLOPs per image of the forward
+and the train step, read off the model's own token layout (`LTDPT.block_layout`). The benchmark
+compares it with XLA's count and uses it for the model MFU."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ltdpt_jax.models import common
 from ltdpt_jax.models import ltdpt as ltdpt_lib
 
 
@@ -24,10 +22,10 @@ def analytic_flops(model: ltdpt_lib.LTDPT, image_size: int | Sequence[int]) -> d
 
   'train' = forward + activation-only backward (the backbone is frozen): each weight matmul
   once more (dX only), the attention matmuls twice (both operands), head and BR construction
-  twice; the patch embedding has no backward (images get no gradient). This is perf-anchors.md
-  section 1's convention (about 2.04 x forward for ViT-B/16) and the 'model FLOPs' of the MFU.
+  twice; the patch embedding has no backward (images get no gradient). These are the 'model
+  FLOPs' of the MFU (about 2.04 x forward for ViT-B/16): recomputation does not count.
 
-  'dense_forward' is perf-anchors' plain formula for comparison: every token (CLS, patches, all
+  'dense_forward' is the plain ViT formula, for comparison: every token (CLS, patches, all
   prompts of the block) through every block, per block (8 D^2 + 4 D mlp) N + 4 N^2 D FLOPs
   (= 24 N D^2 + 4 N^2 D for mlp = 4 D), plus the patch embedding.
   """
@@ -42,8 +40,8 @@ def analytic_flops(model: ltdpt_lib.LTDPT, image_size: int | Sequence[int]) -> d
   tokens = []
   for l in range(arch.num_layers):
     layout = model.block_layout(l)
-    nq = ltdpt_lib.BlockLayout.count(layout.queries, sizes)
-    nk = ltdpt_lib.BlockLayout.count(layout.keys, sizes)
+    nq = common.BlockLayout.count(layout.queries, sizes)
+    nk = common.BlockLayout.count(layout.keys, sizes)
     tokens.append((nq, nk))
     weight_macs += d * d * (2 * nq + 2 * nk) + 2 * nq * d * mlp
     attn_macs += 2 * nq * nk * d

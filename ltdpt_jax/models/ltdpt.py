@@ -1,74 +1,13 @@
-"""LT-DPT: decoupled foreground/background prompts on a frozen ViT (paper Section 4, SPEC.md).
+"""LT-DPT (paper Section 4): decoupled foreground (FR) and background (BR) prompts on a frozen ViT.
 
-Token sequence in block l (0-based, L blocks):
-`[CLS | m patches | n_f FR prompts | n_b BR prompts]`, the BR prompts only in the last H blocks
-(l >= L - H). Prompts carry no position embedding.
-
-* FR prompts (Eq. 3): `fr_prompts` (L, n_f, D); in every block the attention logits of FR-prompt
-  queries over patch keys get `+ alpha * S` (`foreground_bias`).
-* BR prompts (Eq. 4, 5): `br_prompts` (G, H, n_b, D) and `br_keys` (G, D). At the first BR block,
-  with Z its input patch tokens (the residual stream entering the block), s_g = mean_j cos(z_j, k_g)
-  (`group_similarity`); the top-k groups are weighted by softmax of their s (`select_group_prompts`)
-  and each BR block's prompts are the weighted sum of the selected groups' prompts for that block.
-  BR-prompt queries over patch keys get `+ beta * (1 - S)` (`background_bias`). No other logit
-  is biased (`attention_bias`). Gradients: the prompts get gradients through the weighted sum and
-  the keys through the softmax weights (top-k *values* are differentiable; the index choice is
-  not). Z is not stop-gradiented, so earlier FR prompts also get a (small) gradient through s.
-* method: 'fr_br' (full LT-DPT), 'fr' (FR prompts only), 'vpt' (general prompts in every block,
-  no bias: the GNM-PT baseline; its prompts are stored under the same name `fr_prompts`).
-* prompt_mode 'replace' (VPT-Deep, the paper): each block gets fresh prompts, their outputs are
-  dropped after the block; only the last block's prompt outputs are kept (for the feature).
-  'carry' (beyond the paper): block l's prompt inputs are its parameters plus block l-1's outputs
-  for the same slots (BR slots start from the constructed prompts at the first BR block).
-* Classifier: cosine classifier (no bias, no scale; the scale s is applied in the loss) on the
-  feature `(final-LN CLS + mean of the last block's prompt outputs (before the final LN)) / 2`
-  ('cls_prompt_mean', GNM-PT `structure.py`) or the final-LN CLS token ('cls'); dropout
-  `config.model.dropout` on the feature in training.
-* Init: prompts, keys and the head kernel truncated normal std 0.02 (GNM-PT/LPT); alpha, beta
-  constants `alpha_init`, `beta_init`, scalars or per block (`per_block_scales`: alpha (L,),
-  beta (H,)).
-
-Token layout (`LTDPT.block_layout(l)`, the one place that decides it; `__call__`,
-`parameter_report` and `flops.analytic_flops` all read it): which segments of
-[CLS | patches | FR | BR] are the keys of block l, which rows are computed (queries), whether the
-block selects the BR prompts, and whether its prompt outputs (so its biases) reach the output.
-With `skip_dead_prompt_work=True` (default), under 'replace' the blocks before the last use the
-prompts only as keys/values (no query rows, attention output or MLP for them) and so need no
-bias at all; in the last block only the rows the output needs are computed (CLS, plus the
-prompts for 'cls_prompt_mean'); under 'carry' every prompt row is needed and only the last
-block's patch rows are skipped. `skip_dead_prompt_work=False` runs the straightforward path
-(all tokens through every block, biases on every block), which gives the same outputs (tested).
-
-Where the biases act: under 'replace' only the last block's prompt outputs reach the output, so
-alpha/beta act only in the last block; per-block scales of earlier blocks get zero gradient (and
-with feature 'cls' none do). `parameter_report` counts them in `bias_scales_with_gradient`.
-
-Parameter tree (other modules rely on it): 'backbone' is exactly the ViT tree
-`vit_checkpoint.from_npz` returns without head/pre_logits (frozen: regex '^backbone/'); the
-trainable top-level keys are 'fr_prompts', 'br_prompts', 'br_keys', 'alpha', 'beta' (by method)
-and 'head' {'kernel': (D, C)}.
-
-Building: `build_model(config.model, num_classes, image_size)`, `init_params(model, rng,
-image_size, backbone=...)` (the backbone from `vit_checkpoint.load_backbone`, or random),
-`abstract_params`, `parameter_report`, `cast_frozen` (the frozen partition in the compute
-dtype, as `train.Setup` stores it); no file I/O here.
-
-Performance knobs (config.model, SPEC "Performance knobs"), passed to the backbone's blocks
-(`vit.attend`, `vit.Encoder`); none changes what is computed beyond float rounding:
-  * `dtype` 'bfloat16': bf16 matmuls with the frozen backbone stored in bf16 once
-    (`cast_frozen`, by `train.Setup`); prompts, keys, alpha/beta and head stay float32 master
-    copies (cast to bf16 where they enter a matmul), the residual stream, LayerNorm statistics,
-    attention logits/softmax, the cosine logits and the loss are float32.
-  * `attention` 'auto' (default) | 'xla' | 'cudnn': cuDNN fused attention with the saliency bias
-    where it runs ('auto': a GPU and bf16), the einsum/softmax path elsewhere. Only the XLA path
-    sows the attention maps, so `ltdpt_jax.maps` runs its model with attention='xla'.
-  * `pad_attention_to`: masked padding of queries and keys (0: cuDNN's 8 only).
-  * `remat`, `remat_policy`: rematerialise each block in the backward pass.
+The equations, one function each: `foreground_bias` (Eq. 3), `group_similarity` and
+`select_group_prompts` (Eq. 4), `background_bias` (Eq. 5), `attention_bias` (both on one
+block's logits). `LTDPT` is the model (its token layout: `LTDPT.block_layout`);
+`init_params`, `abstract_params`, `parameter_report` and `cast_frozen` serve the train loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from typing import Any, Sequence
@@ -79,24 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ltdpt_jax.models import common
 from ltdpt_jax.models import vit as vit_lib
 
 Array = jax.Array
-
-# The image tokens [CLS | patches] entering the last block: sown into 'intermediates' and, when a
-# 'perturbations' collection is passed, perturbed by it (Flax `perturb`) so their gradient can be
-# taken (Grad-CAM, `ltdpt_jax.maps`). Both are no-ops in the train step.
-LAST_BLOCK_TOKENS = 'last_block_tokens'
-
-# Token types, for building the attention bias of a block's (query, key) layout.
-CLS, PATCH, FR, BR = 0, 1, 2, 3
-
-# Truncated normal (cut at +-2 sigma of the base normal) whose standard deviation IS 0.02: jax's
-# truncated_normal(stddev) gives the base normal that stddev, so correct by the 2-sigma factor.
-# (timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. is in effect N(0, 0.02^2).)
-_TRUNC_STD_FACTOR = 0.87962566103423978
-_prompt_init = nn.initializers.truncated_normal(stddev=0.02 / _TRUNC_STD_FACTOR)
-
 
 # ---------------------------------------------------------------------------------------------
 # The equations, one function each.
@@ -121,7 +46,7 @@ def attention_bias(saliency: Array, q_types: np.ndarray, k_types: np.ndarray,
   `foreground_bias`, only (BR query, PATCH key) entries `background_bias`; all others are 0.
   """
   q_types, k_types = np.asarray(q_types), np.asarray(k_types)
-  patch_cols = np.flatnonzero(k_types == PATCH)
+  patch_cols = np.flatnonzero(k_types == common.PATCH)
   if len(patch_cols) != saliency.shape[1]:
     raise ValueError(f'{len(patch_cols)} patch keys but saliency has {saliency.shape[1]} scores.')
   lo, hi = patch_cols[0], patch_cols[-1] + 1
@@ -133,11 +58,11 @@ def attention_bias(saliency: Array, q_types: np.ndarray, k_types: np.ndarray,
     return jnp.pad(values, ((0, 0), (lo, nk - hi)))[:, None, :]
 
   bias = None
-  fr_rows = (q_types == FR)
+  fr_rows = (q_types == common.FR)
   if fr_rows.any() and alpha is not None:
     bias = jnp.asarray(fr_rows, jnp.float32)[None, :, None] * keys_row(
         foreground_bias(saliency, alpha))
-  br_rows = (q_types == BR)
+  br_rows = (q_types == common.BR)
   if br_rows.any() and beta is not None:
     b = jnp.asarray(br_rows, jnp.float32)[None, :, None] * keys_row(background_bias(saliency, beta))
     bias = b if bias is None else bias + b
@@ -173,29 +98,6 @@ def select_group_prompts(similarity: Array, group_prompts: Array, top_k: int
   return prompts, weights, indices
 
 
-def cosine_logits(feature: Array, kernel: Array, eps: float = 1e-12) -> Array:
-  """Cosine classifier: cos(feature, w_c) for each class column of kernel (D, C); no bias/scale."""
-  f = feature.astype(jnp.float32)
-  w = kernel.astype(jnp.float32)
-  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), eps)
-  w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), eps)
-  return f @ w
-
-
-class CosineClassifier(nn.Module):
-  """`head`: kernel (D, C), truncated normal std 0.02 (GNM-PT), cosine logits."""
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, feature: Array) -> Array:
-    kernel = self.param('kernel', _prompt_init, (feature.shape[-1], self.num_classes))
-    return cosine_logits(feature, kernel)
-
-
-# ---------------------------------------------------------------------------------------------
-# The model.
-# ---------------------------------------------------------------------------------------------
-
 # ---------------------------------------------------------------------------------------------
 # The token layout of each block: decided here once, for the model, the report and the FLOPs.
 # ---------------------------------------------------------------------------------------------
@@ -205,52 +107,6 @@ class CosineClassifier(nn.Module):
 METHODS = ('vpt', 'fr', 'fr_br', 'linear')  # 'linear': models/linear_probe.py (no prompts)
 FEATURES = ('cls_prompt_mean', 'cls')
 PROMPT_MODES = ('replace', 'carry')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-# Token segments of a block's sequence ('cls', 'patches', 'fr', 'br' in sequence order) and
-# their token types.
-_SEGMENT_TYPE = {'cls': CLS, 'patches': PATCH, 'fr': FR, 'br': BR}
-_PROMPT_SEGMENTS = ('fr', 'br')
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockLayout:
-  """Which tokens block l attends over and computes (`LTDPT.block_layout`).
-
-  Attributes:
-    keys: the segments of the key/value sequence, in order: 'cls', 'patches', 'fr', plus 'br' in
-      the last H blocks of 'fr_br' (the 'fr' segment holds the general prompts for 'vpt').
-    queries: the segments whose rows the block computes (queries, residual, MLP), in the same
-      order; the others serve only as keys/values.
-    selects_br: the first BR block: its input patch tokens choose the BR prompts (Eq. 4).
-    bias_matters: this block's prompt outputs reach the model's output (the next block's prompts
-      under 'carry', the feature in the last block under 'cls_prompt_mean'), so its FR/BR logit
-      biases (Eq. 3, 5) can change the output and its bias scales get gradients.
-  """
-  keys: tuple[str, ...]
-  queries: tuple[str, ...]
-  selects_br: bool
-  bias_matters: bool
-
-  @property
-  def prompts(self) -> tuple[str, ...]:
-    """The prompt segments of the block ('fr', and 'br' in BR blocks)."""
-    return tuple(s for s in self.keys if s in _PROMPT_SEGMENTS)
-
-  @property
-  def biased(self) -> tuple[str, ...]:
-    """The prompt segments whose query rows are computed, so get the saliency bias."""
-    return tuple(s for s in self.queries if s in _PROMPT_SEGMENTS)
-
-  @staticmethod
-  def types(segments: Sequence[str], sizes: dict[str, int]) -> np.ndarray:
-    """Token types (CLS, PATCH, FR, BR) of `segments` with `sizes` tokens each."""
-    return np.concatenate([np.full(sizes[s], _SEGMENT_TYPE[s]) for s in segments])
-
-  @staticmethod
-  def count(segments: Sequence[str], sizes: dict[str, int]) -> int:
-    return int(sum(sizes[s] for s in segments))
-
 
 # ---------------------------------------------------------------------------------------------
 # The model.
@@ -258,6 +114,21 @@ class BlockLayout:
 
 class LTDPT(nn.Module):
   """Frozen ViT + FR/BR prompts with saliency-biased attention + cosine classifier.
+
+  Block l (0-based, L blocks) attends over [CLS | m patches | n_f FR prompts | n_b BR prompts];
+  the BR prompts exist only in the last H = `num_br_blocks` blocks, and no prompt has a position
+  embedding. `method`: 'fr_br' (LT-DPT), 'fr' (FR prompts only), 'vpt' (general prompts in every
+  block and no bias: the GNM-PT baseline; stored under the same name `fr_prompts`). Under
+  `prompt_mode` 'replace' (VPT-Deep, the paper) each block gets fresh prompts and drops their
+  outputs; 'carry' (beyond the paper) adds block l-1's prompt outputs to block l's prompts.
+  `dtype` is the compute dtype of the backbone's matmuls; `attention`, `pad_attention_to`,
+  `remat` and `remat_policy` are passed to its blocks (`vit.attend`, `vit.Encoder`) and change
+  nothing beyond float rounding.
+
+  Parameters: 'backbone' is exactly the ViT tree of `vit_checkpoint.from_npz` without its head
+  (frozen by the regex '^backbone/'); trainable are 'fr_prompts' (L, n_f, D), for 'fr_br'
+  'br_prompts' (G, H, n_b, D), 'br_keys' (G, D) and 'beta', 'alpha' (not for 'vpt'), and 'head'
+  {'kernel': (D, C)}.
 
   `__call__(images, saliency, *, train=False)`: images (B, H, W, 3) float32 normalised with
   mean = std = 0.5; saliency (B, m) patch scores in [0, 1], row-major like the patch tokens
@@ -267,8 +138,8 @@ class LTDPT(nn.Module):
 
   For looking inside (`ltdpt_jax.maps`): with mutable 'intermediates', every block sows its
   attention logits and probabilities and the last block's input image tokens
-  (`LAST_BLOCK_TOKENS`); with a 'perturbations' collection {LAST_BLOCK_TOKENS: zeros (B, 1 + m,
-  D)}, the gradient with respect to it is the gradient with respect to those tokens.
+  (`common.LAST_BLOCK_TOKENS`); with a 'perturbations' collection {LAST_BLOCK_TOKENS: zeros
+  (B, 1 + m, D)}, the gradient with respect to it is the gradient with respect to those tokens.
   """
   num_classes: int
   patch_size: int | tuple[int, int] = 16
@@ -290,14 +161,14 @@ class LTDPT(nn.Module):
   dropout: float = 0.1
   dtype: Any = jnp.float32
   skip_dead_prompt_work: bool = True
-  # Performance knobs (SPEC "Performance knobs"; see `vit.attend` and `vit.Encoder`).
+  # Performance knobs, passed to the backbone's blocks.
   attention: str = 'auto'
   pad_attention_to: int = 0
   remat: bool = False
   remat_policy: str = 'dots_with_no_batch_dims'
 
   def _validate(self):
-    check_performance_fields(self)
+    common.check_performance_fields(self)
     checks = [
         (self.method in METHODS, f'method={self.method!r}: use one of {METHODS}'),
         (self.feature in FEATURES, f'feature={self.feature!r}: use one of {FEATURES}'),
@@ -330,8 +201,8 @@ class LTDPT(nn.Module):
     """Index of the first block with BR prompts (num_layers when there are none)."""
     return self.num_layers - self.num_br_blocks if self.method == 'fr_br' else self.num_layers
 
-  def block_layout(self, l: int) -> BlockLayout:
-    """The token layout of block l (0-based), from the fields alone (see `BlockLayout`).
+  def block_layout(self, l: int) -> common.BlockLayout:
+    """The token layout of block l (0-based), from the fields alone (see `common.BlockLayout`).
 
     Keys: CLS, the patches, the FR prompts and, from `first_br_block` on, the BR prompts.
     Prompt outputs are used under 'carry' in every block but the last, and in the last block for
@@ -350,7 +221,7 @@ class LTDPT(nn.Module):
       queries = keys
     else:
       queries = (('cls',) if last else ('cls', 'patches')) + (prompts if used else ())
-    return BlockLayout(keys=keys, queries=queries, selects_br=l == self.first_br_block,
+    return common.BlockLayout(keys=keys, queries=queries, selects_br=l == self.first_br_block,
                        bias_matters=used)
 
   def segment_sizes(self, num_patches: int) -> dict[str, int]:
@@ -372,24 +243,27 @@ class LTDPT(nn.Module):
     for l in range(self.num_layers):
       layout = self.block_layout(l)
       if layout.selects_br:  # Eq. 4: the BR prompts of every BR block, from this block's input
+        # Z (this block's input patch tokens) is not stop-gradiented: earlier FR prompts get a
+        # (small) gradient through the similarities too.
         self.sow('intermediates', 'br_patch_tokens', x[:, 1:])
         sim = group_similarity(x[:, 1:], params['br_keys'])
         br_prompts, weights, indices = select_group_prompts(sim, params['br_prompts'],
                                                             self.top_k)
         out.update(br_weights=weights, br_indices=indices, br_similarity=sim)
       if l == self.num_layers - 1:  # Grad-CAM's activations: the tokens entering the last block
-        x = self.perturb(LAST_BLOCK_TOKENS, x)  # + 0: its gradient is d output / d x (maps.py)
-        self.sow('intermediates', LAST_BLOCK_TOKENS, x)
+        x = self.perturb(common.LAST_BLOCK_TOKENS, x)  # + 0: its gradient is d output / d x
+        self.sow('intermediates', common.LAST_BLOCK_TOKENS, x)
       p = self._block_prompts(l, x.shape[0], params, br_prompts, prompt_out).astype(x.dtype)
       bias = self._block_bias(l, layout, sizes, saliency, params)  # Eq. 3 and 5
       # Keys [x | p]; queries the layout's rows (the concatenations happen inside the block).
       image_rows, prompt_rows = _queries(x, p, layout)
       y = backbone.block(l, image_rows, x, bias, prompt_rows, p)
-      n_img = BlockLayout.count([s for s in layout.queries if s not in _PROMPT_SEGMENTS], sizes)
+      image_segments = [s for s in layout.queries if s not in common.PROMPT_SEGMENTS]
+      n_img = common.BlockLayout.count(image_segments, sizes)
       x, prompt_out = y[:, :n_img], y[:, n_img:]
     out['feature'] = self._feature(backbone.norm(x[:, 0]).astype(jnp.float32), prompt_out)
     feature = nn.Dropout(self.dropout)(out['feature'], deterministic=not train)
-    out['logits'] = CosineClassifier(self.num_classes, name='head')(feature)
+    out['logits'] = common.CosineClassifier(self.num_classes, name='head')(feature)
     return out
 
   def make_backbone(self) -> vit_lib.VisionTransformer:
@@ -402,15 +276,17 @@ class LTDPT(nn.Module):
 
   def _prompt_params(self) -> dict[str, Array]:
     """The trainable prompt parameters: fr_prompts (L, n_f, D); for 'fr_br' br_prompts
-    (G, H, n_b, D), br_keys (G, D), beta; alpha except for 'vpt'."""
+    (G, H, n_b, D), br_keys (G, D), beta; alpha except for 'vpt'. Prompts and keys start from a
+    truncated normal of std 0.02 (as GNM-PT and LPT), alpha and beta from `alpha_init`,
+    `beta_init`: scalars, or one per block with `per_block_scales` (alpha (L,), beta (H,))."""
     n_layers, d = self.num_layers, self.hidden_size
-    params = {'fr_prompts': self.param('fr_prompts', _prompt_init,
+    params = {'fr_prompts': self.param('fr_prompts', common.trunc_normal_init,
                                        (n_layers, self.num_fr_prompts, d))}
     if self.method == 'fr_br':
       n_br = n_layers - self.first_br_block
-      params['br_prompts'] = self.param('br_prompts', _prompt_init,
+      params['br_prompts'] = self.param('br_prompts', common.trunc_normal_init,
                                         (self.num_groups, n_br, self.num_br_prompts, d))
-      params['br_keys'] = self.param('br_keys', _prompt_init, (self.num_groups, d))
+      params['br_keys'] = self.param('br_keys', common.trunc_normal_init, (self.num_groups, d))
       params['beta'] = self.param('beta', nn.initializers.constant(self.beta_init),
                                   (n_br,) if self.per_block_scales else ())
     if self.method != 'vpt':
@@ -440,7 +316,7 @@ class LTDPT(nn.Module):
       p = jnp.concatenate([p[:, :n_prev] + prev_out, p[:, n_prev:]], axis=1)
     return p
 
-  def _block_bias(self, l: int, layout: BlockLayout, sizes: dict[str, int],
+  def _block_bias(self, l: int, layout: common.BlockLayout, sizes: dict[str, int],
                   saliency: Array | None, params: dict[str, Array]) -> Array | None:
     """The attention-logit bias of block l (Eq. 3 on FR rows, Eq. 5 on BR rows), or None."""
     if self.method == 'vpt' or not layout.biased:
@@ -450,34 +326,15 @@ class LTDPT(nn.Module):
     if 'br' in layout.keys:
       beta = (params['beta'][l - self.first_br_block] if self.per_block_scales
               else params['beta'])
-    return attention_bias(saliency, BlockLayout.types(layout.queries, sizes),
-                          BlockLayout.types(layout.keys, sizes), alpha, beta)
+    return attention_bias(saliency, common.BlockLayout.types(layout.queries, sizes),
+                          common.BlockLayout.types(layout.keys, sizes), alpha, beta)
 
   def _feature(self, cls: Array, prompt_out: Array) -> Array:
-    """The classifier feature: final-LN CLS, or its mean with the mean last-block prompt output."""
+    """The classifier feature. 'cls_prompt_mean' (as the GNM-PT code): (final-LN CLS + the mean
+    of the last block's prompt outputs, taken before the final LN) / 2; 'cls': the final-LN CLS."""
     if self.feature == 'cls':
       return cls
     return (cls + prompt_out.astype(jnp.float32).mean(axis=1)) / 2
-
-
-def check_performance_fields(model) -> None:
-  """ValueError for invalid `attention`, `pad_attention_to`, `remat_policy` (or a combination
-  that cannot run: cuDNN attention needs a bf16 compute dtype and even padded lengths)."""
-  if model.attention not in vit_lib.ATTENTIONS:
-    raise ValueError(f'LTDPT: attention={model.attention!r}: use one of {vit_lib.ATTENTIONS}.')
-  if model.remat_policy not in vit_lib.REMAT_POLICIES:
-    raise ValueError(f'LTDPT: remat_policy={model.remat_policy!r}: use one of '
-                     f'{tuple(vit_lib.REMAT_POLICIES)}.')
-  pad = model.pad_attention_to
-  if not (isinstance(pad, (int, np.integer)) and pad >= 0):
-    raise ValueError(f'LTDPT: pad_attention_to={pad!r} must be an integer >= 0 (0: none on the '
-                     f'XLA path, {vit_lib.CUDNN_PAD_MULTIPLE} on the cuDNN path).')
-  if model.attention != 'xla' and pad > 1 and pad % 2:
-    raise ValueError(f"LTDPT: pad_attention_to={pad} is odd; attention={model.attention!r} may "
-                     'use cuDNN, which needs even query and key lengths (use 8).')
-  if model.attention == 'cudnn' and jnp.dtype(model.dtype) != jnp.dtype(jnp.bfloat16):
-    raise ValueError(f"LTDPT: attention='cudnn' needs dtype='bfloat16' (got "
-                     f"{jnp.dtype(model.dtype).name}); use attention='auto' or 'xla'.")
 
 
 def cast_frozen(frozen: Any, model: LTDPT) -> Any:
@@ -496,7 +353,7 @@ def cast_frozen(frozen: Any, model: LTDPT) -> Any:
   return jax.tree.map(cast, frozen)
 
 
-def _queries(x: Array, p: Array, layout: BlockLayout) -> tuple[Array, Array | None]:
+def _queries(x: Array, p: Array, layout: common.BlockLayout) -> tuple[Array, Array | None]:
   """The query rows of `layout` as (image rows, prompt rows or None), from the image tokens
   x = [CLS | patches] and the prompts p (the keys are [x | p]): the queries are their
   concatenation, [x | p] itself when every row is a query."""
@@ -506,47 +363,6 @@ def _queries(x: Array, p: Array, layout: BlockLayout) -> tuple[Array, Array | No
   if layout.biased != layout.prompts:
     raise ValueError(f'A block computes all of its prompt rows or none; got {layout}.')
   return image, p
-
-
-# ---------------------------------------------------------------------------------------------
-# Building from a config's model section.
-# ---------------------------------------------------------------------------------------------
-
-def build_model(model_config, num_classes: int, image_size: int | Sequence[int] | None = None,
-                **overrides) -> LTDPT:
-  """The LTDPT module that `config.model` describes (architecture from `backbone`).
-
-  `image_size` (optional) is checked to be a multiple of the patch size. `overrides` set LTDPT
-  fields directly (e.g. skip_dead_prompt_work=False). Raises ValueError for invalid values.
-  """
-  mc = model_config
-  arch = vit_lib.arch_from_config(mc)
-  if image_size is not None:
-    arch.grid(image_size)
-  dtype = mc.get('dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'config.model.dtype={dtype!r} is not valid; choose one of {tuple(DTYPES)}.')
-  fields = dict(
-      num_classes=int(num_classes), patch_size=arch.patch_size, hidden_size=arch.hidden_size,
-      num_layers=arch.num_layers, num_heads=arch.num_heads, mlp_dim=arch.mlp_dim,
-      method=mc.method, num_fr_prompts=mc.num_fr_prompts, num_br_prompts=mc.num_br_prompts,
-      num_groups=mc.num_groups, top_k=mc.top_k, num_br_blocks=mc.num_br_blocks,
-      alpha_init=float(mc.alpha_init), beta_init=float(mc.beta_init),
-      per_block_scales=bool(mc.per_block_scales), feature=mc.feature,
-      prompt_mode=mc.prompt_mode, dropout=float(mc.dropout), dtype=DTYPES[dtype],
-      skip_dead_prompt_work=bool(mc.get('skip_dead_prompt_work', True)),
-      attention=mc.get('attention', 'auto'), pad_attention_to=int(mc.get('pad_attention_to', 0)),
-      remat=bool(mc.get('remat', False)),
-      remat_policy=mc.get('remat_policy', 'dots_with_no_batch_dims'))
-  fields.update(overrides)
-  if fields['method'] == 'linear':  # the linear probe: frozen ViT + cosine head, no prompts
-    from ltdpt_jax.models import linear_probe  # pylint: disable=g-import-not-at-top
-    model = linear_probe.LinearProbe(**fields)
-  else:
-    model = LTDPT(**fields)
-  model._validate()  # pylint: disable=protected-access
-  check_performance_fields(model)  # also for subclasses with their own _validate
-  return model
 
 
 def _input_shapes(model: LTDPT, image_size: int | Sequence[int]):

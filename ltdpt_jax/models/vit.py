@@ -1,69 +1,8 @@
-"""Vision Transformer backbone (Flax linen): modules, presets and architecture facts.
+"""The Vision Transformer backbone (Flax linen), as google-research/vision_transformer builds it.
 
-Modules only, no file I/O (as vit_jax `models_vit.py` next to `checkpoint.py`): reading the
-official `.npz` files, architecture inference and position-embedding resizing are in
-`vit_checkpoint.py`. The module tree is named so that the '/'-joined parameter paths ARE the keys
-of the original ImageNet-21k and AugReg checkpoints (`embedding/kernel`, `cls`,
-`Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}/LayerNorm_0/scale`,
-`Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value,out}/{kernel,bias}`,
-`Transformer/encoderblock_{i}/LayerNorm_2/...`,
-`Transformer/encoderblock_{i}/MlpBlock_3/Dense_{0,1}/...`,
-`Transformer/encoder_norm/...`, optional `pre_logits/...` and `head/...`).
-
-Architecture facts: `ViTArch` (patch size, width, depth, heads, MLP width; `grid(image_size)`),
-the presets `PRESETS` ('ti16', 's16', 'b16', 'l16'; `BACKBONES` adds 'custom'), and
-`arch_from_config(config.model)`, the one decoder of `config.model.backbone` / `config.model.vit`.
-
-Architecture (as vit_jax `models_vit.py`): patchify conv, CLS token, learned position embedding
-(added to CLS and patches), pre-LN blocks (LayerNorm -> multi-head attention -> residual,
-LayerNorm -> MLP with exact (erf) GELU -> residual), final LayerNorm; all LayerNorms eps 1e-6.
-Inputs: NHWC float32 images normalised with mean = std = 0.5 (values in [-1, 1]).
-
-Pieces the LT-DPT model uses (`VisionTransformer` methods, callable on a bound/child module):
-  * `embed(images) -> (B, 1 + m, D)`: patch tokens with CLS prepended and position embedding added.
-  * `block(i, x_q, x_kv=None, bias=None, q_extra=None, kv_extra=None) -> (B, Nq, D)`: block i
-    with queries from `x_q` and keys/values from `x_kv` (defaults to `x_q`), each followed by
-    the rows of `q_extra` / `kv_extra` when given (concatenated inside the block: under remat
-    only the parts are kept for the backward pass, not the concatenation); `bias` is an additive
-    attention-logit bias broadcastable to (B, heads or 1, Nq, Nk), added after the
-    1/sqrt(head_dim) scaling, before the softmax. Only the query rows get the residual,
-    attention output and MLP: this is how LT-DPT skips the query rows of prompts that serve
-    only as keys/values.
-  * `norm(x)`: the final `Transformer/encoder_norm` LayerNorm.
-
-Mixed precision: `dtype` is the compute dtype of the convolution, the Dense layers, the attention
-matmuls and the LayerNorm outputs; LayerNorm statistics are computed in float32 (Flax's default)
-and the attention logits and softmax are float32. The parameters may be float32 or already
-stored in `dtype` (LT-DPT stores its frozen backbone in bf16 once, `ltdpt.cast_frozen`); either
-way the residual stream (the embedding output and every block's residual adds) is float32, as
-PyTorch autocast keeps it.
-
-Performance knobs (fields of `VisionTransformer`, passed down to every block; SPEC "Performance
-knobs"):
-  * `attention`: 'xla' (default; the einsum + float32 softmax below, which sows the logits and
-    probabilities), 'cudnn' (`jax.nn.dot_product_attention(..., implementation='cudnn')`: cuDNN's
-    fused flash attention with the additive bias, bf16/fp16 on an NVIDIA GPU; nothing is sown,
-    so the maps of `ltdpt_jax.maps` need 'xla'), or 'auto' (cuDNN where it can run: a GPU
-    backend, a bf16/fp16 compute dtype and a shape cuDNN accepts; the XLA path elsewhere, said
-    once in the log). See `attend`.
-  * `pad_attention_to`: pad the queries and keys of every attention to a multiple of this
-    (masked: padded keys get `MASK_VALUE` on their logits, padded query rows are dropped). 0 =
-    no padding on the XLA path and a multiple of 8 on the cuDNN path (which needs even lengths
-    when the bias is differentiated); the same padding on the XLA path is how the cuDNN path's
-    padding is tested on a CPU.
-  * `remat`, `remat_policy`: rematerialise each block in the backward pass (`jax.checkpoint`
-    saving only what the policy allows, `REMAT_POLICIES`), each block's recomputation made to
-    wait for its output's cotangent (`rematerialised`) so that no compiler can hoist them all
-    and keep them live. Blocks are not rematerialised while 'intermediates' is mutable.
-
-Output of `VisionTransformer.__call__`: a dict with
-  * `'pre_logits'` (B, D): the final-LayerNorm CLS token (also under `'cls'`), as the issue and
-    timm's `forward_head(pre_logits=True)` define it;
-  * `'representation'` (B, R): `tanh(Dense(cls))`, only when the checkpoint has a `pre_logits`
-    representation layer (the original 2020 i21k files; AugReg files have none);
-  * `'logits'` (B, classes) when there is a head: `head(representation)` when the representation
-    layer exists (vit_jax `models_vit.py`, the model the weights were trained as; note that current
-    timm drops that layer), else `head(pre_logits)`.
+`VisionTransformer` and its pieces (`Encoder`, `Encoder1DBlock`, `MultiHeadAttention` with
+`attend`, `MlpBlock` with the exact `gelu`), the presets `PRESETS` and `arch_from_config`, the
+one reader of `config.model.backbone`. No file I/O: the `.npz` files are `vit_checkpoint.py`'s.
 """
 
 from __future__ import annotations
@@ -71,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -396,8 +334,7 @@ def attend(q: Array, k: Array, v: Array, bias: Array | None, *, implementation: 
     sow('attention_probs', probs[:, :, :nq, :nk] if padded else probs)
   b, h, tq, tk = e.shape
   # One batch dimension (B * heads) with the heads leading: XLA:CPU runs these batched matmuls
-  # about 1.5x faster than with the two batch dimensions (b, h) of 'bhqk,bkhd->bqhd' (measured
-  # on the ViT-Ti/16 shapes); the result is the same.
+  # faster than with the two batch dimensions (b, h) of 'bhqk,bkhd->bqhd'; the result is the same.
   out = jnp.einsum('nqk,nkd->nqd', e.astype(v.dtype).reshape(b * h, tq, tk), _heads_major(v),
                    preferred_element_type=jnp.float32)
   out = (out.reshape(b, h, tq, -1) / total).astype(v.dtype).transpose(0, 2, 1, 3)
@@ -654,7 +591,24 @@ class Encoder(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """ViT with a CLS token (classifier='token'), optional representation layer and head."""
+  """ViT with a CLS token (classifier='token'), optional representation layer and head.
+
+  As vit_jax's `models_vit.py`: patchify convolution, CLS token, learned position embedding (on
+  CLS and patches), pre-LN blocks (LayerNorm -> attention -> residual, LayerNorm -> MLP with the
+  exact GELU -> residual), final LayerNorm, all LayerNorms eps 1e-6; inputs NHWC normalised with
+  mean = std = 0.5. The modules are named so that the '/'-joined parameter paths are the keys of
+  the official `.npz` files (`embedding/kernel`, `cls`, `Transformer/posembed_input/...`,
+  `Transformer/encoderblock_{i}/...`, `Transformer/encoder_norm/...`, `pre_logits/...`,
+  `head/...`).
+
+  `dtype` is the compute dtype of the convolution, the Dense layers, the attention matmuls and
+  the LayerNorm outputs; LayerNorm statistics, attention logits and softmax are float32, and so
+  is the residual stream whatever the parameters' dtype (as PyTorch autocast keeps it).
+  `attention`, `pad_attention_to`: see `attend`; `remat`, `remat_policy`: see `Encoder`.
+
+  LT-DPT calls the pieces one at a time: `embed`, `block` (queries may be a subset of the keys)
+  and `norm`.
+  """
   patch_size: tuple[int, int] | int = 16
   hidden_size: int = 768
   num_layers: int = 12
@@ -708,8 +662,11 @@ class VisionTransformer(nn.Module):
 
   def block(self, i: int, x_q: Array, x_kv: Array | None = None, bias: Array | None = None,
             q_extra: Array | None = None, kv_extra: Array | None = None) -> Array:
-    """Block i: queries `x_q` (+ `q_extra` rows), keys/values `x_kv` (default `x_q`; +
-    `kv_extra` rows), additive logit `bias`."""
+    """Block i -> (B, Nq, D): queries `x_q` (+ `q_extra` rows), keys/values `x_kv` (default
+    `x_q`; + `kv_extra` rows), `bias` added to the logits after the 1/sqrt(head_dim) scaling.
+    Only the query rows get the residual, attention output and MLP: this is how LT-DPT skips
+    the rows of prompts that serve only as keys. The extra rows are concatenated inside the
+    block, so under remat only the parts are kept for the backward pass."""
     return self.Transformer.run_block(i, x_q, x_kv, bias, q_extra, kv_extra)
 
   def norm(self, x: Array) -> Array:
@@ -717,6 +674,10 @@ class VisionTransformer(nn.Module):
     return self.Transformer.encoder_norm(x)
 
   def __call__(self, images: Array) -> dict[str, Array]:
+    """{'pre_logits' (B, D): the final-LN CLS token (also 'cls'); 'representation' (B, R):
+    tanh(Dense(cls)), only with a representation layer (the original 2020 i21k files have one);
+    'logits' (B, classes) with a head: head(representation) where that layer exists (the model
+    the weights were trained as), else head(pre_logits)}."""
     x = self.embed(images)
     for i in range(self.num_layers):
       x = self.block(i, x)
@@ -733,18 +694,3 @@ class VisionTransformer(nn.Module):
 def count_params(tree: Any) -> int:
   """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
   return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
-
-
-# The checkpoint I/O that lived here is in `vit_checkpoint.py` (and `fetch.py`); these names stay
-# importable from this module (PEP 562), without this module importing the I/O code.
-_MOVED = {name: 'ltdpt_jax.models.vit_checkpoint' for name in (
-    'from_npz', 'load_npz', 'params_from_flat', 'infer_architecture', 'CheckpointInfo',
-    'resize_posemb', 'expected_shapes', 'backbone_params', 'flatten', 'unflatten')}
-_MOVED.update(fetch_checkpoint='ltdpt_jax.fetch', default_cache_dir='ltdpt_jax.fetch')
-_RENAMED = {'default_cache_dir': 'cache_dir'}
-
-
-def __getattr__(name: str):
-  if name in _MOVED:
-    return getattr(importlib.import_module(_MOVED[name]), _RENAMED.get(name, name))
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

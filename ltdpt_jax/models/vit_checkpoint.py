@@ -1,24 +1,8 @@
 """Reading the official google-research/vision_transformer `.npz` checkpoints into `vit.py` models.
 
-The '/'-joined parameter paths of `vit.VisionTransformer` ARE the keys of the original
-ImageNet-21k and AugReg files, so loading is a reshape-free mapping from the flat npz dict to the
-nested parameter dict (vit_jax `checkpoint.py` does the same with `inspect_params`):
-
-* `load_npz(path)`: the flat {key: float32 array} dict; files saved with the Linen per-class
-  counters (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`) are renamed to the
-  pre-Linen names of the released files.
-* `infer_architecture(flat)`: patch size, width, depth, heads, MLP width, position-embedding grid,
-  representation size and classes, read off the array shapes.
-* `resize_posemb(posemb, grid)`: the CLS slot split off, the grid resized by bilinear
-  interpolation with aligned corners, exactly vit_jax's `interpolate_posembed`
-  (`scipy.ndimage.zoom(order=1)`), in float64 numpy (scipy is not a dependency).
-* `params_from_flat` / `from_npz`: (model, params) with every array checked against the model's
-  own parameter shapes (`jax.eval_shape`): a missing array raises KeyError naming the key and its
-  expected shape, a wrong shape ValueError naming key, expected and found shapes.
-* `load_backbone(model_config, image_size)`: what an LT-DPT run loads from
-  `config.model.checkpoint`: fetched (`fetch.fetch_checkpoint`, URLs cached and SHA-256 checked),
-  its architecture checked against `config.model.backbone`, its position embedding resized to
-  the run's image size, head and representation layer dropped.
+`load_npz` (the flat {key: array} dict), `infer_architecture` (read off the shapes),
+`resize_posemb` (to another image size), `params_from_flat` / `from_npz` (model and params,
+every array checked) and `load_backbone` (what an LT-DPT run loads from `config.model`).
 """
 
 from __future__ import annotations
@@ -214,7 +198,11 @@ def params_from_flat(flat: Mapping[str, np.ndarray], *,
                      image_size: int | Sequence[int] | None = None,
                      dtype: Any = jnp.float32, strict: bool = True
                      ) -> tuple[vit_lib.VisionTransformer, dict[str, Any]]:
-  """(model, nested float32 numpy params) from a flat checkpoint dict; see `from_npz`."""
+  """(model, nested float32 numpy params) from a flat checkpoint dict; see `from_npz`.
+
+  The '/'-joined parameter paths of `vit.VisionTransformer` are the keys of the released files,
+  so this is a reshape-free mapping from the flat dict to the nested one (as vit_jax's
+  `inspect_params`)."""
   info = infer_architecture(flat)
   a = info.arch
   model = vit_lib.VisionTransformer(a.patch_size, a.hidden_size, a.num_layers, a.num_heads,

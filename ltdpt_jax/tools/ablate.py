@@ -2,34 +2,10 @@ r"""The paper's ablation (Table 4) in miniature: several methods x seeds on one 
 
   python -m ltdpt_jax.tools.ablate --config=configs/demo.py --seeds=3 --workdir=runs/ablate
 
-Rows (`--rows`, default all but `vpt_plain`), each a set of config overrides on top of
-`--config` (and its `--config.x=v` flags):
-
-| row | what | overrides |
-|---|---|---|
-| `linear` | linear probe: the frozen backbone's CLS and a trained cosine head, no prompts | `model.method=linear` |
-| `vpt` | VPT prompts with the GNM-PT recipe (GCL + DRW, SGD + GNM): Table 4's (A) | `model.method=vpt` |
-| `fr` | (A) + FR prompts with the saliency bias: Table 4's (B) | `model.method=fr` |
-| `fr_br` | FR + BR prompts, LT-DPT: Table 4's (C) | `model.method=fr_br` |
-| `carry` | LT-DPT with prompt_mode 'carry' (beyond the paper: every block's bias matters) | `model.method=fr_br`, `model.prompt_mode=carry` |
-| `vpt_plain` | Table 4's first row: VPT with plain cross-entropy, no GNM, no DRW (opt-in) | `model.method=vpt`, `optim.gnm_rho=0`, `loss.m=0`, `loss.noise_mul=0`, `train.drw_epochs=0` |
-
-Every other setting is the config's, so the rows differ in the method alone. Seeds: `--seeds=N`
-runs `train.seed` = first_seed .. first_seed + N - 1 (`--first_seed`, default the config's
-`train.seed`); the seed sets the prompt/head init, the data order and augmentation, dropout and
-the GCL/GNM noise, while the data set itself (`data.seed`) stays the same.
-
-Each cell is a normal training run, `train.train_and_evaluate` in its own workdir
-`<workdir>/<row>/seed_<s>` (checkpoints, metrics, `results.json`): rerunning the command resumes
-an interrupted cell and returns the finished ones at once. The table uses each cell's last
-evaluation (`results.json` 'last'): top-1 and head / medium / tail accuracy, as mean +- sample
-standard deviation over the seeds (one seed: the mean alone), printed and written to
-`<workdir>/ablation.md` (Markdown) and `<workdir>/ablation.json` (every cell's numbers too).
-Compiled programs are kept in `<workdir>/xla_cache` (JAX's persistent compilation cache, unless
-JAX_COMPILATION_CACHE_DIR is set), so seeds after the first and reruns start faster.
-
-Exit codes as `ltdpt_jax.main` (2 bad input, 3 a cell diverged, 75 stopped by SIGTERM/Ctrl-C:
-rerun to resume).
+Each cell (row x seed) is a normal training run in `<workdir>/<row>/seed_<s>` (rerunning resumes
+an interrupted cell and returns the finished ones at once). `run_ablation` writes the table of
+each cell's last evaluation, mean +- sample std over the seeds, to `<workdir>/ablation.md` and
+`ablation.json`. The rows (`ROWS`) differ from the config in the method alone.
 """
 
 from __future__ import annotations
@@ -44,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from absl import app
 from absl import flags
@@ -51,8 +28,14 @@ from absl import logging
 from ml_collections import config_flags
 
 from ltdpt_jax import cli
+from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import run_dir
+from ltdpt_jax import train
 
-# row -> (label, {dotted config key: value}).
+# row -> (label, {dotted config key: value}), each a set of overrides on top of --config (and its
+# --config.x=v flags). 'vpt', 'fr', 'fr_br' are Table 4's (A), (B), (C), all with the GNM-PT
+# recipe (GCL + DRW, SGD + GNM); 'carry' goes beyond the paper (every block's bias matters);
+# 'vpt_plain' is Table 4's first row, VPT with plain cross-entropy and no GNM or DRW (opt-in).
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     'linear': ('Linear probe (head only)', {'model.method': 'linear'}),
     'vpt': ('VPT + GNM-PT recipe (A)', {'model.method': 'vpt'}),
@@ -145,27 +128,25 @@ def run_ablation(config, workdir: str, *, rows: Sequence[str] = DEFAULT_ROWS, se
                  config_file: str = '') -> dict[str, Any]:
   """Trains and evaluates every (row, seed) cell (resuming), writes ablation.json / .md into
   `workdir` and returns the table, or {'stopped_at': (row, seed, step)} when a signal stopped a
-  cell. Raises train.SetupError for bad rows, seeds or cell configs (before any training) and
-  for a cell's bad input, FloatingPointError when a cell diverges."""
-  from ltdpt_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from ltdpt_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-
+  cell. Seeds: `train.seed` = first_seed (default the config's) .. first_seed + seeds - 1; the
+  seed sets the prompt/head init, the data order and augmentation, dropout and the GCL/GNM
+  noise, while the data set itself (`data.seed`) stays the same. Raises run_dir.SetupError for
+  bad rows, seeds or cell configs (before any training) and for a cell's bad input,
+  FloatingPointError when a cell diverges."""
   try:
     rows = parse_rows(rows)
   except ValueError as e:
-    raise train.SetupError(str(e)) from None
+    raise run_dir.SetupError(str(e)) from None
   if seeds < 1:
-    raise train.SetupError(f'--seeds={seeds} must be >= 1.')
+    raise run_dir.SetupError(f'--seeds={seeds} must be >= 1.')
   first_seed = int(config.train.seed if first_seed is None else first_seed)
   seed_list = list(range(first_seed, first_seed + int(seeds)))
   for row in rows:  # every cell's config is checked before the first one trains
     try:
-      config_lib.validate(cell_config(config, row, first_seed), num_devices=jax.device_count(),
+      cli.validate_config(cell_config(config, row, first_seed), num_devices=jax.device_count(),
                           num_processes=jax.process_count())
     except ValueError as e:
-      raise train.SetupError(f'invalid config for row {row!r}: {e}') from None
+      raise run_dir.SetupError(f'invalid config for row {row!r}: {e}') from None
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
   cells: dict[str, dict[int, dict[str, Any]]] = {}
@@ -229,8 +210,7 @@ def main(argv):
   cli.start(argv)
   f = flags.FLAGS
   config = cli.load_config(f['config'])
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    import jax  # pylint: disable=g-import-not-at-top
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # seeds after the first start faster
     jax.config.update('jax_compilation_cache_dir',
                       os.path.abspath(os.path.join(f.workdir, 'xla_cache')))
   try:

@@ -1,28 +1,11 @@
-r"""Predictions from a trained run, for new images: a command and a Python API.
+r"""Predictions from a trained run for new images: a command and a Python API (`Predictor`).
 
   python -m ltdpt_jax.tools.predict --workdir=runs/demo --images=photos/ --out=predictions.csv
-  python -m ltdpt_jax.tools.predict --workdir=RUN --checkpoint_step=N --images=a.jpg b.png list.txt \
-      --out=predictions.csv --top_k=5
+  python -m ltdpt_jax.tools.predict --workdir=RUN --checkpoint_step=N --images=a.jpg list.txt
 
-  predictor = Predictor.from_workdir('runs/demo')          # latest checkpoint
-  out = predictor.predict(images_uint8)                    # (N, H, W, 3) or a list of HWC arrays
+  predictor = Predictor.from_workdir('runs/demo')     # latest checkpoint
+  out = predictor.predict(images_uint8)               # (N, H, W, 3) or a list of HWC arrays
   rows = predictor.predict_files(['a.jpg', 'b.png'])
-
-The run is rebuilt from its own records, not from its training data: the config that ran
-(`<workdir>/config.json`), the class names, counts and image size of the checkpoint's metadata,
-the trained prompts and head from the Orbax checkpoint, the frozen backbone from
-`config.model.checkpoint` (its SHA-256 must be the one the run recorded). Every image goes
-through the evaluation transform (resize to int(S * 256 / 224), centre crop S) and the jitted
-forward with saliency, in batches of `config.data.eval_batch_size` (rounded up to the device
-count; the last batch padded); the probabilities are softmax(s * cosine logits) with
-s = `config.loss.s`.
-
-A PATH is an image, a directory (searched recursively) or a list file (`<path> <label>` lines
-or a `path,label` CSV, paths relative to the list's folder). Images in class-named folders (a
-directory whose sub-folders are classes of the run) and list files carry labels: then the
-accuracy summary of `--mode=eval` (top-1, head/medium/tail, per class) is written next to the
-CSV as `<out stem>_summary.json`. The CSV has one row per image: path, label (empty when
-unknown), prediction, probability, then top1, top1_probability, ..., top<k>, ...
 """
 
 from __future__ import annotations
@@ -46,6 +29,7 @@ from ltdpt_jax import checkpoint as ckpt_lib
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import evaluators as evaluators_lib
 from ltdpt_jax import metrics as metrics_lib
+from ltdpt_jax import run_dir
 from ltdpt_jax import sharding
 from ltdpt_jax import train
 from ltdpt_jax.data import files
@@ -60,7 +44,13 @@ class PredictError(ValueError):
 
 
 class Predictor:
-  """A trained run, ready to classify images (see the module docstring)."""
+  """A trained run, ready to classify images.
+
+  Every image goes through the evaluation transform (resize to int(S * 256 / 224), centre crop
+  S) and the jitted forward with saliency, in batches of `config.data.eval_batch_size` (rounded
+  up to the device count; the last batch padded); the probabilities are softmax(s * cosine
+  logits) with s = `config.loss.s`.
+  """
 
   def __init__(self, setup: train.Setup, params: Any, meta: dict[str, Any], step: int):
     self.setup, self.params, self.meta, self.step = setup, params, meta, step
@@ -82,7 +72,13 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> 'Predictor':
     """The run in `workdir` at checkpoint `step` (default: the latest); PredictError when the
-    workdir holds no run or checkpoint, or its backbone file is not the one it trained on."""
+    workdir holds no run or checkpoint, or its backbone file is not the one it trained on.
+
+    The run is rebuilt from its own records, not from its training data: the config that ran
+    (`<workdir>/config.json`), the class names, counts and image size of the checkpoint's
+    metadata, the trained prompts and head from the checkpoint, and the frozen backbone from
+    `config.model.checkpoint` (its SHA-256 must be the one the run recorded).
+    """
     config_dict = metrics_lib.read_json(os.path.join(workdir, 'config.json'))
     if config_dict is None:
       raise PredictError(f'{workdir} holds no run ({os.path.join(workdir, "config.json")} is '
@@ -199,7 +195,8 @@ def _info_of(meta: dict[str, Any], config) -> data_lib.DatasetInfo:
 def resolve_inputs(paths: Sequence[str], class_names: Sequence[str]
                    ) -> tuple[list[str], list[int] | None]:
   """(image paths, labels or None) of PATHs: images, directories (recursive; labelled when
-  their sub-folders are classes of the run) and list files (labelled)."""
+  their sub-folders are classes of the run) and list files (labelled: `<path> <label>` lines or
+  a `path,label` CSV, paths relative to the list's folder)."""
   out, labels, labelled = [], [], True
   index = {n: i for i, n in enumerate(class_names)}
   for path in paths:
@@ -232,6 +229,8 @@ def resolve_inputs(paths: Sequence[str], class_names: Sequence[str]
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str, top_k: int) -> None:
+  """One row per image: path, label (empty when unknown), prediction, probability, then top1,
+  top1_probability, ..., top<k>, top<k>_probability."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   k = len(rows[0]['top_k']) if rows else top_k
@@ -266,6 +265,8 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+  """Writes the CSV and, when every image is labelled, the `--mode=eval` summary (top-1,
+  head/medium/tail, per class) next to it as `<out stem>_summary.json`."""
   f = flags.FLAGS
   paths = list(f.images or []) + list(argv[1:])
   try:
@@ -274,7 +275,7 @@ def main(argv: Sequence[str]) -> None:
     predictor = Predictor.from_workdir(f.workdir, f.checkpoint_step)
     images, labels = resolve_inputs(paths, predictor.class_names)
     rows = predictor.predict_files(images, labels=labels, top_k=f.top_k)
-  except (PredictError, files.DataError, train.SetupError, ValueError, FileNotFoundError) as e:
+  except (PredictError, files.DataError, run_dir.SetupError, ValueError, FileNotFoundError) as e:
     logging.debug('Traceback of the error below:', exc_info=True)
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -1,28 +1,11 @@
 r"""Figure 1 as a command: where a trained run looks, as pictures and as numbers.
 
   python -m ltdpt_jax.tools.visualize --workdir=runs/demo --out=runs/demo/maps
-  python -m ltdpt_jax.tools.visualize --workdir=runs/ltdpt --compare_workdir=runs/vpt \
-      --num_images=8 --out=figure1
+  python -m ltdpt_jax.tools.visualize --workdir=runs/ltdpt --compare_workdir=runs/vpt --out=fig1
   python -m ltdpt_jax.tools.visualize --workdir=RUN --images=photos/ a.jpg list.txt --out=DIR
 
-Writes `<out>/maps.png`: one column per image; rows = the image, its spectral-residual saliency,
-Grad-CAM (of the true class when known, else of the predicted one), the FR prompts' attention,
-the BR prompts' attention, and with --compare_workdir the other run's Grad-CAM under this run's
-(as in the paper's Figure 1, e.g. a `method=vpt` run against an LT-DPT run); column titles give
-the true class and each run's prediction and probability. Maps are drawn over the image in grey
-in a perceptually uniform colour map (magma, whose lightness rises monotonically, so it survives
-greyscale printing), each scaled to its own maximum; the object's outline is drawn in white
-where it is known (the synthetic dataset). And `<out>/attention_stats.json`: the mean foreground share (the fraction
-of a map's mass on the object, `maps.shares`) of Grad-CAM, FR / BR / CLS attention and of S,
-over the images, overall and per head / medium / tail group, for this run and the compared one,
-with the reference used (the synthetic dataset's object masks; otherwise the top 25% most
-salient patches) and the reference's own area (what a map spread evenly would score).
-
-Without --images the images are a fixed, seeded sample (--seed) of the run's evaluation split,
-spread over its head, medium and tail classes in turn (the run's dataset must be readable here);
-with --images, PATHs as `ltdpt_jax.tools.predict` takes them (images, directories, list files).
-The runs are rebuilt from their workdirs alone (`predict.Predictor.from_workdir`). All maps come
-from one jitted, batched program per run (`maps.make_maps_fn`).
+`run_visualize` writes `<out>/maps.png` (`plot.figure_maps`) and `<out>/attention_stats.json`
+(the foreground shares of the maps, `statistics`).
 """
 
 from __future__ import annotations
@@ -107,7 +90,13 @@ def load_images(paths: Sequence[str], run: Run) -> dict[str, Any]:
 
 def statistics(run: Run, maps: dict[str, np.ndarray], labels: np.ndarray,
                masks: np.ndarray | None) -> dict[str, Any]:
-  """The foreground shares of `run`'s maps: per group means (see `maps.share_stats`)."""
+  """The foreground shares of `run`'s maps: per group means (see `maps.share_stats`).
+
+  The mean share of each map's mass on the object (`maps.shares`) of Grad-CAM, FR / BR / CLS
+  attention and S, overall and per head / medium / tail group, with the reference used (object
+  masks of the synthetic data, else the top 25% most salient patches) and the reference's own
+  area (what a map spread evenly would score).
+  """
   per_image, reference = maps_lib.shares(maps, patch_size=run.patch_size, masks=masks)
   if (labels < 0).all():  # no true classes: the true-class Grad-CAM is the predicted one's
     per_image.pop('gradcam_true', None)
@@ -123,7 +112,19 @@ def statistics(run: Run, maps: dict[str, np.ndarray], labels: np.ndarray,
 def run_visualize(workdir: str, out: str, *, compare_workdir: str | None = None,
                   images: Sequence[str] | None = None, num_images: int = 8, seed: int = 0,
                   step: int | None = None) -> dict[str, Any]:
-  """What the command does; returns the attention statistics it writes."""
+  """What the command does; returns the attention statistics it writes.
+
+  `<out>/maps.png`: one column per image; rows = the image, its spectral-residual saliency,
+  Grad-CAM (of the true class when known, else of the predicted one), the FR and the BR prompts'
+  attention, and with `compare_workdir` the other run's Grad-CAM (as in the paper's Figure 1,
+  e.g. a `method=vpt` run against an LT-DPT run); column titles give the true class and each
+  run's prediction and probability; the object's outline is drawn where it is known (synthetic
+  data). `<out>/attention_stats.json`: `statistics` of this run and of the compared one.
+  Without `images` the images are a fixed, seeded sample of the run's evaluation split, spread
+  over its head, medium and tail classes (the run's dataset must be readable here); with
+  `images`, PATHs as `tools.predict` takes them. The runs are rebuilt from their workdirs alone
+  (`predict.Predictor.from_workdir`); all maps come from one jitted program per run.
+  """
   run = Run(workdir, step)
   other = Run(compare_workdir) if compare_workdir else None
   if other is not None and (other.image_size != run.image_size

@@ -1,0 +1,154 @@
+"""Every command the README and the module docstrings show still runs as shown: its module starts
+and lists each flag the command passes, its config file and config keys exist, and each launch
+script the README shows runs its dry run. A renamed module, flag or config key fails here."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import train_utils
+
+REPO = pathlib.Path(train_utils.REPO)
+_PYTHON_COMMAND = re.compile(r'python -m (ltdpt_jax[a-z_.]*[a-z_])(?=\s|$|`)([^`#;&|]*)')
+_BASH_COMMAND = re.compile(r'((?:[A-Z_]+=\S+ )*)bash (launch/\w+\.sh)([^`#;&|]*)')
+
+
+def _snippets(text: str) -> list[str]:
+  """The code of a Markdown or docstring text: fenced blocks and indented lines, their
+  backslash continuations joined, and inline `code` spans (which may wrap lines)."""
+  text = re.sub(r'\\\n\s*', ' ', text)
+  spans = [s.replace('\n', ' ') for s in re.findall(r'`([^`]+)`', text)]
+  return spans + text.splitlines()
+
+
+def _documents() -> dict[str, str]:
+  docs = {'README.md': (REPO / 'README.md').read_text()}
+  for path in [*(REPO / 'ltdpt_jax').rglob('*.py'), *(REPO / 'configs').glob('*.py')]:
+    docs[str(path.relative_to(REPO))] = path.read_text()
+  return docs
+
+
+def _python_commands() -> list[tuple[str, str, list[str]]]:
+  """(where, module, arguments) of every `python -m ltdpt_jax...` command shown."""
+  found = set()
+  for where, text in _documents().items():
+    for snippet in _snippets(text):
+      for module, rest in _PYTHON_COMMAND.findall(snippet):
+        try:
+          args = shlex.split(rest.strip().rstrip('.,;:)'))
+        except ValueError:  # an unbalanced quote in prose around the command
+          args = rest.split()
+        found.add((where, module.rstrip('.'), tuple(args)))
+  return sorted((w, m, list(a)) for w, m, a in found)
+
+
+def test_the_commands_are_found():
+  modules = {m for _, m, _ in _python_commands()}
+  assert {'ltdpt_jax.main', 'ltdpt_jax.tools.predict', 'ltdpt_jax.tools.visualize',
+          'ltdpt_jax.tools.plot', 'ltdpt_jax.tools.pretrain', 'ltdpt_jax.tools.ablate',
+          'ltdpt_jax.bench', 'ltdpt_jax.bench.host_pipeline',
+          'ltdpt_jax.bench.cpu_vs_torch'} <= modules, modules
+
+
+def _help(module: str) -> str:
+  """What `python -m module --helpfull` (absl) or `--help` (argparse) prints."""
+  path = REPO / (module.replace('.', '/') + '.py')
+  if not path.is_file():
+    path = REPO / module.replace('.', '/') / '__main__.py'
+  assert path.is_file(), f'no module {module}'
+  flag = '--helpfull' if 'absl' in path.read_text() else '--help'
+  out = subprocess.run([sys.executable, '-m', module, flag], capture_output=True, text=True,
+                       cwd=REPO, env=train_utils.subprocess_env(), timeout=300)
+  # absl's help exits with 1, argparse's with 0; anything else is a module that does not start.
+  assert out.returncode in (0, 1), f'{module} {flag}: {out.stderr[-2000:]}'
+  return out.stdout + out.stderr
+
+
+@functools.lru_cache(maxsize=None)
+def _helps() -> dict[str, str]:
+  modules = sorted({m for _, m, _ in _python_commands()})
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    return dict(zip(modules, pool.map(_help, modules)))
+
+
+def _config_of(args: list[str]):
+  """The config a command's --config=file[:arg] and --config.key=value flags name (the values
+  left as they are: a README shows placeholders)."""
+  spec = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
+  if spec is None:
+    return None
+  file, _, arg = spec.partition(':')
+  assert (REPO / file).is_file(), f'--config={spec}: no file {file}'
+  placeholders = {'R': '100'}  # configs/cifar100_lt.py:ratio=R in the README's table
+  arg = ','.join(f'{k}={placeholders.get(v, v)}' for k, _, v in
+                 (item.partition('=') for item in arg.split(',') if item))
+  return train_utils.load_config(pathlib.Path(file).stem, arg or None)
+
+
+def _has_key(config, parts: list[str]) -> bool:
+  node = config
+  for part in parts:
+    if node is None or not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+@pytest.mark.slow
+def test_every_documented_python_command_names_real_flags_and_config_keys():
+  helps = _helps()
+  problems = []
+  for where, module, args in _python_commands():
+    known = set(re.findall(r'--(?:\[no\])?([\w.]+)', helps[module]))
+    config = _config_of(args)
+    for arg in args:
+      match = re.match(r'--([\w.]+)', arg)
+      if not match:
+        continue
+      name = match.group(1)
+      if name.startswith('config.'):
+        if not _has_key(config, name.split('.')[1:]):
+          problems.append(f'{where}: python -m {module} {arg}: no such config key')
+      elif name not in known and not name.startswith('no'):
+        problems.append(f'{where}: python -m {module} {arg}: no such flag')
+  assert not problems, '\n'.join(problems)
+
+
+def _bash_commands() -> list[tuple[dict[str, str], str, list[str]]]:
+  found = set()
+  for snippet in _snippets((REPO / 'README.md').read_text()):
+    for env, script, rest in _BASH_COMMAND.findall(snippet):
+      found.add((env.strip(), script, rest.strip()))
+  return [(dict(kv.split('=', 1) for kv in env.split()), script, shlex.split(rest))
+          for env, script, rest in sorted(found)]
+
+
+@pytest.mark.parametrize('env,script,args', _bash_commands(),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_every_documented_launch_command_runs_its_dry_run(env, script, args, tmp_path):
+  """The command as the README shows it, with DRY_RUN=1: it prints what it would run and exits
+  0 (a script that no longer takes those arguments, or a path that moved, fails)."""
+  clean = {k: v for k, v in os.environ.items() if not k.startswith(('LTDPT_', 'XLA_'))}
+  scratch = tmp_path / 'tmp'
+  scratch.mkdir()
+  run_env = {**clean, **env, 'DRY_RUN': '1', 'TMPDIR': str(scratch),
+             'LOGS': str(tmp_path / 'logs'), 'FETCH': str(tmp_path / 'results'), 'POLL_S': '0'}
+  out = subprocess.run(['bash', script, *args], env=run_env, capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+  assert out.returncode == 0, f'{script} {args}: {out.stdout[-1500:]}{out.stderr[-1500:]}'
+  assert '+ ' in out.stdout, out.stdout[-1500:]  # the commands it would run
+  # The arguments go on to python -m ltdpt_jax.main: its config keys must exist.
+  args = [a for a in args if a != '--dry_run']
+  config = _config_of(args)
+  for arg in args:
+    if arg.startswith('--config.'):
+      assert _has_key(config, arg[2:].split('=', 1)[0].split('.')[1:]), f'{script}: {arg}'
