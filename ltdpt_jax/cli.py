@@ -19,13 +19,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ltdpt_jax import data as data_lib
-from ltdpt_jax import models
-from ltdpt_jax import evaluators
-from ltdpt_jax import run_dir
-from ltdpt_jax.models import common
-from ltdpt_jax.models import ltdpt
-from ltdpt_jax.models import vit
 
 # The exit codes of every command.
 EXIT_FINISHED = 0      # trained to the end / evaluated
@@ -163,6 +156,9 @@ def load_config(config_flag):
 def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
   """Runs `fn()`; the project's exceptions become one line and an exit code: SetupError and
   ValueError 2, FloatingPointError 3, a second Ctrl-C 130, an OS failure writing the run 2."""
+  # The package's parts are imported where they are used: the plotting command and every --help
+  # start without loading JAX.
+  from ltdpt_jax import run_dir  # pylint: disable=g-import-not-at-top
   try:
     return fn()
   except run_dir.SetupError as e:
@@ -187,6 +183,8 @@ def run_guarded(fn: Callable[[], Any], workdir: str | None) -> Any:
 
 def _choices() -> dict[str, tuple]:
   """The enumerated fields and the values they accept, as the parts that read them declare."""
+  from ltdpt_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax.models import common, ltdpt, vit  # pylint: disable=g-import-not-at-top
   return {
       'model.backbone': vit.BACKBONES,
       'model.method': ltdpt.METHODS,
@@ -221,6 +219,8 @@ def _get(config, dotted):
 
 def _validate_model(config):
   """config.model: choices, the architecture and image size, and LTDPT's own checks."""
+  from ltdpt_jax import models  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax.models import vit  # pylint: disable=g-import-not-at-top
   try:
     arch = vit.arch_from_config(config.model)
   except ValueError as e:
@@ -236,6 +236,8 @@ def _validate_model(config):
 
 
 def validate_evals(config):
+  """config.evals and config.train.best_metric (LT-DPT's and pretraining's configs alike)."""
+  from ltdpt_jax import evaluators  # pylint: disable=g-import-not-at-top
   if not config.evals:
     raise ValueError('config.evals is empty; the base config has '
                      "config.evals.eval = {type: 'longtail'}.")
@@ -258,6 +260,7 @@ def validate_config(config, *, num_devices: int | None = None,
   """Raises ValueError naming the first invalid value of an LT-DPT config and what it accepts
   (the enumerated values as the parts that read them declare, the model by building it, the
   bounds above, the batch sizes against the device and process counts)."""
+  from ltdpt_jax import models  # pylint: disable=g-import-not-at-top
   if config.model.get('method') == models.PRETRAIN:
     raise ValueError("config.model.method='pretrain' is a pretraining config: run it with "
                      'python -m ltdpt_jax.tools.pretrain.')

@@ -12,7 +12,6 @@ stdout (stderr when the JSON goes there).
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -163,8 +162,7 @@ def main(argv: Sequence[str]) -> None:
                         memory_remat_policies=f.memory_remat_policies,
                         memory_topology=f.memory_topology)
   except ValueError as e:
-    print(f'Invalid benchmark settings: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f'Invalid benchmark settings: {e}', cli.EXIT_BAD_INPUT)
   if jax.process_index() == 0:
     report.write(out, f.out)
 

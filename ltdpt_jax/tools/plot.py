@@ -5,7 +5,6 @@ The figures are those a training run draws itself after each evaluation (`ltdpt_
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import app
@@ -13,6 +12,7 @@ from absl import flags
 from absl import logging
 from etils import epath
 
+from ltdpt_jax import cli
 from ltdpt_jax.plot import plot_runs
 
 
@@ -27,25 +27,21 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   workdirs = list(flags.FLAGS.workdir or []) + list(argv[1:])
   if not workdirs:
-    print('Error: pass --workdir=RUN [RUN ...].', file=sys.stderr)
-    sys.exit(2)
+    cli.fail('pass --workdir=RUN [RUN ...].', cli.EXIT_BAD_INPUT)
   for w in workdirs:
     if not epath.Path(w).is_dir():
-      print(f'Error: --workdir {w} is not a directory.', file=sys.stderr)
-      sys.exit(2)
+      cli.fail(f'--workdir {w} is not a directory.', cli.EXIT_BAD_INPUT)
   out = flags.FLAGS.out or (str(epath.Path(workdirs[0]) / 'plots') if len(workdirs) == 1
                        else 'plots_compare')
   try:
     written = plot_runs(workdirs, out)
   except ValueError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e), cli.EXIT_BAD_INPUT)
   for path in written:
     logging.info('Wrote %s', path)
   if not written:
-    print(f'Error: nothing to plot in {workdirs} (no eval_<step>.json, no metrics.jsonl).',
-          file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f'nothing to plot in {workdirs} (no eval_<step>.json, no metrics.jsonl).',
+             cli.EXIT_BAD_INPUT)
 
 
 def run() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from absl import flags
 from absl import logging
 
 from ltdpt_jax import checkpoint as ckpt_lib
+from ltdpt_jax import cli
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import evaluators as evaluators_lib
 from ltdpt_jax import metrics as metrics_lib
@@ -276,9 +276,7 @@ def main(argv: Sequence[str]) -> None:
     images, labels = resolve_inputs(paths, predictor.class_names)
     rows = predictor.predict_files(images, labels=labels, top_k=f.top_k)
   except (PredictError, files.DataError, run_dir.SetupError, ValueError, FileNotFoundError) as e:
-    logging.debug('Traceback of the error below:', exc_info=True)
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e), cli.EXIT_BAD_INPUT)
   write_csv(rows, f.out, f.top_k)
   logging.info('Wrote %d predictions to %s.', len(rows), f.out)
   if labels is not None:

@@ -11,7 +11,6 @@ r"""Figure 1 as a command: where a trained run looks, as pictures and as numbers
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,14 +19,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ltdpt_jax import cli
 from ltdpt_jax import maps as maps_lib
 from ltdpt_jax import metrics as metrics_lib
 from ltdpt_jax import optim
 from ltdpt_jax import plot as plot_lib
-from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax.data import files
 from ltdpt_jax.data import transforms
 from ltdpt_jax.evaluators import longtail
+from ltdpt_jax.tools import predict as predict_lib
 
 def define_flags() -> None:
   """The command's flags (defined when it runs: this module imports `predict` and `plot`)."""
@@ -176,9 +176,7 @@ def main(argv: Sequence[str]) -> None:
     run_visualize(f.workdir, f.out, compare_workdir=f.compare_workdir, images=paths or None,
                   num_images=f.num_images, seed=f.seed, step=f.checkpoint_step)
   except (predict_lib.PredictError, files.DataError, ValueError, FileNotFoundError) as e:
-    logging.debug('Traceback of the error below:', exc_info=True)
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e), cli.EXIT_BAD_INPUT)
   logging.info('Wrote %s and %s.', os.path.join(f.out, 'maps.png'),
                os.path.join(f.out, 'attention_stats.json'))
 
