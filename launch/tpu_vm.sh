@@ -346,23 +346,33 @@ setup_and_start() {
   RUNNING=1
 }
 
-# Sets RESULT to finished, preempted or failed (then RESULT_RC: the exit code).
+# Sets RESULT to finished, preempted or failed (then RESULT_RC: the exit code). A worker killed by
+# a signal (exit 128 + n, but for 130: a Ctrl-C) beside workers that exit 75 is a lost host: the
+# others stopped for it after a checkpoint, so the run is recreated and resumed like a preemption.
 poll() {
-  local rcs state tag file code n0 line
+  local rcs state tag file code n0 line stopped failed_rc killed_rc
   RESULT='' RESULT_RC=0
   while :; do
     dry || sleep "$POLL_S"
     query rcs "" "${VM[@]}" ssh "$NAME" "${GP[@]}" --worker=all --command="$RCS"
-    n0=0
+    n0=0 stopped='' failed_rc='' killed_rc=''
     while read -r tag file code; do
       [[ "$tag" == RC ]] || continue
       case "$code" in
         0) n0=$((n0 + 1)) ;;
-        75) note "attempt $ATTEMPT: $file says 75 (stopped by SIGTERM after a checkpoint)"; RESULT=preempted ;;
-        gone) note "attempt $ATTEMPT: the run of ${file%.rc} vanished without an exit code (VM restarted)"; RESULT=preempted ;;
-        *) note "attempt $ATTEMPT: $file says ${code:-nothing}"; RESULT=failed; RESULT_RC=${code:-1} ;;
+        75) note "attempt $ATTEMPT: $file says 75 (stopped after a checkpoint: SIGTERM, or a lost process)"; stopped=1 ;;
+        gone) note "attempt $ATTEMPT: the run of ${file%.rc} vanished without an exit code (VM restarted)"; stopped=1 ;;
+        129 | 13[1-9] | 1[4-5][0-9]) note "attempt $ATTEMPT: $file says $code (killed by signal $((code - 128)))"; killed_rc=$code ;;
+        *) note "attempt $ATTEMPT: $file says ${code:-nothing}"; failed_rc=${code:-1} ;;
       esac
     done <<<"$rcs"
+    if [[ -n "$failed_rc" ]]; then
+      RESULT=failed RESULT_RC=$failed_rc
+    elif [[ -n "$stopped" ]]; then
+      RESULT=preempted
+    elif [[ -n "$killed_rc" ]]; then
+      RESULT=failed RESULT_RC=$killed_rc
+    fi
     [[ "$RESULT_RC" =~ ^[0-9]+$ ]] || RESULT_RC=1
     [[ "$RESULT" != failed ]] || return 0
     [[ "$RESULT" != preempted ]] || return 0

@@ -177,6 +177,16 @@ class WorkdirLock:
     self._fd = fd
     return self
 
+  def intact(self) -> bool:
+    """Whether the lock file is still the one this lock holds: False once the workdir was deleted
+    or replaced under the run (True when nothing is held, e.g. a remote workdir)."""
+    if self._fd is None:
+      return True
+    try:
+      return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+    except FileNotFoundError:
+      return False
+
   def release(self) -> None:
     if self._fd is not None:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -484,17 +494,25 @@ class RunDir:
   def path(self, name: str) -> epath.Path:
     return epath.Path(self.workdir) / name
 
-  def finished_results(self, checkpointer, total_steps: int,
-                       record_path: Callable[[int], str]) -> dict[str, Any] | None:
-    """The stored results when the workdir holds a checkpoint of the last step (a finished run is
-    not trained again), else None."""
+  def check_intact(self) -> None:
+    """Raises FileNotFoundError when the workdir was deleted or replaced while the run wrote to it
+    (its lock file is gone): Orbax would recreate it, without the run's other files."""
+    if not self._lock.intact():
+      raise FileNotFoundError(errno.ENOENT, 'the workdir vanished while the run wrote to it',
+                              self.workdir)
+
+  def finished_results(self, checkpointer, total_steps: int, record_path: Callable[[int], str],
+                       abstract_state: Any) -> dict[str, Any] | None:
+    """The stored results when the workdir holds an intact checkpoint of the last step (a
+    finished run is not trained again), else None. The checkpoint is restored to be sure: a
+    damaged one is `resume`'s to set aside, and the run continues from an older one."""
     latest = checkpointer.latest_step()
     if latest is None or latest < total_steps:
       return None
     try:
-      meta = checkpointer.read_meta(latest)
-    except ckpt_lib.CheckpointDamaged:
-      return None  # `resume` sets it aside and continues from an older one
+      _, meta = checkpointer.restore(latest, abstract_state)
+    except (ckpt_lib.CheckpointDamaged, ckpt_lib.CheckpointMismatch):
+      return None
     logging.info('The run in %s has finished (checkpoint of step %d of %d); nothing to train. '
                  'Evaluate it with --mode=eval.', self.workdir, latest, total_steps)
     results = metrics_lib.read_json(self.path('results.json'))
@@ -570,8 +588,8 @@ _FIXES = {
     errno.EACCES: 'no permission to write there: choose a --workdir you may write to',
     errno.EPERM: 'no permission to write there: choose a --workdir you may write to',
     errno.EEXIST: 'something else created that path: remove it, or use another --workdir',
-    errno.ENOENT: 'a directory of the run vanished while it ran: restore it, or use another '
-                  '--workdir',
+    errno.ENOENT: 'a directory of the run vanished while it ran: rerun the same command (it '
+                  'resumes from the last complete checkpoint, or starts again where none is left)',
     errno.ENOTDIR: 'a part of the path is a regular file: choose another --workdir',
 }
 _TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)")
@@ -586,19 +604,25 @@ def _chain(exc: BaseException):
     exc = exc.__cause__ or exc.__context__
 
 
-def _last_complete_step(path: str, workdir: str | None) -> int | None:
-  parts = path.split(os.sep)
+def _kept_checkpoints(path: str | None, workdir: str | None) -> str:
+  """What is left of the run's checkpoints after a failed write, as found on disk (a vanished
+  workdir has none left, whatever Orbax's atomic writes promise)."""
+  parts = path.split(os.sep) if path else []
   if 'checkpoints' in parts:
     root = os.sep.join(parts[:parts.index('checkpoints') + 1])
   elif workdir:
     root = os.path.join(workdir, 'checkpoints')
   else:
-    return None
+    return 'complete checkpoints are intact (Orbax writes them atomically)'
+  if fetch.is_remote(root):
+    return 'complete checkpoints are intact (Orbax writes them atomically)'
   try:
     steps = [int(n) for n in os.listdir(root) if n.isdigit()]
   except OSError:
-    return None
-  return max(steps) if steps else None
+    return f'no checkpoint is left ({root} is gone)'
+  if not steps:
+    return f'no complete checkpoint is in {root}'
+  return f'the last complete checkpoint (step {max(steps)}) is intact'
 
 
 def os_failure(exc: BaseException, workdir: str | None = None) -> str | None:
@@ -619,8 +643,11 @@ def os_failure(exc: BaseException, workdir: str | None = None) -> str | None:
     if code is not None:
       path = path or workdir
       where = f' ({path})' if path else ''
-      step = _last_complete_step(path, workdir) if path else None
-      kept = (f'the last complete checkpoint (step {step}) is intact' if step is not None
-              else 'complete checkpoints are intact (Orbax writes them atomically)')
-      return f'{os.strerror(code)} while writing the run{where}: {_FIXES[code]}; {kept}.'
+      return (f'{os.strerror(code)} while writing the run{where}: {_FIXES[code]}; '
+              f'{_kept_checkpoints(path, workdir)}.')
+  if workdir and not fetch.is_remote(workdir) and not os.path.isdir(workdir):
+    # Whatever a writer raised, the cause is the vanished workdir (Orbax, for one, may fail on
+    # the metadata it can no longer find rather than on the directory).
+    return (f'The workdir {workdir} vanished while the run wrote to it ({type(exc).__name__}): '
+            'rerun the same command to start again; no checkpoint is left.')
   return None

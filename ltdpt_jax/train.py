@@ -187,14 +187,12 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
 
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False
                        ) -> dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns results.
-
-  Returns {'last', 'best', 'workdir'} (the records of the last and the best evaluation by
-  `config.train.best_metric`), or {'stopped_at': step} when SIGTERM or SIGINT stopped the run
-  after a checkpoint; a finished run returns its stored results. Raises SetupError for bad
-  inputs (before any step) and FloatingPointError if training diverges. The workdir's lifecycle
-  (lock, signals, resume past damaged checkpoints, config drift, results) is `run_dir.RunDir`'s.
-  """
+  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns {'last',
+  'best', 'workdir'} (the last and the best evaluation by `config.train.best_metric`; a finished
+  run's stored ones), or {'stopped_at': step} when SIGTERM or SIGINT stopped the run after a
+  checkpoint. Raises SetupError for bad inputs (before any step) and FloatingPointError if
+  training diverges. The workdir's lifecycle (lock, signals, resume past damaged checkpoints,
+  config drift, results) is `run_dir.RunDir`'s."""
   with run_dir_lib.RunDir(workdir, config, allow_config_change=allow_config_change) as run:
     # Set up: the parts the config describes, and the evaluators.
     setup = _setup(config)
@@ -207,7 +205,8 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
                                          best_metric=run.best.key)
     writer = train_iter = None
     try:
-      results = run.finished_results(checkpointer, setup.total_steps, record_path)
+      results = run.finished_results(checkpointer, setup.total_steps, record_path,
+                                     setup.abstract_state())
       if results is not None:
         return results
       # Resume: the newest checkpoint that restores, with the data iterator's position.
@@ -266,13 +265,21 @@ def _loop(setup: Setup, state, train_iter, evaluators, run, checkpointer, writer
   if first_step == 0:
     metrics_lib.write_json(run.path('run_info.json'), start_info)
 
-  def save(step, state, iter_state, metrics=None):
-    step_lib.check_finite(state, step, checkpointer.latest_step())
-    checkpointer.save(step, state, data_iter=ckpt_lib.IteratorState(iter_state),
-                      meta=setup.meta(step // spe, best=run.best.best), metrics=metrics)
-
   progress = metrics_lib.Progress(total, config.data.batch_size, first_step)
   pending = []   # device metrics of steps not yet written
+
+  def save(step, state, iter_state, metrics=None):
+    run.check_intact()
+    step_lib.check_finite(state, step, checkpointer.latest_step())
+    # Every step up to a checkpoint is recorded on disk with it (metrics.jsonl and TensorBoard),
+    # so a run killed after it loses none: the state's copy to the host waits for the step anyway.
+    if pending:
+      _write_train_metrics(writer, pending, progress, setup, step, checkpointer)
+      pending.clear()
+    checkpointer.save(step, state, data_iter=ckpt_lib.IteratorState(iter_state),
+                      meta=setup.meta(step // spe, best=run.best.best), metrics=metrics)
+    writer.flush()
+
   for batch, iter_state in itertools.chain([first_batch], batches):
     state, step_metrics = compiled(state, setup.frozen, batch)
     step += 1
@@ -280,7 +287,7 @@ def _loop(setup: Setup, state, train_iter, evaluators, run, checkpointer, writer
     if itstime(step, tc.log_every_steps, total) or epoch_end:
       ready, pending = pending, [step_metrics]  # earlier steps' metrics, while this one runs
       if ready:
-        _write_train_metrics(writer, ready, progress, setup, step - 1)
+        _write_train_metrics(writer, ready, progress, setup, step - 1, checkpointer)
     else:
       pending.append(step_metrics)
 
@@ -309,26 +316,27 @@ def _loop(setup: Setup, state, train_iter, evaluators, run, checkpointer, writer
       if not saved:
         save(step, state, iter_state)
       if pending:
-        _write_train_metrics(writer, pending, progress, setup, step)
+        _write_train_metrics(writer, pending, progress, setup, step, checkpointer)
       checkpointer.wait()
       logging.warning('Stopped at step %d after a checkpoint; rerun the same command to '
                       'resume.', step)
       return step
   if pending:
-    _write_train_metrics(writer, pending, progress, setup, step)
+    _write_train_metrics(writer, pending, progress, setup, step, checkpointer)
   return None
 
 
-def _write_train_metrics(writer, ready, progress, setup, step):
+def _write_train_metrics(writer, ready, progress, setup, step, checkpointer):
   """Averages fetched step metrics, checks for NaN, prints and writes one train record."""
   fetched = jax.device_get(ready)
   scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
   if not all(math.isfinite(v) for v in scalars.values()):
     bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+    kept = step_lib.kept_checkpoint(checkpointer.latest_step())
     raise FloatingPointError(
         f'Non-finite training metrics {bad} around step {step}. The run stopped without '
-        'writing a checkpoint of this state; the last checkpoint is intact. Lower '
-        '--config.optim.lr or check the data and rerun.')
+        f'writing a checkpoint of this state; {kept}. Lower --config.optim.lr or check the data '
+        'and rerun.')
   rates = progress.report(step)
   epoch = step / setup.steps_per_epoch
   scalars.update(rates, epoch=epoch, lr=setup.learning_rate(step))
@@ -345,15 +353,12 @@ def _write_train_metrics(writer, ready, progress, setup, step):
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, *,
                         allow_config_change: bool = False) -> dict[str, Any]:
-  """Runs every evaluator of `config.evals` on the checkpoint of `step` (default latest).
-
-  Each writes its record into `workdir` (e.g. `eval_<step>.json`), equal to the one the training
-  run wrote for that step (same eval step, data order and padding), whatever the device or
-  process count. Returns the record of the `config.train.best_metric` evaluator. Raises
-  SetupError when `workdir` holds no checkpoint (or none of `step`), before anything is built;
-  when the checkpoint is damaged (naming the steps that can be evaluated); and when the config's
-  model or evaluation data, or the backbone file, differ from the run's (`run_dir.accept_config`).
-  """
+  """Runs every evaluator of `config.evals` on the checkpoint of `step` (default latest); returns
+  the `config.train.best_metric` evaluator's record. Each record (e.g. `eval_<step>.json`) equals
+  the training run's of that step, whatever the device or process count. Raises SetupError
+  when `workdir` holds no such checkpoint (before anything is built), when it is damaged (naming
+  the steps that can be evaluated), and when the config's model or evaluation data, or the
+  backbone file, differ from the run's (`run_dir.accept_config`)."""
   if jax.process_count() > 1 and epath.Path(workdir).is_dir():
     try:
       run_dir_lib.check_shared(workdir)  # or process 0 alone would find the checkpoints

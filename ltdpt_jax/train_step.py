@@ -164,12 +164,16 @@ def check_finite(state, step: int, last_saved: int | None):
   device-to-host copy waits for it anyway (checkpoint and epoch-end steps).
   """
   if not bool(_all_finite((state.params, state.opt_state))):
-    kept = (f'the last checkpoint (step {last_saved}) is intact' if last_saved is not None
-            else 'no checkpoint was written')
     raise FloatingPointError(
         f'The trainable parameters are not finite (NaN/inf) after step {step}: training diverged. '
-        f'The run stopped without checkpointing this state; {kept}. Lower --config.optim.lr '
-        '(or check the data) and start again.')
+        f'The run stopped without checkpointing this state; {kept_checkpoint(last_saved)}. '
+        'Lower --config.optim.lr (or check the data) and start again.')
+
+
+def kept_checkpoint(last_saved: int | None) -> str:
+  """What a run that stops on NaN/inf says of its checkpoints (`last_saved`: the newest step)."""
+  return (f'the last checkpoint (step {last_saved}) is intact' if last_saved is not None
+          else 'no checkpoint was written')
 
 
 def compiled_flops(compiled) -> float | None:

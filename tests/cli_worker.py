@@ -13,6 +13,11 @@ injected from the environment, for the tests only:
                                  file, creates the file $LTDPT_TEST_MARKER and hangs (the
                                  checkpoint is half written)
   LTDPT_TEST_ENOSPC_IN_SAVE=k    the save of step k fails with ENOSPC (a full disk, injected)
+  LTDPT_TEST_SIGTERM_AT_STEP=k   the process sends itself SIGTERM once step k is done (a preemption)
+  LTDPT_TEST_SIGKILL_AT_STEP=k   the process kills itself (SIGKILL) once step k is done (host lost)
+  LTDPT_TEST_DELETE_WORKDIR_IN_SAVE=k      the workdir is deleted during the save of step k
+  LTDPT_TEST_DELETE_WORKDIR_AFTER_SAVE=k   the workdir is deleted once the save of step k is
+                                           complete (between two saves)
 """
 
 from __future__ import annotations
@@ -131,9 +136,37 @@ def restore_state(workdir, step: int | None = None):
 
 def _inject_faults():
   """Patches ltdpt_jax as the LTDPT_TEST_* variables ask (see the module docstring)."""
+  import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import sharding  # pylint: disable=g-import-not-at-top
   from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
+
+  def wait_for_preemption_sync(timeout_s: float = 120):
+    # Several processes: JAX's SIGTERM notifier looks for the signal once a second, then every
+    # process holds its step count under this key while they agree on the step to stop after
+    # (the next one). Waiting here until all did (120 s: a safety net) makes the run stop within
+    # a step or two of this one however fast the steps go. One process: the flag is already set.
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    client, n = distributed.global_state.client, distributed.global_state.num_processes
+    deadline = time.monotonic() + timeout_s
+    while client is not None and time.monotonic() < deadline and len(
+        client.key_value_dir_get('PREEMPTION_CURRENT_COUNTER/')) < n:
+      time.sleep(0.05)
+
+  def signal_after_step(name: str, step: int):
+    # The process sends itself the signal of `name` once step `step` is done: when the loop asks
+    # for the batch of the next step (the one whose iterator state has that step's number).
+    signum = signal.SIGKILL if 'SIGKILL' in name else signal.SIGTERM
+    prefetch = sharding.prefetch_to_device
+
+    def prefetch_then_signal(*args, **kwargs):
+      for batch, iter_state in prefetch(*args, **kwargs):
+        if int(iter_state['step']) == step + 1:
+          print(f'{name}={step}: sending {signum.name} to this process.', flush=True)
+          os.kill(os.getpid(), signum)
+          wait_for_preemption_sync()
+        yield batch, iter_state
+    sharding.prefetch_to_device = prefetch_then_signal
 
   delay = float(os.environ.get('LTDPT_TEST_STEP_DELAY', '0'))
   if delay > 0:
@@ -144,6 +177,10 @@ def _inject_faults():
         time.sleep(delay)
         yield item
     sharding.prefetch_to_device = slow_prefetch
+
+  for name in ('LTDPT_TEST_SIGTERM_AT_STEP', 'LTDPT_TEST_SIGKILL_AT_STEP'):
+    if os.environ.get(name):
+      signal_after_step(name, int(os.environ[name]))
 
   nan_after = os.environ.get('LTDPT_TEST_NAN_AFTER_STEP')
   if nan_after is not None:
@@ -164,6 +201,35 @@ def _inject_faults():
         pathlib.Path(os.environ['LTDPT_TEST_MARKER']).write_text(str(directory))
         time.sleep(600)
     ckpt_lib.IteratorHandler.save = faulty_save
+
+  in_save, after_save = (os.environ.get('LTDPT_TEST_DELETE_WORKDIR_IN_SAVE'),
+                         os.environ.get('LTDPT_TEST_DELETE_WORKDIR_AFTER_SAVE'))
+  if in_save or after_save:
+    delete_workdir(in_save, after_save)
+
+
+def delete_workdir(in_save: str | None, after_save: str | None):
+  """Deletes the run's --workdir during the save of step `in_save` (the checkpoint half written),
+  or once the save of step `after_save` is complete (before the next one)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  workdir = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--workdir='))
+  handler_save, checkpointer_save = ckpt_lib.IteratorHandler.save, ckpt_lib.Checkpointer.save
+
+  def save_in_a_vanishing_workdir(self, directory, item=None, args=None):
+    if pathlib.Path(str(directory)).parent.name.split('.')[0] == in_save:
+      shutil.rmtree(workdir)
+    handler_save(self, directory, item=item, args=args)
+
+  def save_then_delete(self, step, *args, **kwargs):
+    saved = checkpointer_save(self, step, *args, **kwargs)
+    if str(step) == after_save:
+      self.wait()
+      shutil.rmtree(workdir)
+    return saved
+
+  ckpt_lib.IteratorHandler.save = save_in_a_vanishing_workdir
+  ckpt_lib.Checkpointer.save = save_then_delete
 
 
 def wrap_train_step_with_nan(train_module, nan_after: int):

@@ -414,6 +414,22 @@ def test_tpu_failed_run_exits_with_its_code_and_deletes(tmp_path):
   assert out.returncode == 2 and verbs == ['create']
 
 
+def test_tpu_lost_worker_is_rerun_but_a_killed_run_alone_fails(tmp_path):
+  """A worker killed by a signal (137: SIGKILL, e.g. the OOM killer) while the others stopped
+  with 75 (they lost it, after a checkpoint) is a lost host: recreated and resumed, in either
+  order of the workers; a run killed by a signal alone fails with its code, and a bad-input
+  exit beside a 75 fails too."""
+  for i, rcs in enumerate(('75,137,75,75;results', '137,75,75,75;results')):
+    out, _, verbs = _fake_tpu(tmp_path / str(i), rcs, TYPE='v5litepod-16')
+    assert out.returncode == 0, out.stderr
+    assert verbs == ['create', 'delete', 'create', 'delete'], (rcs, verbs)
+    assert 'killed by signal 9' in out.stderr
+  out, _, verbs = _fake_tpu(tmp_path / 'alone', '0,137,0,0', TYPE='v5litepod-16')
+  assert out.returncode == 137 and verbs == ['create', 'delete'], out.stderr
+  out, _, verbs = _fake_tpu(tmp_path / 'bad', '75,2,75,75', TYPE='v5litepod-16')
+  assert out.returncode == 2 and verbs == ['create', 'delete'], out.stderr
+
+
 def test_tpu_gives_up_after_max_attempts(tmp_path):
   out, _, verbs = _fake_tpu(tmp_path, '75;75', MAX_ATTEMPTS=2)
   assert out.returncode == 75

@@ -55,6 +55,22 @@ def test_unknown_config_key(tmp_path, cache):
   _assert_clean_failure(out, workdir, '--config.model.metod', "did you mean 'method'")
 
 
+def test_config_file_that_does_not_load(tmp_path, cache):
+  """A mistyped path, a Python error in the file, its get_config refusing its argument: one
+  line naming the file and what is wrong (no ml_collections traceback)."""
+  workdir = tmp_path / 'wd'
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config(:\n')
+  cases = [('configs/nope.py', ('--config=configs/nope.py', 'no such file')),
+           (str(broken), ('broken.py', 'SyntaxError', 'line 1')),
+           ('configs/cifar100_lt.py:ratio=7', ('ratio=7', 'ratio must be one of 200, 100')),
+           ('configs/cifar100_lt.py:rati=7', ("Unknown config argument 'rati'", "['ratio']"))]
+  for spec, needles in cases:
+    out = _run(_main(f'--config={spec}', f'--workdir={workdir}'), cache)
+    _assert_clean_failure(out, workdir, *needles)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_invalid_values(tmp_path, cache):
   workdir = tmp_path / 'wd'
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
@@ -164,7 +180,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
   assert 'Traceback' not in out.stderr
   errors = [line for line in out.stderr.splitlines() if line.startswith('Error: ')]
   assert len(errors) == 1 and 'finite' in errors[0] and '--config.optim.lr' in errors[0]
+  assert 'the last checkpoint (step 3) is intact' in errors[0]
   state, _ = cli_worker.restore_state(workdir, 3)
   assert int(state['step']) == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
   assert not (workdir / 'eval_7.json').exists()
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path, cache):
+  """NaN from step 1 on, before the first checkpoint (step 3): exit code 3 and a message that
+  claims no checkpoint."""
+  workdir = tmp_path / 'nan'
+  out = _run(cli_worker.cli_command(_config(), workdir, worker=True), cache,
+             LTDPT_TEST_NAN_AFTER_STEP=1)
+  line = cli_worker.one_error_line(out, 3, 'no checkpoint was written', '--config.optim.lr')
+  assert 'intact' not in line
+  assert not [p for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]

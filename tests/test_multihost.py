@@ -1,19 +1,18 @@
 """Multi-host training: two local processes (2 CPU devices each) through the CLI, one workdir.
 
-The processes find each other through `jax.distributed.initialize` (main.py reads
-LTDPT_COORDINATOR / LTDPT_NUM_PROCESSES / LTDPT_PROCESS_ID), each loads its half of every global
-batch, and their gloo all-reduce makes one data-parallel step over 4 devices. The result must be
-the one-process run's (same global batch 16, float tolerance for the reduction order), with one
-set of metrics and per-process data-iterator states in the shared checkpoints. The run is
-stopped half-way by a SIGTERM to process 1 alone: both processes must stop after the same step
-(JAX's preemption sync) with a checkpoint, and the restarted command finishes the run.
+The processes find each other through `jax.distributed.initialize` (cli.py reads LTDPT_COORDINATOR
+/ LTDPT_NUM_PROCESSES / LTDPT_PROCESS_ID), each loads its half of every global batch, and their
+gloo all-reduce makes one data-parallel step over 4 devices. The result must be the one-process
+run's, with one set of metrics and per-process data-iterator states in the shared checkpoints.
+The run is launched three times: process 1 kills itself mid-run (process 0 stops in one line:
+a lost process), then sends itself SIGTERM (both stop after the same step), then it finishes.
+Faults come at chosen steps (tests/cli_worker.py); time limits are safety nets only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,55 +30,73 @@ import train_utils
 pytestmark = pytest.mark.slow
 
 STEPS = 14
-TIMEOUT_S = 480
+TIMEOUT_S = 480  # a safety net: every wait ends when the processes exit
+HEARTBEAT_S = 15  # LTDPT_HEARTBEAT_TIMEOUT_S of the launch that loses a process
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+def _reserve_port() -> socket.socket:
+  """A bound (never listening) socket whose port the coordinator uses while the socket is open.
+
+  gRPC, which serves JAX's coordination service, binds with SO_REUSEPORT, so it shares the port
+  with this socket; meanwhile the kernel gives the port to no one else (a port found by binding
+  and releasing could be taken in between, e.g. by a test session running beside this one).
+  """
+  s = socket.socket()
+  s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  s.bind(('127.0.0.1', 0))
+  return s
 
 
 _config = train_utils.run_config
 
 
-def _launch(workdir, cache, *, worker=False, cwds=None, workdir_arg=None, **extra_env):
-  """Starts the two processes of one multi-host run; returns their Popen objects. The logs go
-  beside `workdir`; `cwds`: the working directory of each process (default the repository);
-  `workdir_arg`: the --workdir they get (default `workdir`)."""
-  port = _free_port()
-  procs = []
-  for i in range(2):
+def _launch(workdir, cache, name, *, worker=False, ids=(0, 1), cwds=None, workdir_arg=None,
+            env_of=None, **extra_env):
+  """Starts processes `ids` of one two-process run (one launch, called `name`); returns the
+  launch: its processes, their logs (beside `workdir`) and its reserved port. `cwds`: the
+  working directory of each process (default the repository); `workdir_arg`: the --workdir they
+  get (default `workdir`); `env_of`: more environment variables of some process ids."""
+  port = _reserve_port()
+  address = f'127.0.0.1:{port.getsockname()[1]}'
+  procs, logs = {}, {}
+  for i in ids:
     env = train_utils.subprocess_env(num_devices=2)
-    env.update(LTDPT_COORDINATOR=f'127.0.0.1:{port}', LTDPT_NUM_PROCESSES='2',
-               LTDPT_PROCESS_ID=str(i),
+    env.update(LTDPT_COORDINATOR=address, LTDPT_NUM_PROCESSES='2', LTDPT_PROCESS_ID=str(i),
                # one cache per process id: a process never reads an entry the other is writing
                JAX_COMPILATION_CACHE_DIR=str(cache / f'process_{i}'))
-    env.update({k: str(v) for k, v in extra_env.items()})
-    log = open(workdir.parent / f'{workdir.name}_process_{i}.log', 'a')
-    procs.append(subprocess.Popen(
-        cli_worker.cli_command(_config(), workdir_arg or workdir, worker=worker), env=env,
-        cwd=cwds[i] if cwds else train_utils.REPO, stdout=log, stderr=subprocess.STDOUT))
-    log.close()
-  return procs
+    env.update({k: str(v) for k, v in {**extra_env, **(env_of or {}).get(i, {})}.items()})
+    logs[i] = workdir.parent / f'{workdir.name}_{name}_process_{i}.log'
+    with open(logs[i], 'w') as log:
+      procs[i] = subprocess.Popen(
+          cli_worker.cli_command(_config(), workdir_arg or workdir, worker=worker), env=env,
+          cwd=cwds[i] if cwds else train_utils.REPO, stdout=log, stderr=subprocess.STDOUT)
+  return types.SimpleNamespace(procs=procs, logs=logs, port=port, address=address)
 
 
-def _wait(procs, workdir, timeout=TIMEOUT_S, code=0) -> list[str]:
+def _wait(launch, timeout=TIMEOUT_S, code=0) -> dict[int, str]:
+  """Waits for the processes of `launch` to exit (killing them past `timeout`, a safety net);
+  checks their exit codes (`code`: one for all, or a dict by process id); returns their logs."""
   deadline = time.time() + timeout
   try:
-    for p in procs:
+    for p in launch.procs.values():
       p.wait(timeout=max(1.0, deadline - time.time()))
   except subprocess.TimeoutExpired:
     pass
   finally:
-    for p in procs:
+    for p in launch.procs.values():
       if p.poll() is None:
         p.kill()
         p.wait()
-  logs = [(workdir.parent / f'{workdir.name}_process_{i}.log').read_text() for i in range(2)]
-  for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == code, f'process {i} exited with {p.returncode}:\n{log[-4000:]}'
+    launch.port.close()
+  logs = {i: path.read_text() for i, path in launch.logs.items()}
+  for i, p in launch.procs.items():
+    want = code[i] if isinstance(code, dict) else code
+    assert p.returncode == want, f'process {i} exited with {p.returncode}:\n{logs[i][-4000:]}'
   return logs
+
+
+def _errors(log: str) -> list[str]:
+  return [line for line in log.splitlines() if line.startswith('Error: ')]
 
 
 def _steps(workdir) -> list[int]:
@@ -95,37 +112,77 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run(cache, tmp_path_factory):
-  """A two-process run stopped by a SIGTERM to process 1 after its first checkpoint, then
-  restarted with the same command (no fault injection) until it finished."""
+  """One two-process run in three launches of the same command: process 1 kills itself
+  (SIGKILL) after step 6 and process 0 stops on its own; the rerun resumes, and process 1 sends
+  itself SIGTERM after step 8 (both stop after the same step); the third launch finishes."""
   workdir = tmp_path_factory.mktemp('multihost') / 'run'
   t0 = time.perf_counter()
-  procs = _launch(workdir, cache, worker=True, LTDPT_TEST_STEP_DELAY=0.5)
-  deadline = time.time() + TIMEOUT_S
-  while not (workdir / 'checkpoints' / '3').is_dir():
-    if any(p.poll() is not None for p in procs) or time.time() > deadline:
-      _wait(procs, workdir, timeout=1)
-      pytest.fail('the run ended or stalled before its first checkpoint')
-    time.sleep(0.05)
-  procs[1].send_signal(signal.SIGTERM)
-  stopped_logs = _wait(procs, workdir, code=75)  # stopped by a signal: rerun to resume
-  stopped_steps = _steps(workdir)
+  lost = _launch(workdir, cache, 'lost', worker=True, LTDPT_HEARTBEAT_TIMEOUT_S=HEARTBEAT_S,
+                 env_of={1: {'LTDPT_TEST_SIGKILL_AT_STEP': 6}})
+  try:
+    lost.procs[1].wait(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    pass  # _wait stops the processes and reports
   t1 = time.perf_counter()
-  logs = _wait(_launch(workdir, cache), workdir)
-  print(f'two-process run: {t1 - t0:.1f} s until stopped, {time.perf_counter() - t1:.1f} s resumed')
-  return types.SimpleNamespace(workdir=workdir, stopped_logs=stopped_logs,
-                               stopped_steps=stopped_steps, logs=logs)
+  lost_logs = _wait(lost, code={0: 75, 1: -9})  # 75: stopped, rerun to resume
+  t2 = time.perf_counter()
+  lost_steps = _steps(workdir)
+  stopped = _launch(workdir, cache, 'stopped', worker=True,
+                    env_of={1: {'LTDPT_TEST_SIGTERM_AT_STEP': 8}})
+  stopped_logs = _wait(stopped, code=75)  # stopped by a signal: rerun to resume
+  stopped_steps = _steps(workdir)
+  logs = _wait(_launch(workdir, cache, 'finished'))
+  print(f'two-process run: process 1 killed after {t1 - t0:.1f} s, process 0 out {t2 - t1:.1f} s '
+        f'later; {time.perf_counter() - t2:.1f} s to stop (SIGTERM) and finish')
+  return types.SimpleNamespace(workdir=workdir, lost_logs=lost_logs, lost_steps=lost_steps,
+                               stopped_logs=stopped_logs, stopped_steps=stopped_steps, logs=logs)
+
+
+def test_a_lost_process_stops_the_others_in_one_line(run):
+  """Process 1 killed at once (SIGKILL, as when its host goes down): process 0 exits 75 once no
+  heartbeat came for LTDPT_HEARTBEAT_TIMEOUT_S, with one line naming process 1 and how to
+  resume, neither a traceback nor JAX's SIGABRT and stack dump; rerunning both processes
+  resumes from the newest complete checkpoint."""
+  survivor = run.lost_logs[0]
+  assert 'sending SIGKILL' in run.lost_logs[1]
+  errors = _errors(survivor)
+  assert len(errors) == 1, survivor[-3000:]
+  assert 'lost process 1 of 2' in errors[0] and f'for {HEARTBEAT_S} s' in errors[0]
+  assert 'resumes from the last complete checkpoint' in errors[0]
+  for dump in ('Traceback', 'Check failure stack trace', 'Fatal Python error', 'SIGABRT'):
+    assert dump not in survivor, survivor[-3000:]
+  assert 3 in run.lost_steps and max(run.lost_steps) <= 6, run.lost_steps
+  for log in run.stopped_logs.values():
+    assert f'Resumed from the checkpoint of step {max(run.lost_steps)}' in log
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(run):
   stopped = max(run.stopped_steps)
   assert 3 <= stopped < STEPS, run.stopped_steps
-  for log in run.stopped_logs:
+  for log in run.stopped_logs.values():
     assert 'Traceback' not in log
     assert f'Stopped at step {stopped} after a checkpoint' in log, log[-3000:]
   assert 'SIGTERM' in run.stopped_logs[1]
-  for log in run.logs:
+  for log in run.logs.values():
     assert 'Traceback' not in log
     assert f'Resumed from the checkpoint of step {stopped}' in log
+
+
+def test_a_process_started_alone_gives_up_in_one_line(cache, tmp_path):
+  """Process 0, then process 1, started without the other (two runs at once, each with its own
+  port): each exits 2 after LTDPT_CONNECT_TIMEOUT_S with one line naming the process missing
+  and the coordinator, not JAX's SIGABRT after its own initialization timeout."""
+  alone = {i: _launch(tmp_path / f'alone_{i}', cache, 'alone', ids=(i,),
+                      LTDPT_CONNECT_TIMEOUT_S=5) for i in (0, 1)}
+  expected = {0: 'process 1 of 2 did not connect to this process (0, the coordinator at {})',
+              1: 'process 0 of 2 (the coordinator, {}) did not answer process 1'}
+  for i, launch in alone.items():
+    log = _wait(launch, timeout=240, code=2)[i]
+    errors = _errors(log)
+    assert len(errors) == 1, log[-3000:]
+    assert expected[i].format(launch.address) in errors[0]
+    assert 'within 5 s' in errors[0] and 'LTDPT_CONNECT_TIMEOUT_S' in errors[0]
+    assert 'Traceback' not in log and 'Check failure stack trace' not in log
 
 
 def test_two_processes_match_one_process(run, tmp_path):
@@ -192,10 +249,10 @@ def test_a_workdir_each_host_has_alone_is_refused(cache, tmp_path):
   hosts = [tmp_path / 'host_0', tmp_path / 'host_1']
   for h in hosts:
     h.mkdir()
-  logs_at = tmp_path / 'run'  # where _launch/_wait keep the logs (run_process_*.log)
-  procs = _launch(logs_at, cache, cwds=hosts, workdir_arg='run')
-  logs = _wait(procs, logs_at, timeout=240, code=2)
-  for log in logs:
+  logs_at = tmp_path / 'run'  # where _launch keeps the logs (run_refused_process_*.log)
+  logs = _wait(_launch(logs_at, cache, 'refused', cwds=hosts, workdir_arg='run'), timeout=240,
+               code=2)
+  for log in logs.values():
     errors = [line for line in log.splitlines() if line.startswith('Error: ')]
     assert len(errors) == 1, log[-3000:]
     assert 'is not shared by the 2 processes' in errors[0] and 'process(es) [1]' in errors[0]

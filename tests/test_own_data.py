@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -17,6 +18,7 @@ from PIL import ImageOps
 
 import cli_worker
 import image_folders
+import test_bad_inputs as bad_inputs
 import train_utils
 from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax import train
@@ -34,14 +36,24 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   """train/ (long-tailed, nested sub-folders, every file kind, a hidden file, a text file, a
-  corrupt image) and val/ (8 per class, class_04 missing)."""
+  corrupt image, a decompression bomb, two symbolic link loops) and val/ (8 per class, class_04
+  missing)."""
   root = tmp_path_factory.mktemp('own') / 'data'
   image_folders.write_folder(root / 'train', COUNTS, size=32, seed=0, nested=True)
   image_folders.write_folder(root / 'val', [8, 8, 8, 8], size=32, seed=1)
   (root / 'train' / 'class_00' / '.DS_Store').write_bytes(b'\0\1')
   (root / 'train' / 'class_00' / 'README.txt').write_text('not an image')
   (root / 'train' / 'class_01' / 'corrupt.jpg').write_bytes(b'not an image at all')
+  bad_inputs.write_bomb(root / 'train' / 'class_02' / 'huge.png')
+  bad_inputs.add_loops(root / 'train' / 'class_03')
   return root
+
+
+def _bad_entries(root) -> list[str]:
+  """What the scan of `folder`'s train/ finds bad, sorted."""
+  train = root / 'train'
+  return [str(train / 'class_01' / 'corrupt.jpg'), str(train / 'class_02' / 'huge.png'),
+          str(train / 'class_03' / 'loop'), str(train / 'class_03' / 'sub' / 'up')]
 
 
 def _folder_config(root, **data):
@@ -62,27 +74,29 @@ def test_scan_class_order_counts_and_what_it_ignores(folder):
   scan = files.scan_folder(str(folder / 'train'))
   assert scan.class_names == tuple(f'class_{c:02d}' for c in range(5))
   counts = np.bincount(scan.labels)
-  assert counts.tolist() == [120, 61, 30, 12, 6]  # the corrupt .jpg is found (checked later)
+  assert counts.tolist() == [120, 61, 31, 12, 6]  # the corrupt .jpg and the bomb: checked later
   assert scan.ignored == {'hidden': 1, 'not an image': 1}
+  assert sorted(scan.problems) == _bad_entries(folder)[2:]  # the loops: found by the listing
   assert any('/more/' in p for p in scan.paths)  # nested folders belong to their class
   assert any(p.endswith('.PNG') for p in scan.paths) and any(p.endswith('.JPEG')
                                                               for p in scan.paths)
   named = files.scan_folder(str(folder / 'train'), class_names=[f'class_{c:02d}' for c in
                                                                 (4, 3, 2, 1, 0)])
-  assert np.bincount(named.labels).tolist() == [6, 12, 30, 61, 120]
+  assert np.bincount(named.labels).tolist() == [6, 12, 31, 61, 120]
 
 
 def test_sources_counts_groups_and_the_skip_policy(folder, tmp_path):
   info = pipeline.get_dataset_info(_folder_config(folder).data)
   assert info.class_counts.tolist() == COUNTS and info.num_eval == 32
   assert info.class_names == tuple(f'class_{c:02d}' for c in range(5))
-  assert [p for p, _ in info.bad_images] == [str(folder / 'train' / 'class_01' / 'corrupt.jpg')]
+  assert [p for p, _ in info.bad_images] == _bad_entries(folder)
   from ltdpt_jax.evaluators import longtail  # pylint: disable=g-import-not-at-top
   g = longtail.shot_groups(info.class_counts)
   assert (g['head'].tolist(), g['medium'].tolist(), g['tail'].tolist()) == ([0], [1, 2], [3, 4])
-  with pytest.raises(files.DataError, match=r'1 image\(s\) under .*train cannot be read: '
-                                            r'.*corrupt\.jpg.*on_bad_image=.skip.'):
+  with pytest.raises(files.DataError, match=r'4 file\(s\) under .*train cannot be read: '
+                                            r'.*on_bad_image=.skip.') as e:
     pipeline.get_dataset_info(_folder_config(folder, on_bad_image='error').data)
+  assert all(p in str(e.value) for p in _bad_entries(folder)), e.value
 
 
 def _by_hand(path: pathlib.Path) -> np.ndarray:
@@ -274,8 +288,12 @@ def test_training_from_a_folder_records_classes_and_per_class_results(trained, f
   assert run_info['class_names'][0] == 'class_00' and run_info['class_counts'] == COUNTS
   meta = json.loads(sorted((workdir / 'checkpoints').glob('*/meta/metadata'))[-1].read_text())
   assert meta['class_names'] == run_info['class_names']
-  assert (workdir / 'bad_images.txt').read_text().startswith(
-      str(folder / 'train' / 'class_01' / 'corrupt.jpg'))
+  recorded = dict(line.split('\t') for line in
+                  (workdir / 'bad_images.txt').read_text().splitlines())
+  assert sorted(recorded) == _bad_entries(folder)
+  assert recorded[str(folder / 'train' / 'class_02' / 'huge.png')].startswith(
+      'too large (30000 x 30000 pixels')
+  assert recorded[str(folder / 'train' / 'class_03' / 'loop')].startswith('a symbolic link loop')
 
 
 def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, cache, tmp_path):
@@ -315,8 +333,25 @@ def test_predictor_api_arrays_equal_files(trained, folder):
   assert rows[0]['label'] is None and len(rows[0]['top_k']) == 2
 
 
+def test_predict_checks_inputs_before_building_or_restoring(trained, tmp_path, monkeypatch):
+  workdir, _, _ = trained
+  bad_inputs.no_model(monkeypatch)
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'looped').mkdir()
+  bad_inputs.add_loops(tmp_path / 'looped')
+  (tmp_path / 'notes.jpg').write_text('hello')
+  cases = {tmp_path / 'nope': 'nope is not an image, a directory or a list file',
+           tmp_path / 'empty': 'no image files in', tmp_path / 'notes.jpg': 'not an image',
+           bad_inputs.write_bomb(tmp_path / 'bomb.png'): 'bomb.png: too large',
+           tmp_path / 'looped': 'looped/loop: a symbolic link loop'}
+  for path, needle in cases.items():
+    with pytest.raises(predict_lib.PredictError, match=re.escape(needle)):
+      predict_lib.predict_paths(str(workdir), [str(path)])
+
+
 def test_predict_bad_input_is_one_line(trained, folder, cache, tmp_path):
-  """Each problem is one PredictError naming it; through the CLI, one line and exit code 2."""
+  """Each problem is one PredictError naming it; through the CLI, one line and exit code 2, the
+  library logs quiet unless --verbosity=1 asks for them."""
   workdir, _, _ = trained
   with pytest.raises(predict_lib.PredictError, match='holds no run'):
     predict_lib.Predictor.from_workdir(str(tmp_path / 'none'))
@@ -334,8 +369,17 @@ def test_predict_bad_input_is_one_line(trained, folder, cache, tmp_path):
     predict_lib.Predictor.from_workdir(str(other))
   text = tmp_path / 'not_an_image.jpg'
   text.write_text('hello')
-  out = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--workdir={workdir}',
-                            f'--images={text}', f'--out={tmp_path / "p.csv"}'], cache,
-                           timeout=180)
-  cli_worker.one_error_line(out, 2, 'not_an_image.jpg', 'not an image')
+  (tmp_path / 'no_images').mkdir()
+  predict = [sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--out={tmp_path / "p.csv"}']
+  for args, needles in (([f'--workdir={workdir}', f'--images={text}'],
+                         ('not_an_image.jpg', 'not an image')),
+                        ([f'--workdir={workdir}', f'--images={tmp_path / "no_images"}'],
+                         ('no image files in', 'no_images')),
+                        ([f'--workdir={empty}', f'--images={folder / "val"}'],
+                         ('No checkpoint in', 'empty_run'))):
+    bad_inputs.only_error_line(cli_worker.run_cli(predict + args, cache, timeout=180), *needles)
+  out = cli_worker.run_cli(predict + [f'--workdir={empty}', f'--images={text}', '--verbosity=1'],
+                           cache, timeout=180)
+  assert out.returncode == 2 and 'Error: No checkpoint in' in out.stderr, out.stderr[-3000:]
+  assert 'checkpoint_manager.py' in out.stderr  # Orbax's own log lines (and a debug traceback)
   assert not (tmp_path / 'p.csv').exists()

@@ -63,6 +63,20 @@ def _tb_events(tb_dir):
           for payload in _read_tfrecords(path)]
 
 
+def _tensorboard_view(tb_dir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} as TensorBoard shows the event files: read in the order they were
+  written, a restart marker (SessionLog.START at step s) purging the events after step s."""
+  shown: dict[str, dict[int, float]] = {}
+  for event in _tb_events(tb_dir):
+    if event.HasField('session_log') and event.session_log.status == event.session_log.START:
+      for steps in shown.values():
+        for step in [s for s in steps if s > event.step]:
+          del steps[step]
+    for value in event.summary.value:
+      shown.setdefault(value.tag, {})[event.step] = value.simple_value
+  return shown
+
+
 def _popen(args, cache, **extra_env):
   env = train_utils.subprocess_env()
   env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
@@ -128,10 +142,16 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, c
   steps = [r['step'] for r in _train_records(workdir)]
   assert steps == sorted(set(steps)), steps
   assert not any('orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
-  # TensorBoard: the resumed run marks its restart at step 7, so earlier events after it go.
+  # TensorBoard: the resumed run marks its restart at step 7, so earlier events after it go;
+  # what TensorBoard then shows is every record of metrics.jsonl, once.
   starts = [e.step for e in _tb_events(workdir / 'tb') if e.HasField('session_log')
             and e.session_log.status == e.session_log.START]
   assert 7 in starts, starts
+  shown = _tensorboard_view(workdir / 'tb')
+  for tag, split, key in (('train/loss', 'train', 'loss'), ('eval/accuracy', 'eval', 'accuracy')):
+    records = {r['step']: r[key] for r in map(json.loads, open(workdir / 'metrics.jsonl'))
+               if r['split'] == split}
+    assert shown[tag] == pytest.approx(records), tag
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +208,24 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(stopped_at_7, st
   assert len(lines) == 1 and 'step 7' in lines[0] and '7.damaged' in lines[0], lines
   assert 'Resumed from the checkpoint of step 6' in out.stderr
   assert (workdir / 'checkpoints' / '7.damaged').is_dir()  # kept, never chosen again
+  _evals_equal(workdir, straight)
+
+
+def test_damaged_final_checkpoint_is_resumed_past_not_taken_as_finished(straight, cache,
+                                                                         tmp_path):
+  """A finished run whose last checkpoint is damaged: the train command does not call it
+  finished, sets the checkpoint aside, resumes from the one before and ends like the straight
+  run."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight, workdir)
+  _damage(workdir / 'checkpoints' / str(STEPS), 'truncated array file')
+  out = cli_worker.run_cli(_cli(workdir), cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'has finished' not in out.stderr and 'Traceback' not in out.stderr
+  lines = [l for l in out.stderr.splitlines() if 'is damaged' in l]
+  assert len(lines) == 1 and f'step {STEPS}' in lines[0], lines
+  assert 'Resumed from the checkpoint of step 12' in out.stderr
+  assert (workdir / 'checkpoints' / f'{STEPS}.damaged').is_dir() and STEPS in _steps(workdir)
   _evals_equal(workdir, straight)
 
 
@@ -350,6 +388,19 @@ def test_full_disk_is_one_line_and_resumes_exactly_with_space(straight, cache, t
   _evals_equal(moved, straight)
   steps = [r['step'] for r in _train_records(moved)]
   assert steps == sorted(set(steps)), steps
+
+
+@pytest.mark.parametrize('hook,step', [('LTDPT_TEST_DELETE_WORKDIR_IN_SAVE', 6),
+                                       ('LTDPT_TEST_DELETE_WORKDIR_AFTER_SAVE', 3)])
+def test_workdir_deleted_during_a_run_is_one_true_line(cache, tmp_path, hook, step):
+  """The workdir deleted while a checkpoint is being written, or between two saves (3 and 6,
+  with no evaluation between them to notice): one line, exit code 2, no traceback from any
+  thread, no claim that a checkpoint is intact, and no half-empty workdir written anew."""
+  workdir = tmp_path / 'run'
+  out = cli_worker.run_cli(_cli(workdir, worker=True), cache, **{hook: step})
+  line = cli_worker.one_error_line(out, 2, 'vanished', 'no checkpoint is left', 'rerun')
+  assert 'intact' not in line
+  assert not workdir.exists()
 
 
 # ---------------------------------------------------------------------------------------------

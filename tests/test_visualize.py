@@ -17,6 +17,7 @@ from ltdpt_jax import train
 from ltdpt_jax.tools import visualize
 
 import cli_worker
+import test_bad_inputs as bad_inputs
 import train_utils
 
 MAPS = ('gradcam_pred', 'gradcam_true', 'fr_attention', 'br_attention', 'cls_attention',
@@ -109,19 +110,35 @@ def test_visualize_on_image_files(runs, tmp_path):
   assert _size(tmp_path / 'out' / 'maps.png') == plot.figure_pixels(plot.maps_size(3, 5))
 
 
-def test_visualize_bad_input_is_one_line(runs, cache, tmp_path):
+def test_visualize_bad_input_is_one_line(runs, cache, tmp_path, monkeypatch):
+  """Each problem is one line (exit code 2), found from the runs' records and the inputs before
+  any model is built or checkpoint restored, with the library logs quiet."""
   other = tmp_path / 'other'  # the VPT run, rebuilt at another image size
   shutil.copytree(runs[1], other)
   config = json.loads((other / 'config.json').read_text())
   config['data']['image_size'] = 32
   (other / 'config.json').write_text(json.dumps(config))
-  with pytest.raises(predict_lib.PredictError, match='other classes or image size'):
-    visualize.run_visualize(str(runs[0]), str(tmp_path / 'out'),
-                            compare_workdir=str(tmp_path / 'other'))
-  proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.visualize',
-                             f'--workdir={tmp_path / "none"}', f'--out={tmp_path / "o"}'],
-                            cache, timeout=120)
-  cli_worker.one_error_line(proc, 2, 'holds no run')
+  renamed = tmp_path / 'renamed'  # the VPT run, its checkpoints' classes renamed
+  shutil.copytree(runs[1], renamed)
+  for path in renamed.glob('checkpoints/*/meta/metadata'):
+    meta = json.loads(path.read_text())
+    meta['class_names'] = [f'other {name}' for name in meta['class_names']]
+    path.write_text(json.dumps(meta))
+  (tmp_path / 'no_images').mkdir()
+  bad_inputs.no_model(monkeypatch)
+  for kwargs, needle in (({'compare_workdir': str(other)}, 'other classes or image size'),
+                         ({'compare_workdir': str(renamed)}, 'other classes or image size'),
+                         ({'images': [str(tmp_path / 'no_images')]}, 'no image files in')):
+    with pytest.raises(predict_lib.PredictError, match=needle):
+      visualize.run_visualize(str(runs[0]), str(tmp_path / 'out'), **kwargs)
+  command = [sys.executable, '-m', 'ltdpt_jax.tools.visualize', f'--out={tmp_path / "o"}']
+  for args, needles in (([f'--workdir={tmp_path / "none"}'], ('holds no run',)),
+                        ([f'--workdir={runs[0]}', f'--compare_workdir={renamed}'],
+                         ('renamed is a run of other classes',)),
+                        ([f'--workdir={runs[0]}', f'--images={tmp_path / "no_images"}'],
+                         ('no image files in', 'no_images'))):
+    bad_inputs.only_error_line(cli_worker.run_cli(command + args, cache, timeout=120), *needles)
+  assert not (tmp_path / 'o').exists()
 
 
 def test_plot_command_overlays_runs(runs, cache, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -43,37 +44,78 @@ class Scan:
   class_names: tuple[str, ...]
   ignored: dict[str, int]  # 'hidden', 'not an image': counts
   where: str               # the folder or list file, for messages
+  # {path: problem} of what the listing found bad (symbolic link loops); `without_bad` handles
+  # them with the unreadable images.
+  problems: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def walk_images(folder: str, ignored: dict[str, int] | None = None) -> list[str]:
+def walk_images(folder: str, ignored: dict[str, int] | None = None,
+                problems: dict[str, str] | None = None, above: frozenset = frozenset()
+                ) -> list[str]:
   """Image files below `folder` (recursive, sorted), listed with `os.scandir` (no decoding).
 
   Extensions `IMAGE_EXTENSIONS` match case-insensitively; hidden files and folders (starting with
   '.') and files of other extensions are skipped, and `ignored` counts them ('hidden', 'not an
-  image') for the log.
+  image') for the log. Symbolic links to folders are followed, except those that loop (back to a
+  folder above them, or to themselves): `problems` gets {link: what is wrong} of those. `above`:
+  the folders above `folder` that count too ({(st_dev, st_ino)}, e.g. the classes' root).
   """
   ignored = {} if ignored is None else ignored
-  out, stack = [], [folder]
+  problems = {} if problems is None else problems
+  out, stack = [], [(folder, above | {_folder_id(folder)})]
   while stack:
-    current = stack.pop()
+    current, chain = stack.pop()  # `chain`: the folders the walk came through, itself included
     with os.scandir(current) as it:
       entries = sorted(it, key=lambda e: e.name)
     subdirs = []
     for e in entries:
       if e.name.startswith('.'):
         ignored['hidden'] = ignored.get('hidden', 0) + 1
-      elif e.is_dir(follow_symlinks=True):
-        subdirs.append(e.path)
+      elif loop := symlink_loop(e, chain):
+        problems[e.path] = loop
+      elif is_folder(e):
+        subdirs.append((e.path, chain | {_folder_id(e.path)}))
       elif is_image_name(e.name):
         out.append(e.path)
       else:
         ignored['not an image'] = ignored.get('not an image', 0) + 1
     stack.extend(reversed(subdirs))
   return sorted(out)
+
+
+def _folder_id(path: str) -> tuple[int, int]:
+  st = os.stat(path)
+  return st.st_dev, st.st_ino
+
+
+def is_folder(entry: os.DirEntry) -> bool:
+  """Whether a directory entry is a folder or a link to one (False for a link that loops)."""
+  try:
+    return entry.is_dir(follow_symlinks=True)
+  except OSError:
+    return False
+
+
+def symlink_loop(entry: os.DirEntry, above: frozenset = frozenset()) -> str | None:
+  """What is wrong with a symbolic link that loops: to itself (or a chain of links back to
+  itself), or to one of the folders `above` it ({(st_dev, st_ino)}); None for any other entry."""
+  if not entry.is_symlink():
+    return None
+  try:
+    st = os.stat(entry.path)
+  except OSError as e:
+    if e.errno != errno.ELOOP:
+      return None  # a dangling link: listed (and found unreadable) or ignored, like any file
+    return (f'a symbolic link loop (-> {os.readlink(entry.path)}, which never reaches a file or '
+            'folder)')
+  if (st.st_dev, st.st_ino) not in above:
+    return None
+  return (f'a symbolic link loop (-> {os.readlink(entry.path)}, back to '
+          f'{os.path.realpath(entry.path)} above it)')
 
 
 def _local_only(path: str, key: str) -> str:
@@ -87,7 +129,7 @@ def _local_only(path: str, key: str) -> str:
   return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def _class_folders(root: str, key: str) -> list[str]:
+def _class_folders(root: str, key: str, problems: dict[str, str]) -> list[str]:
   if not root:
     raise DataError(f"config.data.{key} is not set; point it at a folder of class folders "
                     "(<dir>/<class name>/<images>).")
@@ -95,8 +137,10 @@ def _class_folders(root: str, key: str) -> list[str]:
     raise DataError(f'config.data.{key}={root!r} is not a directory; point it at a folder of '
                     'class folders (<dir>/<class name>/<images>).')
   with os.scandir(root) as it:
-    names = sorted(e.name for e in it if e.is_dir(follow_symlinks=True)
-                   and not e.name.startswith('.'))
+    entries = [e for e in it if not e.name.startswith('.')]
+  above = frozenset([_folder_id(root)])
+  problems.update((e.path, loop) for e in entries if (loop := symlink_loop(e, above)))
+  names = sorted(e.name for e in entries if e.path not in problems and is_folder(e))
   if not names:
     raise DataError(f'config.data.{key}={root!r} has no class folders: put each class\'s images '
                     'in <dir>/<class name>/.')
@@ -113,7 +157,8 @@ def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str
   `class_names` may have no folder or no image there.
   """
   root = _local_only(root, key) if root else ''
-  folders = _class_folders(root, key)
+  problems: dict[str, str] = {}
+  folders = _class_folders(root, key, problems)
   names = tuple(class_names) if class_names else tuple(folders)
   index = {n: i for i, n in enumerate(names)}
   unknown = [f for f in folders if f not in index]
@@ -126,7 +171,8 @@ def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str
   ignored: dict[str, int] = {}
   paths, labels = [], []
   for folder in folders:
-    found = walk_images(os.path.join(root, folder), ignored)
+    found = walk_images(os.path.join(root, folder), ignored, problems,
+                        frozenset([_folder_id(root)]))
     if not found and not allow_empty_classes:
       raise DataError(f'Class folder {os.path.join(root, folder)} has no images (extensions '
                       f'{", ".join(IMAGE_EXTENSIONS)}); add some or remove the folder.')
@@ -134,7 +180,7 @@ def scan_folder(root: str, *, class_names: Sequence[str] | None = None, key: str
     labels += [index[folder]] * len(found)
   if not paths:
     raise DataError(f'config.data.{key}={root!r} has no images in its class folders.')
-  return Scan(tuple(paths), np.asarray(labels, np.int64), names, ignored, root)
+  return Scan(tuple(paths), np.asarray(labels, np.int64), names, ignored, root, problems)
 
 
 def _parse_lines(path: str) -> list[tuple[int, str, str]]:
@@ -242,12 +288,46 @@ def _decode_problem(path: str) -> str | None:
   return None
 
 
+def declared_size(path: str, fmt: str | None = None) -> tuple[int, int]:
+  """(width, height) as the header of an image file declares it, read by Pillow's parser of its
+  format (`fmt`, else found from the first bytes) without decoding, and without the size check
+  of `Image.open` (which raises on a decompression bomb before saying its size)."""
+  if fmt is None:
+    with open(path, 'rb') as f:
+      fmt = _format_of(f.read(16))
+  Image.init()
+  if fmt not in Image.OPEN:
+    raise ValueError(f'no header parser for {fmt or "this format"}')
+  with Image.OPEN[fmt][0](path) as im:
+    return im.size
+
+
+def _pixel_problem(size: tuple[int, int]) -> str | None:
+  """Pillow's limit against decompression bombs (`Image.MAX_IMAGE_PIXELS`) against a size."""
+  limit, (width, height) = Image.MAX_IMAGE_PIXELS, size
+  if not limit or width * height <= limit:
+    return None
+  return (f'too large ({width} x {height} pixels, over the {limit:,} of '
+          'PIL.Image.MAX_IMAGE_PIXELS: a decompression bomb?)')
+
+
+def _size_problem(path: str, fmt: str) -> str | None:
+  """A declared size over Pillow's limit; a header Pillow cannot parse is a problem only when
+  the file does not decode either."""
+  try:
+    size = declared_size(path, fmt)
+  except Exception:  # pylint: disable=broad-except  # Pillow raises many kinds
+    return _decode_problem(path)
+  return _pixel_problem(size)
+
+
 def _header_problem(path: str) -> str | None:
   """None if the file looks like a complete image, else what is wrong.
 
-  Two small reads: the first bytes must be those of an image format, and a JPEG, PNG or GIF must
-  end the way a complete file does (a file cut short is the commonest damage). Only a file whose
-  end looks wrong is decoded, to tell damage from harmless trailing bytes.
+  Two small reads and the header: the first bytes must be those of an image format, the size
+  the header declares within Pillow's limit (`_pixel_problem`), and a JPEG, PNG or GIF must end
+  the way a complete file does (a file cut short is the commonest damage). Only a file whose end
+  (or header) looks wrong is decoded, to tell damage from harmless trailing bytes.
   """
   try:
     size = os.path.getsize(path)
@@ -259,27 +339,40 @@ def _header_problem(path: str) -> str | None:
     return f'not readable ({e.strerror})'
   fmt = _format_of(head)
   if fmt is None:
-    return f'not an image ({size} bytes starting {head[:8]!r}; not JPEG, PNG, GIF, BMP, TIFF or WEBP)'
+    return (f'not an image ({size} bytes starting {head[:8]!r}; not JPEG, PNG, GIF, BMP, TIFF or '
+            'WEBP)')
+  if problem := _size_problem(path, fmt):
+    return problem
   end, missing = _ENDS.get(fmt, (b'', ''))
   if end and end not in tail[-16:] and _decode_problem(path):
     return f'a {fmt} cut short ({missing})'
   return None
 
 
+_CHECKS_VERSION = 2  # one more for each new check: the cached results of older checks are stale
+
+
 def _listing_key(paths: Sequence[str]) -> str:
-  h = hashlib.sha1()
+  """What a cached check result holds for: the checks (their version, Pillow's pixel limit) and
+  the listing (paths, sizes, mtimes)."""
+  h = hashlib.sha1(f'checks {_CHECKS_VERSION}, {Image.MAX_IMAGE_PIXELS} px\n'.encode())
   for p in paths:
-    st = os.stat(p)
-    h.update(f'{p}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    try:
+      st = os.stat(p)
+      stamp = f'{st.st_size}\0{st.st_mtime_ns}'
+    except OSError as e:  # a dangling link: the check says so
+      stamp = f'errno {e.errno}'
+    h.update(f'{p}\0{stamp}\n'.encode())
   return h.hexdigest()
 
 
 def check_images(paths: Sequence[str], *, cache: bool = True) -> dict[str, str]:
   """{path: problem} of the files that fail the header check (`_header_problem`, no decoding).
 
-  The check catches the commonest damage, a file cut short. The result for an identical listing
-  (paths, sizes, mtimes) is cached under `fetch.cache_dir()/scans`, so a second scan of the same
-  files only lists them.
+  The check catches the commonest damage, a file cut short, and decompression bombs (a header
+  declaring more pixels than Pillow decodes, `Image.MAX_IMAGE_PIXELS`). The result for an
+  identical listing (paths, sizes, mtimes) is cached under `fetch.cache_dir()/scans`, so a second
+  scan of the same files only lists them.
   """
   key = _listing_key(paths) if cache else None
   cache_file = fetch.cache_dir() / 'scans' / f'{key}.json' if key else None
@@ -288,8 +381,8 @@ def check_images(paths: Sequence[str], *, cache: bool = True) -> dict[str, str]:
       return json.loads(cache_file.read_text())
     except ValueError:
       pass
-  # One Python loop (tens of microseconds a file): threads would only contend for the GIL, and
-  # worker processes cost more to start than they save at that speed.
+  # One Python loop (tens of microseconds a file, the header parse included): threads would only
+  # contend for the GIL, and worker processes cost more to start than they save at that speed.
   problems = {p: r for p in paths if (r := _header_problem(p))}
   if cache_file is not None:
     try:
@@ -337,15 +430,31 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def decode_image(path: str) -> np.ndarray:
-  """The image file at `path` as HWC uint8 RGB (the first frame of an animated GIF; `to_rgb`)."""
+  """The image file at `path` as HWC uint8 RGB (the first frame of an animated GIF; `to_rgb`);
+  DataError for a file that does not decode or is larger than Pillow's limit (`_pixel_problem`),
+  checked before any pixel is decoded."""
   try:
     with Image.open(path) as im:
+      if _pixel_problem(im.size):
+        raise Image.DecompressionBombError(path)
       im.seek(0)
       im.load()
       return np.ascontiguousarray(to_rgb(im))
+  except Image.DecompressionBombError as e:
+    problem, cause = _bomb_problem(path, e), e
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'Cannot decode image {path}: {type(e).__name__}: {e}. Remove or replace it '
-                    "(config.data.on_bad_image='skip' drops the files the scan finds bad).") from e
+    problem, cause = f'{type(e).__name__}: {e}', e
+  raise DataError(f'Cannot decode image {path}: {problem}. Remove or replace it (config.data.'
+                  "on_bad_image='skip' drops the files the scan finds bad).") from cause
+
+
+def _bomb_problem(path: str, error: Exception) -> str:
+  """`_pixel_problem` of a file `Image.open` refused as too large (Pillow's own words if its
+  header does not parse without `Image.open`)."""
+  try:
+    return _pixel_problem(declared_size(path)) or str(error)
+  except Exception:  # pylint: disable=broad-except
+    return f'too large ({error})'
 
 
 class ImageFiles:
@@ -367,7 +476,8 @@ class ImageFiles:
 
 
 def without_bad(scan: Scan, on_bad_image: str) -> tuple[Scan, dict[str, str]]:
-  """The scan without the files that fail the header check ('skip'), or DataError ('error').
+  """The scan without the files that fail the header check and the links that loop
+  (`Scan.problems`) ('skip'), or DataError ('error').
 
   `on_bad_image` is config.data.on_bad_image: 'error' (default) stops before any step naming the
   bad files; 'skip' drops them (counted in the log; the train loop writes their paths to
@@ -376,16 +486,16 @@ def without_bad(scan: Scan, on_bad_image: str) -> tuple[Scan, dict[str, str]]:
   if on_bad_image not in ON_BAD_IMAGE:
     raise DataError(f'config.data.on_bad_image={on_bad_image!r} is not valid; choose one of '
                     f'{ON_BAD_IMAGE}.')
-  bad = check_images(scan.paths)
+  bad = {**scan.problems, **check_images(scan.paths)}
   if bad and on_bad_image == 'error':
     listed = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5])
-    raise DataError(f'{len(bad)} image(s) under {scan.where} cannot be read: {listed}'
+    raise DataError(f'{len(bad)} file(s) under {scan.where} cannot be read: {listed}'
                     f'{" ..." if len(bad) > 5 else ""}. Remove or replace them, or set '
                     "config.data.on_bad_image='skip' to train without them.")
   if not bad:
     return scan, {}
   keep = [i for i, p in enumerate(scan.paths) if p not in bad]
-  logging.warning('Skipping %d unreadable image(s) under %s (config.data.on_bad_image=skip).',
+  logging.warning('Skipping %d unreadable file(s) under %s (config.data.on_bad_image=skip).',
                   len(bad), scan.where)
   return dataclasses.replace(scan, paths=tuple(scan.paths[i] for i in keep),
                              labels=scan.labels[keep]), bad

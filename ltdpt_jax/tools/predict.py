@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -71,46 +72,38 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> 'Predictor':
-    """The run in `workdir` at checkpoint `step` (default: the latest); PredictError when the
-    workdir holds no run or checkpoint, or its backbone file is not the one it trained on.
+    """The run in `workdir` at checkpoint `step` (default: the latest): `from_record` of
+    `read_run`."""
+    return cls.from_record(read_run(workdir, step))
+
+  @classmethod
+  def from_record(cls, record: 'RunRecord') -> 'Predictor':
+    """The run `record` describes, built and restored; PredictError when its backbone file is
+    not the one it trained on or its checkpoint does not restore.
 
     The run is rebuilt from its own records, not from its training data: the config that ran
     (`<workdir>/config.json`), the class names, counts and image size of the checkpoint's
     metadata, the trained prompts and head from the checkpoint, and the frozen backbone from
     `config.model.checkpoint` (its SHA-256 must be the one the run recorded).
     """
-    config_dict = metrics_lib.read_json(os.path.join(workdir, 'config.json'))
-    if config_dict is None:
-      raise PredictError(f'{workdir} holds no run ({os.path.join(workdir, "config.json")} is '
-                         'missing): pass the --workdir of a trained run.')
-    config = ml_collections.ConfigDict(config_dict)
+    config, meta, workdir = record.config, record.meta, record.workdir
+    setup = train.Setup(config, info=record.info, for_training=False)
+    stored = meta.get('backbone_sha256')
+    if 'backbone_sha256' in meta and stored != setup.backbone_sha256:
+      raise PredictError(
+          f'The backbone is not the one the run trained on: {config.model.checkpoint} has '
+          f'SHA-256 {setup.backbone_sha256}, the run recorded {stored}. Point '
+          f'config.model.checkpoint in {workdir}/config.json at the original file.')
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
-      available = checkpointer.all_steps()
-      if not available:
-        raise PredictError(f'No checkpoint in {checkpointer.directory}: train first '
-                           '(python -m ltdpt_jax.main --mode=train with this --workdir).')
-      if step is not None and step not in available:
-        raise PredictError(f'No checkpoint of step {step} in {checkpointer.directory}; '
-                           f'available steps: {sorted(available)} (--checkpoint_step).')
-      step = max(available) if step is None else step
-      try:
-        meta = checkpointer.read_meta(step)
-        setup = train.Setup(config, info=_info_of(meta, config), for_training=False)
-        stored = meta.get('backbone_sha256')
-        if 'backbone_sha256' in meta and stored != setup.backbone_sha256:
-          raise PredictError(
-              f'The backbone is not the one the run trained on: {config.model.checkpoint} has '
-              f'SHA-256 {setup.backbone_sha256}, the run recorded {stored}. Point '
-              f'config.model.checkpoint in {workdir}/config.json at the original file.')
-        state, meta = checkpointer.restore(step, setup.abstract_state())
-      except (ckpt_lib.CheckpointDamaged, ckpt_lib.CheckpointMismatch) as e:
-        raise PredictError(str(e)) from e
+      state, meta = checkpointer.restore(record.step, setup.abstract_state())
+    except (ckpt_lib.CheckpointDamaged, ckpt_lib.CheckpointMismatch) as e:
+      raise PredictError(str(e)) from e
     finally:
       checkpointer.close()
-    logging.info('Predicting with the checkpoint of step %d in %s (%d classes, %d px).', step,
-                 workdir, setup.num_classes, setup.image_size)
-    return cls(setup, state.params, meta, step)
+    logging.info('Predicting with the checkpoint of step %d in %s (%d classes, %d px).',
+                 record.step, workdir, setup.num_classes, setup.image_size)
+    return cls(setup, state.params, meta, record.step)
 
   def predict(self, images, *, preprocess: bool = True) -> dict[str, np.ndarray]:
     """Class probabilities of images: an (N, H, W, 3) uint8 array or a list of HWC uint8 arrays
@@ -137,13 +130,12 @@ class Predictor:
             np.zeros((0,), np.int64)}
 
   def predict_files(self, paths: Sequence[str], *, labels: Sequence[int] | None = None,
-                    top_k: int = 5) -> list[dict[str, Any]]:
+                    top_k: int = 5, checked: bool = False) -> list[dict[str, Any]]:
     """One record per file: path, label name ('' unknown), prediction, probability, top-k
-    [(name, probability)]. Files that are not readable images raise PredictError first."""
-    bad = files.check_images(list(paths), cache=False)
-    if bad:
-      listed = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5])
-      raise PredictError(f'{len(bad)} file(s) are not readable images: {listed}.')
+    [(name, probability)]. Files that are not readable images raise PredictError first
+    (`check_files`; `checked`: the caller did that)."""
+    if not checked:
+      check_files(paths)
     k = max(1, min(int(top_k), len(self.class_names)))
     rows = []
     for start in range(0, len(paths), self.batch_size):
@@ -192,27 +184,77 @@ def _info_of(meta: dict[str, Any], config) -> data_lib.DatasetInfo:
                               class_names=names)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """What a workdir says about its run, read without building the model or restoring arrays:
+  the config that ran, the checkpoint step and that checkpoint's metadata (`read_run`)."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  step: int
+  meta: dict[str, Any]
+
+  @property
+  def info(self) -> data_lib.DatasetInfo:
+    return _info_of(self.meta, self.config)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.info.class_names)
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)  # what `train.Setup` builds the model for
+
+
+def read_run(workdir: str, step: int | None = None) -> RunRecord:
+  """The run in `workdir` at checkpoint `step` (default: the latest): its config.json and the
+  checkpoint's metadata (JSON), in a second or so; PredictError when the workdir holds no run
+  or no such checkpoint, or the metadata does not read."""
+  config_dict = metrics_lib.read_json(os.path.join(workdir, 'config.json'))
+  if config_dict is None:
+    raise PredictError(f'{workdir} holds no run ({os.path.join(workdir, "config.json")} is '
+                       'missing): pass the --workdir of a trained run.')
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    available = checkpointer.all_steps()
+    if not available:
+      raise PredictError(f'No checkpoint in {checkpointer.directory}: train first '
+                         '(python -m ltdpt_jax.main --mode=train with this --workdir).')
+    if step is not None and step not in available:
+      raise PredictError(f'No checkpoint of step {step} in {checkpointer.directory}; '
+                         f'available steps: {sorted(available)} (--checkpoint_step).')
+    step = max(available) if step is None else step
+    meta = checkpointer.read_meta(step)
+  except ckpt_lib.CheckpointDamaged as e:
+    raise PredictError(str(e)) from e
+  finally:
+    checkpointer.close()
+  return RunRecord(workdir, ml_collections.ConfigDict(config_dict), step, meta)
+
+
+def check_files(paths: Sequence[str]) -> None:
+  """PredictError listing the files that are not readable images (`files.check_images`)."""
+  bad = files.check_images(list(paths), cache=False)
+  if bad:
+    listed = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5])
+    raise PredictError(f'{len(bad)} file(s) are not readable images: {listed}'
+                       f'{" ..." if len(bad) > 5 else ""}. Remove or replace them.')
+
+
 def resolve_inputs(paths: Sequence[str], class_names: Sequence[str]
                    ) -> tuple[list[str], list[int] | None]:
   """(image paths, labels or None) of PATHs: images, directories (recursive; labelled when
   their sub-folders are classes of the run) and list files (labelled: `<path> <label>` lines or
-  a `path,label` CSV, paths relative to the list's folder)."""
-  out, labels, labelled = [], [], True
-  index = {n: i for i, n in enumerate(class_names)}
+  a `path,label` CSV, paths relative to the list's folder). PredictError for a PATH that is none
+  of these, a symbolic link loop in a directory, or no image at all."""
+  out, labels, labelled, loops = [], [], True, {}
   for path in paths:
     path = os.path.expanduser(path)
     if os.path.isdir(path):
-      entries = list(os.scandir(path))
-      subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith('.')]
-      loose = [e.name for e in entries if e.is_file() and files.is_image_name(e.name)]
-      if subdirs and not loose and all(d in index for d in subdirs):
-        scan = files.scan_folder(path, class_names=class_names, key='images',
-                                 allow_empty_classes=True)
-        out += scan.paths
-        labels += scan.labels.tolist()
-      else:
-        out += files.walk_images(os.path.abspath(path))
-        labelled = False
+      found, found_labels = _scan_directory(path, class_names, loops)
+      out += found
+      labels += found_labels or []
+      labelled = labelled and found_labels is not None
     elif os.path.isfile(path) and os.path.splitext(path)[1].lower() in LIST_EXTENSIONS:
       scan = files.read_list(path, class_names=class_names, key='images')
       out += scan.paths
@@ -222,10 +264,30 @@ def resolve_inputs(paths: Sequence[str], class_names: Sequence[str]
       labelled = False
     else:
       raise PredictError(f'--images: {path} is not an image, a directory or a list file.')
+  if loops:
+    listed = '; '.join(f'{p}: {r}' for p, r in list(loops.items())[:5])
+    raise PredictError(f'--images: {len(loops)} symbolic link loop(s): {listed}. Remove them.')
   if not out:
     raise PredictError(f'--images: no image files in {list(paths)} (extensions '
                        f'{", ".join(files.IMAGE_EXTENSIONS)}).')
   return out, labels if labelled else None
+
+
+def _scan_directory(path: str, class_names: Sequence[str], loops: dict[str, str]
+                    ) -> tuple[list[str], list[int] | None]:
+  """(image paths, labels) of a directory: labelled (`files.scan_folder`) when its sub-folders
+  are classes of the run and it holds no loose image, else unlabelled (labels None); `loops`
+  gets its links that loop."""
+  with os.scandir(path) as it:
+    entries = list(it)
+  subdirs = [e.name for e in entries if files.is_folder(e) and not e.name.startswith('.')]
+  loose = [e.name for e in entries if files.is_image_name(e.name) and not files.is_folder(e)]
+  if subdirs and not loose and set(subdirs) <= set(class_names):
+    scan = files.scan_folder(path, class_names=class_names, key='images',
+                             allow_empty_classes=True)
+    loops.update(scan.problems)
+    return list(scan.paths), scan.labels.tolist()
+  return files.walk_images(os.path.abspath(path), problems=loops), None
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str, top_k: int) -> None:
@@ -264,17 +326,40 @@ def define_flags() -> None:
   flags.DEFINE_integer('top_k', 5, 'How many classes each row lists.')
 
 
+def start(argv: Sequence[str]) -> None:
+  """`cli.start` for the commands whose arguments are PATHs (this one and `visualize`): the
+  library logs (Orbax, grain) stay quiet unless --verbosity=1 or more asks for them."""
+  cli.start(argv[:1])
+  if flags.FLAGS.verbosity >= 1:
+    handler = logging.get_absl_handler()
+    for quiet in [f for f in handler.filters if isinstance(f, cli.QuietLibraries)]:
+      handler.removeFilter(quiet)
+
+
+def predict_paths(workdir: str, paths: Sequence[str], *, step: int | None = None,
+                  top_k: int = 5) -> tuple[Predictor, list[dict[str, Any]], list[int] | None]:
+  """(predictor, `predict_files` rows, labels or None) of PATHs (`resolve_inputs`) with the run
+  in `workdir`. The run's records and every input are checked before the model is built or the
+  checkpoint restored, so a bad one fails in a second."""
+  record = read_run(workdir, step)
+  images, labels = resolve_inputs(paths, record.class_names)
+  check_files(images)
+  predictor = Predictor.from_record(record)
+  rows = predictor.predict_files(images, labels=labels, top_k=top_k, checked=True)
+  return predictor, rows, labels
+
+
 def main(argv: Sequence[str]) -> None:
   """Writes the CSV and, when every image is labelled, the `--mode=eval` summary (top-1,
   head/medium/tail, per class) next to it as `<out stem>_summary.json`."""
+  start(argv)
   f = flags.FLAGS
   paths = list(f.images or []) + list(argv[1:])
   try:
     if not f.workdir or not paths:
       raise PredictError('pass --workdir=RUN and --images=PATH [PATH ...].')
-    predictor = Predictor.from_workdir(f.workdir, f.checkpoint_step)
-    images, labels = resolve_inputs(paths, predictor.class_names)
-    rows = predictor.predict_files(images, labels=labels, top_k=f.top_k)
+    predictor, rows, labels = predict_paths(f.workdir, paths, step=f.checkpoint_step,
+                                            top_k=f.top_k)
   except (PredictError, files.DataError, run_dir.SetupError, ValueError, FileNotFoundError) as e:
     cli.fail(str(e), cli.EXIT_BAD_INPUT)
   write_csv(rows, f.out, f.top_k)
@@ -289,7 +374,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

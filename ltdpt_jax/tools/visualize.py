@@ -43,17 +43,27 @@ def define_flags() -> None:
 
 
 class Run:
-  """A trained run and its maps (`maps.make_maps_fn`) on the images."""
+  """A trained run: its records (`predict.read_run`: config, classes, image size) at once, its
+  model and checkpoint on `load` (`predict.Predictor`), and its maps (`maps.make_maps_fn`)."""
 
   def __init__(self, workdir: str, step: int | None = None):
     self.workdir = workdir
-    self.predictor = predict_lib.Predictor.from_workdir(workdir, step)
+    self.record = predict_lib.read_run(workdir, step)
+    self.config, self.step = self.record.config, self.record.step
+    self.class_names, self.image_size = self.record.class_names, self.record.image_size
+    self.predictor = self.params = self.model = None
+
+  def load(self) -> 'Run':
+    """Builds the model and restores the checkpoint (seconds; once the inputs are known)."""
+    self.predictor = predict_lib.Predictor.from_record(self.record)
     setup = self.predictor.setup
     self.params = optim.merge_params(self.predictor.params, setup.frozen)
-    self.model, self.image_size = setup.model, setup.image_size
-    self.class_names = self.predictor.class_names
-    self.config = setup.config
-    self.patch_size = self.model.arch.patch_size[0]
+    self.model = setup.model
+    return self
+
+  @property
+  def patch_size(self) -> int:
+    return self.model.arch.patch_size[0]
 
   def maps(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     return maps_lib.compute(self.model, self.params, images, np.maximum(labels, 0),
@@ -63,7 +73,7 @@ class Run:
   def groups(self) -> dict[str, np.ndarray]:
     tail_max, head_min = self.config.data.get('shot_thresholds',
                                               (longtail.TAIL_MAX, longtail.HEAD_MIN))
-    return longtail.shot_groups(self.predictor.setup.info.class_counts, tail_max=int(tail_max),
+    return longtail.shot_groups(self.record.info.class_counts, tail_max=int(tail_max),
                                 head_min=int(head_min))
 
 
@@ -76,12 +86,7 @@ def sample_eval_images(run: Run, num: int, seed: int) -> dict[str, Any]:
 def load_images(paths: Sequence[str], run: Run) -> dict[str, Any]:
   """Images given by PATHs (labelled when in class folders or labelled lists; else -1)."""
   image_paths, labels = predict_lib.resolve_inputs(paths, run.class_names)
-  if not image_paths:
-    raise predict_lib.PredictError(f'no image found in {list(paths)}.')
-  bad = files.check_images(image_paths, cache=False)
-  if bad:
-    raise predict_lib.PredictError(f'{len(bad)} file(s) are not readable images: '
-                                   + '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:5]))
+  predict_lib.check_files(image_paths)
   images = np.stack([transforms.eval_transform(files.decode_image(p), run.image_size)
                      for p in image_paths])
   labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
@@ -102,7 +107,7 @@ def statistics(run: Run, maps: dict[str, np.ndarray], labels: np.ndarray,
     per_image.pop('gradcam_true', None)
   known = labels >= 0
   groups = run.groups() if known.all() else {}
-  return {'workdir': run.workdir, 'step': run.predictor.step,
+  return {'workdir': run.workdir, 'step': run.step,
           'method': run.config.model.method, 'reference': reference,
           'accuracy': float(np.mean(maps['prediction'][known] == labels[known]))
           if known.any() else None,
@@ -123,7 +128,8 @@ def run_visualize(workdir: str, out: str, *, compare_workdir: str | None = None,
   Without `images` the images are a fixed, seeded sample of the run's evaluation split, spread
   over its head, medium and tail classes (the run's dataset must be readable here); with
   `images`, PATHs as `tools.predict` takes them. The runs are rebuilt from their workdirs alone
-  (`predict.Predictor.from_workdir`); all maps come from one jitted program per run.
+  (`predict.Predictor.from_record`), once the runs' records and the images have been checked;
+  all maps come from one jitted program per run.
   """
   run = Run(workdir, step)
   other = Run(compare_workdir) if compare_workdir else None
@@ -134,6 +140,9 @@ def run_visualize(workdir: str, out: str, *, compare_workdir: str | None = None,
         f'({len(other.class_names)} classes, {other.image_size} px) than --workdir={workdir} '
         f'({len(run.class_names)} classes, {run.image_size} px): compare runs of one dataset.')
   batch = load_images(images, run) if images else sample_eval_images(run, num_images, seed)
+  run.load()
+  if other is not None:
+    other.load()
   mine = run.maps(batch['images'], batch['labels'])
   theirs = other.maps(batch['images'], batch['labels']) if other is not None else None
   os.makedirs(out, exist_ok=True)
@@ -168,6 +177,7 @@ def _log_stats(stats: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+  predict_lib.start(argv)
   f = flags.FLAGS
   paths = list(f.images or []) + list(argv[1:])
   try:
@@ -183,7 +193,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
