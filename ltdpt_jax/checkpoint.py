@@ -8,6 +8,7 @@ cannot be read raises `CheckpointDamaged`, a readable one of another model or op
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 from typing import Any
@@ -189,6 +190,10 @@ class Checkpointer:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise bare ones
+      # A failed restore leaves asyncio tasks whose errors nobody retrieves; freed here, at a known
+      # point, their logging cannot run inside a later parse (which corrupts CPython 3.11's
+      # parser state: "AST constructor recursion depth mismatch").
+      gc.collect()
       raise CheckpointDamaged(step, self.directory, f'{what} cannot be read: {_first_line(e)}'
                               ) from e
 

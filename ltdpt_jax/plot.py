@@ -4,7 +4,8 @@ r"""Pictures of runs: per-class accuracy against training frequency, learning cu
   python -m ltdpt_jax.tools.plot --workdir=runs/ltdpt runs/vpt --out=plots_compare   # overlaid
 
 `plot_run` draws the figures of one run, `plot_runs` overlays several; `figure_maps` is the
-map grid of `tools.visualize`. Everything uses matplotlib's Agg backend (no display).
+map grid of `tools.visualize`. Each `*_figure` saves the matplotlib Figure its `*_plot` returns
+(what the tests read back). Everything uses matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def _label(workdir: str) -> str:
 
 def per_class_figure(runs: Sequence[tuple[str, dict[str, Any]]], path: str, *,
                      thresholds: tuple[int, int] = (20, 100)) -> str:
+  """`per_class_plot` saved to `path` (a PNG of PER_CLASS_SIZE); returns the path."""
+  return _save(per_class_plot(runs, thresholds=thresholds), path)
+
+
+def per_class_plot(runs: Sequence[tuple[str, dict[str, Any]]], *,
+                   thresholds: tuple[int, int] = (20, 100)):
   """Accuracy per class against training images; runs = [(label, eval record with 'per_class')].
 
   One dot per class against its training images (log x axis), the head / medium / tail bands
@@ -168,7 +175,7 @@ def per_class_figure(runs: Sequence[tuple[str, dict[str, Any]]], path: str, *,
   ax.legend(loc='lower right', frameon=True)
   ax.grid(True, which='major', axis='y', color='0.6', lw=0.5, alpha=0.6)
   fig.tight_layout()
-  return _save(fig, path)
+  return fig
 
 
 _TRAIN_CURVES = (('loss', 'loss'), ('loss_lt', 'GCL part'), ('loss_orth', 'orthogonality part'))
@@ -177,6 +184,11 @@ _EVAL_CURVES = (('accuracy', 'top-1'), ('head_accuracy', 'head'),
 
 
 def learning_curves_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]], path: str) -> str:
+  """`learning_curves_plot` saved to `path` (a PNG of CURVES_SIZE); returns the path."""
+  return _save(learning_curves_plot(runs), path)
+
+
+def learning_curves_plot(runs: Sequence[tuple[str, list[dict[str, Any]]]]):
   """Train loss (+ GCL and orthogonality parts), learning rate, eval accuracies: runs = [(label,
   metrics.jsonl records)]."""
   plt = _pyplot()
@@ -208,10 +220,15 @@ def learning_curves_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]], pat
     if ax.get_legend_handles_labels()[0]:
       ax.legend(frameon=True)
   fig.tight_layout()
-  return _save(fig, path)
+  return fig
 
 
 def confusion_figure(record: dict[str, Any], path: str) -> str:
+  """`confusion_plot` saved to `path` (a PNG of `confusion_size`); returns the path."""
+  return _save(confusion_plot(record), path)
+
+
+def confusion_plot(record: dict[str, Any]):
   """The record's confusion matrix, classes ordered by training frequency, row-normalised."""
   plt = _pyplot()
   confusion = np.asarray(record['confusion'], float)
@@ -233,13 +250,19 @@ def confusion_figure(record: dict[str, Any], path: str) -> str:
   ax.set_ylabel('true class (training images)')
   ax.set_title(f'Confusion matrix, step {record.get("step", "?")}')
   fig.tight_layout()
-  return _save(fig, path)
+  return fig
 
 
 def figure_maps(path: str, images: np.ndarray, labels: np.ndarray, maps: Mapping[str, Any],
-                class_names: Sequence[str], *, compare: Mapping[str, Any] | None = None,
-                names: tuple[str, str | None] = ('run', None), image_size: int,
-                masks: np.ndarray | None = None) -> str:
+                class_names: Sequence[str], **kwargs) -> str:
+  """`maps_plot` (same arguments) saved to `path` (a PNG of `maps_size`); returns the path."""
+  return _save(maps_plot(images, labels, maps, class_names, **kwargs), path)
+
+
+def maps_plot(images: np.ndarray, labels: np.ndarray, maps: Mapping[str, Any],
+              class_names: Sequence[str], *, compare: Mapping[str, Any] | None = None,
+              names: tuple[str, str | None] = ('run', None), image_size: int,
+              masks: np.ndarray | None = None):
   """`visualize`'s grid: a column per image; rows image, saliency, Grad-CAM, FR and BR
   attention (+ the compared run's Grad-CAM). Each map (scaled to its maximum) is drawn in
   `MAP_CMAP` over the image in grey; with `masks`, the object's outline in white."""
@@ -297,7 +320,7 @@ def figure_maps(path: str, images: np.ndarray, labels: np.ndarray, maps: Mapping
                f'{compare["probabilities"][j][other]:.2f}'
     axes[0, j].set_title(title, fontsize=8)
   fig.tight_layout()
-  return _save(fig, path)
+  return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,19 @@ injected from the environment, for the tests only:
                                  file, creates the file $LTDPT_TEST_MARKER and hangs (the
                                  checkpoint is half written)
   LTDPT_TEST_ENOSPC_IN_SAVE=k    the save of step k fails with ENOSPC (a full disk, injected)
+  LTDPT_TEST_SIGINT_IN_SAVE=k    the save of step k (k=any: of any step) writes its data-iterator
+                                 file, then the process sends itself SIGINT and the save hangs (a
+                                 Ctrl-C while the checkpoint is half written: after
+                                 LTDPT_TEST_SIGINT_AT_STEP, the second one, which must not wait)
   LTDPT_TEST_SIGTERM_AT_STEP=k   the process sends itself SIGTERM once step k is done (a preemption)
+  LTDPT_TEST_SIGINT_AT_STEP=k    the process sends itself SIGINT once step k is done (a Ctrl-C)
   LTDPT_TEST_SIGKILL_AT_STEP=k   the process kills itself (SIGKILL) once step k is done (host lost)
   LTDPT_TEST_DELETE_WORKDIR_IN_SAVE=k      the workdir is deleted during the save of step k
   LTDPT_TEST_DELETE_WORKDIR_AFTER_SAVE=k   the workdir is deleted once the save of step k is
                                            complete (between two saves)
+A signal sent "once step k is done" arrives while the loop fetches the batch of step k + 1, so a
+single process that SIGTERM or SIGINT stops trains step k + 1 and stops after it. Every signal
+hook prints one line naming itself before it sends its signal.
 """
 
 from __future__ import annotations
@@ -156,7 +164,7 @@ def _inject_faults():
   def signal_after_step(name: str, step: int):
     # The process sends itself the signal of `name` once step `step` is done: when the loop asks
     # for the batch of the next step (the one whose iterator state has that step's number).
-    signum = signal.SIGKILL if 'SIGKILL' in name else signal.SIGTERM
+    signum = next(getattr(signal, sig) for sig in ('SIGKILL', 'SIGINT', 'SIGTERM') if sig in name)
     prefetch = sharding.prefetch_to_device
 
     def prefetch_then_signal(*args, **kwargs):
@@ -178,7 +186,8 @@ def _inject_faults():
         yield item
     sharding.prefetch_to_device = slow_prefetch
 
-  for name in ('LTDPT_TEST_SIGTERM_AT_STEP', 'LTDPT_TEST_SIGKILL_AT_STEP'):
+  for name in ('LTDPT_TEST_SIGTERM_AT_STEP', 'LTDPT_TEST_SIGINT_AT_STEP',
+               'LTDPT_TEST_SIGKILL_AT_STEP'):
     if os.environ.get(name):
       signal_after_step(name, int(os.environ[name]))
 
@@ -187,7 +196,8 @@ def _inject_faults():
     wrap_train_step_with_nan(train, int(nan_after))
 
   hang, full = os.environ.get('LTDPT_TEST_HANG_IN_SAVE'), os.environ.get('LTDPT_TEST_ENOSPC_IN_SAVE')
-  if hang or full:
+  interrupt = os.environ.get('LTDPT_TEST_SIGINT_IN_SAVE')
+  if hang or full or interrupt:
     import errno  # pylint: disable=g-import-not-at-top
     from ltdpt_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
     save = ckpt_lib.IteratorHandler.save
@@ -197,6 +207,11 @@ def _inject_faults():
       if step == full:
         raise OSError(errno.ENOSPC, 'No space left on device', str(directory))
       save(self, directory, item=item, args=args)
+      if interrupt in (step, 'any'):
+        print(f'LTDPT_TEST_SIGINT_IN_SAVE={interrupt}: sending SIGINT to this process in the save '
+              f'of step {step}.', flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(600)
       if hang in (step, 'any'):
         pathlib.Path(os.environ['LTDPT_TEST_MARKER']).write_text(str(directory))
         time.sleep(600)

@@ -82,16 +82,28 @@ def colours(source):
   return [fake_tfds.index_of_colour(source[i]['image'][0, 0]) for i in range(len(source))]
 
 
-def test_fake_datasets_are_real_tfds_array_record(fake):
+def test_tfds_datasets_name_their_classes_and_open_only_their_splits(fake):
+  """The class names of each tfds-backed dataset are tfds' label names (CIFAR-100: the fine
+  labels of the raw files; Places-365 and ImageNet: the builders' packaged lists; iNat 2018:
+  all 8142 species, those of the fake's categories first); `open_tfds` reads a prepared split
+  whole and names the splits there are when asked for another."""
+  want = {'cifar100_lt': [f'fine_{i}' for i in range(100)],
+          'places_lt': fake_tfds.places_categories(),
+          'imagenet_lt': fake_tfds.imagenet_synsets()}
+  for dataset, names in want.items():
+    info = pipeline.get_dataset_info(config_for(fake, dataset, imbalance_ratio=10.0).data)
+    assert list(info.class_names) == names and info.num_classes == len(names), dataset
+  inat = pipeline.get_dataset_info(config_for(fake, 'inat2018').data).class_names
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  for name, split, n in (('cifar100', 'train', 2000), ('places365_small', 'validation', 12),
-                         ('imagenet2012', 'train', 12), ('i_naturalist2018', 'validation', 9)):
-    src = tfds.data_source(name, split=split, data_dir=fake['data_dir'], download=False)
-    assert len(src) == n
-    builder = tfds.builder(name, data_dir=fake['data_dir'])
-    assert str(builder.info.file_format.value) == 'array_record'
-  rec = tfds.data_source('places365_small', split='train', data_dir=fake['data_dir'])[0]
-  assert rec['image'].shape == (256, 256, 3) and rec['filename'].startswith(b'data_256/')
+  base = pathlib.Path(tfds.core.tfds_path('image_classification/i_naturalist2018'))
+  assert list(inat) == (base / 'inaturalist2018_labels.txt').read_text().splitlines()
+  for name, split, records in (('cifar100', 'test', fake['cifar']['test']),
+                               ('places365_small', 'validation', fake['places']['validation']),
+                               ('imagenet2012', 'train', fake['imagenet']['train']),
+                               ('i_naturalist2018', 'validation', fake['inat']['validation'])):
+    assert len(sources.open_tfds(name, split, fake['data_dir'])) == len(records), name
+  with pytest.raises(ValueError, match=r"has no split 'val' \(it has \['test', 'train'\]\)"):
+    sources.open_tfds('cifar100', 'val', fake['data_dir'])
 
 
 def test_cifar100_lt_selects_ldam_images_in_original_order(fake):

@@ -205,14 +205,37 @@ def test_train_example_reads_the_stored_shape_up_front():
 
 
 def test_benchmark_runs_the_device_crop_step_end_to_end():
-  """The step the benchmark compiles takes the pipeline's batches (stored images + crops)."""
+  """The step the benchmark compiles takes the pipeline's batches (stored 12 px images + crop
+  numbers, fed end to end) and crops them to 16 px inside: its arguments are the state, the
+  frozen backbone and that batch, byte for byte, and its integer matmuls are the crop's two
+  passes per image (`crop_flops`), counted here from the traced step."""
+  from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
   from ltdpt_jax.bench import __main__ as bench  # pylint: disable=g-import-not-at-top
+  from test_bench import matmul_flops, nbytes  # pylint: disable=g-import-not-at-top
   c = _synthetic_data(True)
   record = bench.run_benchmark(c, steps=2, warmup=1, repeats=1,
                                parts=('train', 'pipeline', 'end_to_end'),
                                compiler_options=train_utils.QUICK)
   assert record['config']['crop_on_device'] is True
-  assert record['end_to_end']['images_per_s'] > 0 and record['train_step']['images_per_s'] > 0
+  assert record['input_pipeline']['source'] == 'synthetic images generated on the fly'
+  setup = train.Setup(c)
+  it = data_lib.make_train_iterator(c.data, seed=c.train.seed, process_index=0, process_count=1)
+  try:
+    batch = next(it)
+  finally:
+    it.close()
+  assert batch['image'].shape == (8, 12, 12, 3) and batch['crop'].shape == (8, 5)
+  # The ids are not used by the step (jit drops them): state, frozen, images, crops, labels.
+  used = {k: batch[k] for k in ('image', 'crop', 'label')}
+  assert record['memory']['train_step_compiled']['argument_size_in_bytes'] == (
+      nbytes(setup.state, setup.frozen) + 8 * (12 * 12 * 3 + 5 * 4 + 4))
+  assert nbytes(used) == 8 * (12 * 12 * 3 + 5 * 4 + 4)
+  # 12 px -> 16 px: upsampling, so the horizontal pass first: (C, 12, 12) x (12, 16), then the
+  # vertical pass (C, 12, 16) x (12, 16); 2 FLOPs per multiply-add.
+  one = 2 * 3 * (12 * 12 * 16 + 12 * 16 * 16)
+  assert device_transforms.crop_flops(12, 12, 16) == one
+  jaxpr = jax.make_jaxpr(setup.train_step)(setup.state, setup.frozen, batch).jaxpr
+  assert matmul_flops(jaxpr, dtypes=(np.dtype(np.int32),)) == 8 * one
 
 
 def test_memory_report_step_takes_the_pipelines_batch():

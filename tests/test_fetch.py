@@ -4,8 +4,10 @@ import hashlib
 import http.server
 import logging
 import pathlib
+import select
 import socket
 import threading
+import time
 import types
 
 import pooch
@@ -51,18 +53,31 @@ class _Server:
 
   Modes: 'ok' serves `body`; 'stall' answers nothing until the server closes; 'drop' sends a third
   of `body` and closes the connection; 'missing' answers 404. The first `failures` requests
-  misbehave, the later ones are served.
+  misbehave, the later ones are served. On exit it first handles every connection a client made
+  (a client that gave up on a stalled one may leave it waiting to be accepted), so `requests`
+  counts them all.
   """
 
   def __init__(self, body: bytes, mode: str = 'ok', failures: int = 10**9):
-    self.requests = 0
+    self.requests = self.accepted = self.handled = 0
     self.closing = threading.Event()
+    lock = threading.Lock()
     server = self
 
+    def count(name: str) -> int:
+      with lock:
+        setattr(server, name, getattr(server, name) + 1)
+        return getattr(server, name)
+
     class Handler(http.server.BaseHTTPRequestHandler):
+      def handle(self):
+        try:
+          super().handle()
+        finally:
+          count('handled')
+
       def do_GET(self):  # pylint: disable=invalid-name
-        server.requests += 1
-        failing = server.requests <= failures
+        failing = count('requests') <= failures
         if failing and mode == 'stall':
           server.closing.wait()
           return
@@ -80,7 +95,13 @@ class _Server:
       def log_message(self, *args):
         pass
 
-    self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    class Httpd(http.server.ThreadingHTTPServer):
+      def get_request(self):
+        request = super().get_request()
+        count('accepted')
+        return request
+
+    self.httpd = Httpd(('127.0.0.1', 0), Handler)
     self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/file.bin'
     threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
@@ -88,22 +109,36 @@ class _Server:
     return self
 
   def __exit__(self, *exc):
-    self.closing.set()
+    self.closing.set()  # stalled handlers return
+    # Every connection left in the listen queue accepted, then (no more to come) every accepted
+    # one handled. The bounds only end a broken test.
+    self._wait(lambda: not select.select([self.httpd.socket], [], [], 0)[0])
     self.httpd.shutdown()
+    self._wait(lambda: self.handled == self.accepted)
     self.httpd.server_close()
+
+  @staticmethod
+  def _wait(predicate, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+      assert time.monotonic() < deadline, 'connections left unhandled'
+      time.sleep(0.01)
 
 
 @pytest.fixture
 def no_waits(monkeypatch):
   """pooch sleeps (`time.sleep` in `pooch.core.stream_download`) between attempts: not here."""
   monkeypatch.setattr(pooch.core, 'time', types.SimpleNamespace(sleep=lambda seconds: None))
-  monkeypatch.setattr(fetch, 'TIMEOUT_S', 10.0)  # a bound on a broken test, never reached
+  monkeypatch.setattr(fetch, 'TIMEOUT_S', 120.0)  # a bound on a broken test, never reached
 
 
-def _refused_url():
+@pytest.fixture
+def refused_url():
+  """A URL on a port of 127.0.0.1 that refuses connections: bound, never listening, and held
+  for the test (no other process can take it)."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
-    return f'http://127.0.0.1:{s.getsockname()[1]}/vit.npz'
+    yield f'http://127.0.0.1:{s.getsockname()[1]}/vit.npz'
 
 
 def test_download_tries_mirrors_in_order(no_waits, tmp_path):
@@ -136,12 +171,14 @@ def test_existing_file_is_kept_unless_its_digest_differs(tmp_path):
 
 @pytest.mark.parametrize('mode,reason', [('refuse', 'ConnectionRefusedError'),
                                          ('stall', 'timed out'), ('drop', 'IncompleteRead')])
-def test_unreachable_server_fails_in_one_line_after_retries(no_waits, monkeypatch, tmp_path, mode,
-                                                            reason):
+def test_unreachable_server_fails_in_one_line_after_retries(no_waits, monkeypatch, tmp_path,
+                                                            refused_url, mode, reason):
   if mode == 'stall':
-    monkeypatch.setattr(fetch, 'TIMEOUT_S', 0.2)  # the server never answers: any timeout fails
+    # (connect, read), as requests takes them: the connection is made (the listen queue holds
+    # it), then the server never answers, so every read times out, however short.
+    monkeypatch.setattr(fetch, 'TIMEOUT_S', (120.0, 0.2))
   with _Server(b'x' * 100_000, 'ok' if mode == 'refuse' else mode) as server:
-    url = _refused_url() if mode == 'refuse' else server.url
+    url = refused_url if mode == 'refuse' else server.url
     with pytest.raises(fetch.FetchError) as e:
       fetch.download([url], tmp_path / 'vit.npz', local_copy_key='config.model.checkpoint')
   msg = str(e.value)
@@ -172,8 +209,8 @@ def test_http_error_is_not_retried(no_waits, tmp_path):
   assert 'attempts' not in str(e.value) and server.requests == 1
 
 
-def test_unreachable_split_file_names_the_local_copy_key(no_waits, tmp_path):
-  url = _refused_url()
+def test_unreachable_split_file_names_the_local_copy_key(no_waits, tmp_path, refused_url):
+  url = refused_url
   with pytest.raises(fetch.FetchError) as e:
     splits.fetch_split_file('Places_LT_train.txt', cache=tmp_path / 'splits', urls=[url])
   msg = str(e.value)

@@ -11,7 +11,6 @@ import os
 import pathlib
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -42,9 +41,35 @@ def _env(tmp_path, **extra):
   return env
 
 
-def _run(script, args, env, timeout=60):
+def _run(script, args, env, timeout=300):
+  """Runs a script to its end (the bound only ends a broken test)."""
   return subprocess.run(['bash', str(script), *args], env=env, capture_output=True, text=True,
                         timeout=timeout, cwd=ROOT)
+
+
+def _wait_until(predicate, what: str, proc=None, timeout: float = 120):
+  """Waits for an event (a file, a line) that a script or a stub produces; `proc`, when given,
+  must not end first. The bound only ends a broken test."""
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if proc is not None and proc.poll() is not None:
+      raise AssertionError(f'ended before {what}: ' + ''.join(proc.communicate())[-3000:])
+    assert time.monotonic() < deadline, f'no {what} within {timeout} s'
+    time.sleep(0.02)
+
+
+def _sigint_default(argv: list[str]) -> list[str]:
+  """`argv` started with SIGINT at its default action. A shell cannot trap a signal that was
+  ignored when it started, and this suite may run where SIGINT is (under nohup, or `&` in a
+  shell without job control): the Ctrl-C test would then test nothing but that."""
+  reset = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+           'os.execvp(sys.argv[1], sys.argv[1:])')
+  return [sys.executable, '-c', reset, *argv]
+
+
+def _text(path: pathlib.Path) -> str:
+  """The file's stripped text, '' while it is missing (an exit code not yet written)."""
+  return path.read_text().strip() if path.exists() else ''
 
 
 def _commands(stdout: str) -> list[list[str]]:
@@ -261,62 +286,68 @@ def _start_command(cmds):
 
 
 def test_tpu_run_is_detached_and_passes_arguments_intact(tmp_path):
-  """The start command, run here by bash as a worker would, gets the stub interpreter exactly the
-  arguments given to the script, with LTDPT_DISTRIBUTED=1, and leaves <host>.rc and <host>.log."""
+  """The start command, run here by bash as a worker would, returns while the run goes on (the
+  stub interpreter waits for a file the test writes), gets the stub exactly the arguments given
+  to the script, with LTDPT_DISTRIBUTED=1, and leaves <host>.rc and <host>.log; the stop command
+  (Ctrl-C on the launching machine) SIGTERMs the run, which exits 75."""
   out, cmds = _tpu_dry(tmp_path, ODD_ARGS, TYPE='v6e-8')
   assert out.returncode == 0, out.stderr
   start = _start_command(cmds)
   assert 'nohup setsid bash -c' in start and start.rstrip().endswith('&')
   home = tmp_path / 'home'
-  venv_bin = home / 'ltdpt_jax' / '.venv' / 'bin'
+  code = home / 'ltdpt_jax'
+  venv_bin = code / '.venv' / 'bin'
   venv_bin.mkdir(parents=True)
   stub = venv_bin / 'python'
+  # The stub records what it got, sets its SIGTERM handler, then says so in `running` (its pid)
+  # and waits for `release` (the bound only ends a broken test).
   stub.write_text(f'#!{sys.executable}\nimport json, os, signal, sys, time\n'
                   'json.dump({"argv": sys.argv[1:], "dist": os.environ.get("LTDPT_DISTRIBUTED"),'
                   ' "stdin": sys.stdin.read()}, open("argv.json", "w"))\nprint("stub ran")\n'
-                  'if os.environ.get("STUB_WAIT"):\n'
-                  '  signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))\n'
-                  '  time.sleep(60)\n'
-                  'sys.exit(0)\n')
+                  'signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))\n'
+                  'open("running", "w").write(str(os.getpid()))\n'
+                  'deadline = time.monotonic() + 600\n'
+                  'while not os.path.exists("release") and time.monotonic() < deadline:\n'
+                  '  time.sleep(0.02)\n'
+                  'sys.exit(0 if os.path.exists("release") else 9)\n')
   stub.chmod(0o755)
   env = dict(os.environ, HOME=str(home))
-  t0 = time.time()
-  done = subprocess.run(['bash', '-c', start], env=env, timeout=30)
-  assert done.returncode == 0 and time.time() - t0 < 10  # returns at once: the run is detached
-  logs = home / 'ltdpt_jax' / 'logs'
+  logs = code / 'logs'
   host = subprocess.run(['hostname'], capture_output=True, text=True).stdout.strip()
-  for _ in range(200):
-    if (logs / f'{host}.rc').exists():
-      break
-    time.sleep(0.05)
-  assert (logs / f'{host}.rc').read_text().strip() == '0'
+  rc, pid = logs / f'{host}.rc', logs / f'{host}.pid'
+
+  def start_run():
+    for name in ('running', 'release', 'argv.json'):
+      (code / name).unlink(missing_ok=True)
+    done = subprocess.run(['bash', '-c', start], env=env, timeout=120)
+    assert done.returncode == 0
+    # The run holds its SIGTERM handler, and the pid file names it.
+    _wait_until(lambda: _text(code / 'running') and _text(pid) == _text(code / 'running'),
+                'stub run with its pid file')
+    assert not rc.exists()  # the start command returned while the run goes on: detached
+
+  start_run()
+  (code / 'release').touch()
+  _wait_until(lambda: _text(rc), f'{rc.name} written')
+  assert _text(rc) == '0'
   assert (logs / f'{host}.log').read_text().strip() == 'stub ran'
-  record = json.loads((home / 'ltdpt_jax' / 'argv.json').read_text())
+  record = json.loads((code / 'argv.json').read_text())
   assert record == {'argv': ['-m', 'ltdpt_jax.main', *ODD_ARGS], 'dist': '1', 'stdin': ''}
   # The poll command reports it.
   rcs = [cmd for _, cmd in _ssh_commands(cmds) if 'RC ' in cmd][0]
   polled = subprocess.run(['bash', '-c', rcs], env=env, capture_output=True, text=True)
   assert polled.stdout.splitlines() == [f'RC {host}.rc 0', f'LOG {host}: stub ran']
   # A run whose process vanished without an exit code (the VM restarted) reads as 'gone'.
-  (logs / f'{host}.rc').unlink()
+  rc.unlink()
   polled = subprocess.run(['bash', '-c', rcs], env=env, capture_output=True, text=True)
   assert polled.stdout.splitlines()[0] == f'RC {host}.rc gone'
   # Ctrl-C on the launching machine: the stop command SIGTERMs the run, which exits 75.
   stop = _stop_command()
   assert 'kill -TERM' in stop
-  subprocess.run(['bash', '-c', start], env=dict(env, STUB_WAIT='1'), timeout=30, check=True)
-  for _ in range(200):
-    if (logs / f'{host}.pid').exists() and (home / 'ltdpt_jax' / 'argv.json').exists():
-      break
-    time.sleep(0.05)
-  time.sleep(0.3)
-  assert not (logs / f'{host}.rc').exists()
-  subprocess.run(['bash', '-c', stop], env=env, timeout=30, check=True)
-  for _ in range(200):
-    if (logs / f'{host}.rc').exists() and (logs / f'{host}.rc').read_text().strip():
-      break
-    time.sleep(0.05)
-  assert (logs / f'{host}.rc').read_text().strip() == '75'
+  start_run()
+  subprocess.run(['bash', '-c', stop], env=env, timeout=120, check=True)
+  _wait_until(lambda: _text(rc), f'{rc.name} written after the stop')
+  assert _text(rc) == '75'
   # Every remote command is valid shell.
   for _, cmd in _ssh_commands(cmds):
     assert subprocess.run(['bash', '-n', '-c', cmd]).returncode == 0, cmd
@@ -339,7 +370,8 @@ def test_tpu_dry_run_writes_nothing(tmp_path):
 FAKE_GCLOUD = r'''#!/usr/bin/env bash
 # Fake gcloud: queued resources in a state file; each attempt's story from FAKE_RCS (';' between
 # attempts): worker exit codes 'c0,c1,..', 'SUSPENDED' (the slice is preempted), 'results'
-# (results.json appears), 'running'.
+# (results.json appears), 'running'. FAKE_CTRL_C=1: the first poll of the workers presses Ctrl-C
+# (SIGINT to its process group, as a terminal does: run the script in a session of its own).
 d=$FAKE_DIR
 (IFS=$'\x1f'; echo "$*") >>"$d/calls"
 creates=$(cat "$d/creates" 2>/dev/null || echo 0)
@@ -360,6 +392,7 @@ case "${words[*]:0:4}" in
   'compute tpus queued-resources delete') rm -f "$d/state" ;;
   'compute tpus tpu-vm ssh')
     if [[ $command == *'RC '* ]]; then
+      if [[ -n ${FAKE_CTRL_C:-} && ! -e $d/ctrl_c ]]; then touch "$d/ctrl_c"; kill -INT 0; fi
       case $script in
         SUSPENDED) echo SUSPENDED >"$d/state" ;;
         running | results) ;;
@@ -438,25 +471,24 @@ def test_tpu_gives_up_after_max_attempts(tmp_path):
 
 
 def test_tpu_ctrl_c_stops_the_run_then_deletes(tmp_path):
-  """SIGINT while the run is going: SIGTERM to every worker's run (checkpoint, exit 75), logs
-  copied, the queued resource deleted, exit 130."""
+  """Ctrl-C while the run is going (pressed by the fake gcloud in the first poll of the workers:
+  SIGINT to the script's process group, as from a terminal): SIGTERM to every worker's run
+  (checkpoint, exit 75), logs copied, the queued resource deleted, exit 130."""
   fake = tmp_path / 'fake'
   (fake / 'bin').mkdir(parents=True)
   (fake / 'bin' / 'gcloud').write_text(FAKE_GCLOUD)
   (fake / 'bin' / 'gcloud').chmod(0o755)
   env = _env(tmp_path, NAME='ltdpt', ZONE='us-east5-b', TYPE='v6e-8', FAKE_DIR=fake,
-             FAKE_RCS='running', STOP_WAIT_S=1, PATH=f'{fake / "bin"}:{os.environ["PATH"]}')
-  proc = subprocess.Popen(['bash', str(TPU), *GS_ARGS], env=env, cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  calls = fake / 'calls'
-  for _ in range(400):
-    if calls.exists() and 'tail -n 1' in calls.read_text():
-      break
-    time.sleep(0.025)
-  proc.send_signal(signal.SIGINT)
-  stdout, stderr = proc.communicate(timeout=60)
+             FAKE_RCS='running', FAKE_CTRL_C=1, STOP_WAIT_S=1,
+             PATH=f'{fake / "bin"}:{os.environ["PATH"]}')
+  # A session of its own: the Ctrl-C reaches the script and its children, not pytest.
+  proc = subprocess.Popen(_sigint_default(['bash', str(TPU), *GS_ARGS]), env=env, cwd=ROOT,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert (fake / 'ctrl_c').exists(), stderr  # pressed in a poll of the running workers
   assert proc.returncode == 130, stderr
-  lines = calls.read_text().splitlines()
+  lines = (fake / 'calls').read_text().splitlines()
   stop = [i for i, line in enumerate(lines) if 'kill -TERM' in line]
   assert len(stop) == 1 and '--worker=all' in lines[stop[0]]
   assert lines[-1].startswith('compute\x1ftpus\x1fqueued-resources\x1fdelete')
@@ -612,11 +644,12 @@ def test_gpu_bench_probe_checks_orbax_checkpoint(tmp_path):
 
 def test_gpu_bench_runs_every_case_and_reports_failures(tmp_path):
   """Every case runs on its own: a failed one (float32 here) and a hung one (cuDNN, stopped by
-  CASE_TIMEOUT) do not stop the next; the final table has each case's numbers from its JSON, a
-  stale JSON is never reported, and the exit code says that cases failed."""
+  its `timeout`, which the fake tells that CASE_TIMEOUT ran out) do not stop the next; the final
+  table has each case's numbers from its JSON, a stale JSON is never reported, and the exit code
+  says that cases failed."""
   fake = tmp_path / 'python'
   fake.write_text(f'''#!{sys.executable}
-import json, os, sys, time
+import json, os, signal, sys, time
 a = sys.argv[1:]
 if a[:1] == ['-c']:
   sys.exit(0)
@@ -627,8 +660,13 @@ if a[:2] == ['-m', 'ltdpt_jax.bench']:
         flush=True)
   if dtype == 'float32':
     sys.exit(3)
-  if attention == 'cudnn':
-    time.sleep(30)
+  if attention == 'cudnn':  # hangs: its `timeout` (the parent) gets SIGALRM, its own timer's
+    # signal, as when CASE_TIMEOUT runs out, and stops this process
+    parent = open(f'/proc/{{os.getppid()}}/comm').read().strip()
+    if parent != 'timeout':
+      sys.exit(f'the case runs under {{parent}}, not timeout')
+    os.kill(os.getppid(), signal.SIGALRM)
+    time.sleep(600)
   json.dump({{'train_step': {{'images_per_s': 1234.5, 'step_time_ms': 103.7, 'mfu_model': 0.0812}},
              'end_to_end': {{'images_per_s': 987.6, 'mfu_model': 0.065}},
              'memory': {{'peak_bytes_in_use': 3 * 2**30, 'train_step_compiled': {{
@@ -642,7 +680,8 @@ os.execv(sys.executable, [sys.executable] + a)
   out_dir.mkdir()
   stale = out_dir / 'cifar100_lt_b16_b128_float32_xla.json'
   stale.write_text('{"train_step": {"images_per_s": 1}}')
-  out = _run(BENCH, [], _env(tmp_path, PYTHON=fake, OUT_DIR=out_dir, BATCHES=128, CASE_TIMEOUT=2))
+  out = _run(BENCH, [], _env(tmp_path, PYTHON=fake, OUT_DIR=out_dir, BATCHES=128,
+                             CASE_TIMEOUT=120))
   assert out.returncode != 0 and '2 of the cases failed' in out.stderr
   table = out.stdout[out.stdout.index('case '):].splitlines()
   rows = {line.split()[0]: line for line in table[1:5]}
@@ -653,7 +692,7 @@ os.execv(sys.executable, [sys.executable] + a)
   assert rows['b128_float32_cudnn'].split()[1:4] == ['skipped', '(cuDNN:', 'bf16)']
   assert rows['b128_bfloat16_xla'].split()[1:9] == ['ok', '1,234.5', '103.7', '8.1', '987.6',
                                                      '6.5', '3.0', '3.0']
-  assert rows['b128_bfloat16_cudnn'].split()[1:5] == ['timed', 'out', '(2', 's)']
+  assert rows['b128_bfloat16_cudnn'].split()[1:5] == ['timed', 'out', '(120', 's)']
   # Every case compiles through JAX's persistent cache (.jax-cache unless the user names one).
   assert 'benchmarking bfloat16 xla cache .jax-cache' in (
       out_dir / 'cifar100_lt_b16_b128_bfloat16_xla.log').read_text()

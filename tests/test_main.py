@@ -8,6 +8,7 @@ its last good checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 
@@ -119,17 +120,90 @@ def cli_run(cli_straight):
   return cli_straight.workdir, cli_straight.log
 
 
+def _expected_parameters(c) -> tuple[int, int]:
+  """(trainable, frozen) counts of an LT-DPT 'fr_br' model, from its config: prompts, keys,
+  alpha, beta and head; the ViT's patch embedding, CLS, positions, blocks and final norm."""
+  v, m = c.model.vit, c.model
+  d, depth, grid = v.hidden_size, v.num_layers, c.data.image_size // v.patch_size
+  trainable = (depth * m.num_fr_prompts * d + m.num_groups * m.num_br_blocks * m.num_br_prompts
+               * d + m.num_groups * d + 2 + d * c.data.num_classes)
+  block = 2 * 2 * d + 4 * (d * d + d) + (d * v.mlp_dim + v.mlp_dim) + (v.mlp_dim * d + d)
+  frozen = (v.patch_size ** 2 * 3 * d + d) + d + (1 + grid * grid) * d + depth * block + 2 * d
+  return trainable, frozen
+
+
+def _check_eval_record(record, class_counts, thresholds) -> None:
+  """An eval record against its own confusion matrix: counts, top-1, per class, per group
+  (tail < thresholds[0] <= medium <= thresholds[1] < head, sample-weighted, None when empty)."""
+  confusion = np.asarray(record['confusion'])
+  rows, correct = confusion.sum(1), np.diag(confusion)
+  assert record['num_examples'] == confusion.sum()
+  assert record['accuracy'] == pytest.approx(correct.sum() / confusion.sum())
+  tail_max, head_min = thresholds
+  groups = {'tail': [c for c, n in enumerate(class_counts) if n < tail_max],
+            'medium': [c for c, n in enumerate(class_counts) if tail_max <= n <= head_min],
+            'head': [c for c, n in enumerate(class_counts) if n > head_min]}
+  for group, classes in groups.items():
+    assert record[f'{group}_classes'] == len(classes)
+    want = correct[classes].sum() / rows[classes].sum() if classes else None
+    assert record[f'{group}_accuracy'] == pytest.approx(want), group
+  for c, row in enumerate(record['per_class']):
+    assert row['train_count'] == class_counts[c] and row['eval_count'] == rows[c]
+    assert row['accuracy'] == pytest.approx(correct[c] / rows[c])
+    assert c in groups[row['group']]
+  assert record['mean_per_class_accuracy'] == pytest.approx(np.mean(correct / rows))
+
+
 def test_cli_run_reports_and_writes(cli_run):
+  """What the run wrote, against the config and its data: run_info.json (architecture,
+  parameter counts, the classes' training images), each eval_<step>.json (against its own
+  confusion matrix: 5 test images of each of the 6 classes), metrics.jsonl (the evaluations
+  equal to those files; train records to step 14 with the cosine learning rate and DRW from
+  epoch 2), results.json; and the log lines a user reads say the same."""
   workdir, log = cli_run
-  for needle in ('num_groups: 4', '1 process(es), 1 device(s)', 'Parameters: ', 'trainable=',
-                 'frozen=', 'FLOPs', '[eval step 14, epoch 2] top-1', 'head n/a', 'Done.'):
-    assert needle in log, needle
-  assert 'did not provide metrics' not in log
-  for name in ('config.json', 'run_info.json', 'results.json', 'eval_7.json', 'eval_14.json',
-               'metrics.jsonl'):
-    assert (workdir / name).exists(), name
+  c = _config()
   with open(workdir / 'config.json') as f:
     assert json.load(f)['model']['vit']['hidden_size'] == 32
+  info = json.loads((workdir / 'run_info.json').read_text())
+  assert info['architecture'] == 'ViT(patch 4, width 32, depth 2, heads 2, mlp 64)'
+  trainable, frozen = _expected_parameters(c)
+  assert (info['parameters']['trainable'], info['parameters']['frozen']) == (trainable, frozen)
+  # The exponential profile (LDAM): n_i = int(40 * (1/5)^(i/5)); 123 images, 7 steps of 16.
+  counts = [int(40 * 0.2 ** (i / 5)) for i in range(6)]
+  assert info['class_counts'] == counts and sum(counts) // 16 == 7
+  evals = {step: json.loads((workdir / f'eval_{step}.json').read_text()) for step in (7, 14)}
+  for step, record in evals.items():
+    assert (record['step'], record['epoch']) == (step, step // 7)
+    assert np.asarray(record['confusion']).sum(1).tolist() == [5] * 6
+    assert [r['name'] for r in record['per_class']] == info['class_names']
+    _check_eval_record(record, counts, (20, 100))
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  for r in (r for r in records if r['split'] == 'eval'):
+    assert {k: v for k, v in r.items() if k not in ('split', 'time')} == {
+        k: v for k, v in evals[r['step']].items() if k in r}
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [7, 14]
+  train_records = [r for r in records if r['split'] == 'train']
+  assert train_records[-1]['step'] == 14
+  peak = c.optim.lr * 16 / 128  # the lr at batch 128, scaled to batch 16; cosine to 0
+  for r in train_records:
+    assert r['lr'] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * r['step'] / 14)),
+                                    abs=1e-9)
+    assert r['epoch'] == pytest.approx(r['step'] / 7) and r['drw'] == float(r['step'] > 7)
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['last'] == evals[14]
+  for needle in ('num_groups: 4', '1 process(es), 1 device(s)',
+                 f'trainable={trainable:,}, frozen={frozen:,}',
+                 f'{sum(counts)} train images, 6 classes, 30 eval images; 7 steps/epoch, 14 steps',
+                 f'Train step: {info["step_flops"]:.3g} FLOPs', 'Done.'):
+    assert needle in log, needle
+  def percent(x):
+    return 'n/a' if x is None else f'{100 * x:.2f}%'
+
+  for step, r in evals.items():
+    groups = ' | '.join(f'{g} {percent(r[g + "_accuracy"])}' for g in ('head', 'medium', 'tail'))
+    line = f'[eval step {step}, epoch {step // 7}] top-1 {percent(r["accuracy"])} | {groups}'
+    assert line in log, line
+  assert 'did not provide metrics' not in log
 
 
 def test_cli_run_equals_train_and_evaluate(cli_run, cache, tmp_path):

@@ -270,6 +270,7 @@ def trained(folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('own_run') / 'run'
   config = _folder_config(folder)
   config.train.epochs, config.train.drw_epochs = 2, 1
+  config.train.keep_checkpoints = 10  # the first evaluation's checkpoint too
   with cli_worker.use_compilation_cache(cli_worker.cache_dir(tmp_path_factory)):
     results = train.train_and_evaluate(config, str(workdir))
   return workdir, results, config
@@ -317,6 +318,36 @@ def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, cache,
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
   correct = sum(r['prediction'] == r['label'] for r in rows)
   assert correct / 32 == pytest.approx(results['last']['accuracy'])
+
+
+def test_predict_a_labelled_list_at_an_earlier_step_equals_that_evaluation(trained, folder,
+                                                                          cache, tmp_path):
+  """A labelled list file (OLTR lines and a CSV of class names) of the eval images, predicted
+  with --checkpoint_step of the first evaluation: predictions_summary.json is that
+  evaluation's eval_<step>.json (the same accuracy, groups and per-class counts)."""
+  workdir, _, _ = trained
+  steps = sorted(int(p.stem.split('_')[1]) for p in workdir.glob('eval_*.json'))
+  assert len(steps) == 2, steps
+  first = json.loads((workdir / f'eval_{steps[0]}.json').read_text())
+  images = sorted(p for p in (folder / 'val').rglob('*') if files.is_image_name(p.name))
+  # Lists beside the images (paths relative to the list's folder), in a copy of the folder.
+  root = tmp_path / 'data'
+  shutil.copytree(folder / 'val', root / 'val')
+  (root / 'val.txt').write_text(''.join(
+      f'{p.relative_to(folder)} {int(p.parent.name[-2:])}\n' for p in images))
+  (root / 'val.csv').write_text('path,label\n' + ''.join(
+      f'{p.relative_to(folder)},{p.parent.name}\n' for p in images))
+  for listing in ('val.txt', 'val.csv'):
+    out = tmp_path / listing / 'predictions.csv'
+    proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict',
+                               f'--workdir={workdir}', f'--images={root / listing}',
+                               f'--checkpoint_step={steps[0]}', f'--out={out}'], cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out.parent / 'predictions_summary.json').read_text())
+    assert summary['step'] == first['step'] and summary == first, listing
+  # From Python: step=N restores that checkpoint, not the latest.
+  predictor = predict_lib.Predictor.from_workdir(str(workdir), step=steps[0])
+  assert predictor.step == steps[0]
 
 
 def test_predictor_api_arrays_equal_files(trained, folder):

@@ -17,6 +17,7 @@ import train_utils
 from ltdpt_jax import config_lib
 from ltdpt_jax import data as data_lib
 from ltdpt_jax import fetch
+from ltdpt_jax import models
 from ltdpt_jax import optim
 from ltdpt_jax import run_dir as run_dir_lib
 from ltdpt_jax import train_step as step_lib
@@ -235,7 +236,11 @@ def test_pretraining_bad_input_is_one_line(tmp_path, cache):
 
 
 def test_pretraining_on_an_image_folder(tmp_path, cache):
-  """Any source of the data module: a folder of class folders, two steps."""
+  """Any source of the data module: a folder of class folders (2 x 8 training images, 2 x 2 eval
+  images), two steps. The .npz holds the trained weights: loaded with its head, it gives the
+  logits of the trained model with the final checkpoint's weights (read with Orbax alone) on
+  the eval images; the eval record and the .json count the folder's images, and their top-1
+  is those logits'."""
   import image_folders  # pylint: disable=g-import-not-at-top
   train_dir, eval_dir = tmp_path / 'train', tmp_path / 'val'
   image_folders.write_folder(train_dir, [8, 8], names=['a', 'b'])
@@ -249,11 +254,33 @@ def test_pretraining_on_an_image_folder(tmp_path, cache):
   config.train.update(epochs=1, log_every_steps=1, eval_every_epochs=1)
   config.optim.warmup_epochs = 0.5
   pretrain.validate(config)
+  workdir = tmp_path / 'wd'
   with cli_worker.use_compilation_cache(cache):
-    result = pretrain.run(config, str(tmp_path / 'wd'), str(tmp_path / 'folder.npz'))
+    result = pretrain.run(config, str(workdir), str(tmp_path / 'folder.npz'))
   model, params = vit_checkpoint.from_npz(result['out'])
   assert model.num_classes == 2 and params['head']['kernel'].shape == (32, 2)
-  assert json.loads((tmp_path / 'folder.json').read_text())['class_names'] == ['a', 'b']
+  # The eval folder's images as the evaluation sees them, in its order (class a, then b).
+  src = data_lib.get_sources(config.data).eval
+  images = np.stack([transforms.eval_transform(src[i]['image'], 16) for i in range(len(src))])
+  labels = [int(src[i]['label']) for i in range(len(src))]
+  assert labels == [0, 0, 1, 1]
+  state, step = cli_worker.restore_state(workdir)
+  assert step == 2  # 16 images / 8 per step, one epoch
+  vit = models.build_model(config.model, 2, 16)  # the model trained
+  trained = np.asarray(jax.jit(lambda p, x: step_lib.vit_logits(vit, p, x))(
+      state['params'], jnp.asarray(images)))
+  exported = pretrain.reference_logits(result['out'], images)
+  np.testing.assert_allclose(exported, trained, rtol=1e-5, atol=1e-6)
+  top1 = float(np.mean(trained.argmax(-1) == labels))
+  record = json.loads((workdir / 'eval_2.json').read_text())
+  assert record['num_examples'] == 4 and record['accuracy'] == pytest.approx(top1)
+  assert [(c['name'], c['train_count'], c['eval_count']) for c in record['per_class']] == [
+      ('a', 8, 2), ('b', 8, 2)]
+  side = json.loads((tmp_path / 'folder.json').read_text())
+  assert side['class_names'] == ['a', 'b'] and side['steps'] == 2
+  assert side['eval']['accuracy'] == pytest.approx(top1) and side['eval']['num_examples'] == 4
+  assert side['reference']['indices'] == [0, 1, 2, 3] and side['reference']['labels'] == labels
+  np.testing.assert_allclose(side['reference']['logits'], trained, atol=2e-6)
 
 
 def test_weight_decay_only_on_kernels_and_schedule():

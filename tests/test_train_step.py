@@ -266,10 +266,10 @@ def test_train_step_loss_is_eq7_in_numpy():
 # ---------------------------------------------------------------------------------------------
 
 def test_remat_gives_the_same_loss_and_gradients():
-  """Each block rematerialised in the backward pass (the default policy; the others share the
-  mechanism) changes nothing but the schedule: the loss and the gradients of the trainable
-  parameters equal those without remat (float32, to rounding), and the backward pass really
-  recomputes the blocks."""
+  """Each block rematerialised in the backward pass, under every policy of `vit.REMAT_POLICIES`,
+  changes nothing but the schedule: the loss and the gradients of the trainable parameters equal
+  those without remat (float32, to rounding), and the backward pass really recomputes the
+  blocks, saving what that policy allows."""
   config = train_utils.tiny_config(image_size=16, batch_size=8)
   size = config.data.image_size
   base = models.build_model(config.model, 6, size)
@@ -279,17 +279,19 @@ def test_remat_gives_the_same_loss_and_gradients():
   batch = _batch(config, 6)
   rng = jax.random.key(3)
   results = {}
-  for policy in (None, 'dots_with_no_batch_dims'):
+  for policy in (None, *vit_lib.REMAT_POLICIES):
     model = base if policy is None else base.clone(remat=True, remat_policy=policy)
     loss_fn = step_lib.make_loss_fn(model, loss_config=config.loss, class_counts=counts)
     value_fn = lambda t, m=loss_fn: m(t, frozen, batch, rng, False)[0]  # pylint: disable=unnecessary-lambda-assignment
     grad_fn = jax.value_and_grad(value_fn)
-    # The backward pass recomputes each of the 2 blocks (jax.checkpoint's primitive: 'remat2').
-    eqns = jax.make_jaxpr(grad_fn)(trainable).eqns
-    assert sum(e.primitive.name == 'remat2' for e in eqns) == (0 if policy is None else 2)
+    # The backward pass recomputes each of the 2 blocks (jax.checkpoint's primitive: 'remat2'),
+    # under the policy asked for.
+    remats = [e for e in jax.make_jaxpr(grad_fn)(trainable).eqns if e.primitive.name == 'remat2']
+    assert len(remats) == (0 if policy is None else 2)
+    assert all(e.params['policy'] is vit_lib.REMAT_POLICIES[policy] for e in remats), policy
     results[policy] = jax.jit(grad_fn, compiler_options=train_utils.QUICK)(trainable)
   (loss0, grads0) = results[None]
-  for policy in ('dots_with_no_batch_dims',):
+  for policy in vit_lib.REMAT_POLICIES:
     loss, grads = results[policy]
     np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-6)
     for path, a, b in zip(jax.tree_util.tree_leaves_with_path(grads0), jax.tree.leaves(grads0),
