@@ -3,7 +3,7 @@
 As a module: `cli_overrides(config)` turns a config into `--config.a.b=v` flags over
 configs/demo.py (so a subprocess runs exactly `train_utils.tiny_config()` through the real CLI),
 `restore_state(workdir, step)` reads a checkpoint's state with Orbax alone (no `train.Setup`),
-`use_compilation_cache(path)` shares compiled programs between the runs of a test session.
+`copy_killed_after(workdir, step, to)` copies a finished run as if killed after a checkpoint.
 
 As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax.main` with faults
 injected from the environment, for the tests only:
@@ -17,6 +17,8 @@ injected from the environment, for the tests only:
                                  file, then the process sends itself SIGINT and the save hangs (a
                                  Ctrl-C while the checkpoint is half written: after
                                  LTDPT_TEST_SIGINT_AT_STEP, the second one, which must not wait)
+  LTDPT_TEST_READ_ONLY=dir       every directory or file created or written under `dir` fails
+                                 with EROFS (a read-only file system, injected)
   LTDPT_TEST_SIGTERM_AT_STEP=k   the process sends itself SIGTERM once step k is done (a preemption)
   LTDPT_TEST_SIGINT_AT_STEP=k    the process sends itself SIGINT once step k is done (a Ctrl-C)
   LTDPT_TEST_SIGKILL_AT_STEP=k   the process kills itself (SIGKILL) once step k is done (host lost)
@@ -30,7 +32,6 @@ hook prints one line naming itself before it sends its signal.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import sys
@@ -64,14 +65,12 @@ def cli_command(config, workdir, *extra: str, worker: bool = False) -> list[str]
                  *extra]
 
 
-def run_cli(args, cache, *, timeout=600, **extra_env):
-  """Runs a command (e.g. `cli_command(...)`) with the session's compilation cache; the
-  CompletedProcess gets `.seconds`."""
+def run_cli(args, *, timeout=600, **extra_env):
+  """Runs a command (e.g. `cli_command(...)`); the CompletedProcess gets `.seconds`."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   import train_utils  # pylint: disable=g-import-not-at-top
   env = train_utils.subprocess_env()
-  env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
   env.update({k: str(v) for k, v in extra_env.items()})
   t0 = time.perf_counter()
   out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -91,32 +90,21 @@ def one_error_line(out, code: int = 2, *needles: str) -> str:
   return errors[0]
 
 
-def cache_dir(tmp_path_factory) -> pathlib.Path:
-  """The session's compilation cache: $LTDPT_TEST_XLA_CACHE (kept across sessions) or a new one."""
-  keep = os.environ.get('LTDPT_TEST_XLA_CACHE')
-  return pathlib.Path(keep) if keep else tmp_path_factory.getbasetemp() / 'xla_cache'
-
-
-def use_compilation_cache(path) -> contextlib.AbstractContextManager:
-  """JAX's persistent compilation cache in `path` for this process (restored on exit).
-
-  Every run of a test session compiles the same few programs; from the cache a run starts in
-  seconds instead of a minute on a busy 2-core machine. Subprocesses get JAX_COMPILATION_CACHE_DIR.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-
-  @contextlib.contextmanager
-  def ctx():
-    previous = jax.config.jax_compilation_cache_dir
-    cc.set_cache_dir(str(path))
-    cc.reset_cache()
-    try:
-      yield
-    finally:
-      jax.config.update('jax_compilation_cache_dir', previous)
-      cc.reset_cache()
-  return ctx()
+def copy_killed_after(workdir, step: int, to) -> pathlib.Path:
+  """A copy of a finished run's `workdir` at `to`, as if it had been killed after its checkpoint
+  of `step`: the later checkpoints, evaluation records and results.json are gone (the metrics
+  already written stay, as after a kill -9; the resume cuts them back)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  to = pathlib.Path(to)
+  shutil.copytree(workdir, to)
+  for path in (to / 'checkpoints').iterdir():
+    if path.name.isdigit() and int(path.name) > step:
+      shutil.rmtree(path)
+  for path in to.glob('eval_*.json'):
+    if int(path.stem.split('_')[-1]) > step:
+      path.unlink()
+  (to / 'results.json').unlink()
+  return to
 
 
 def restore_state(workdir, step: int | None = None):
@@ -217,10 +205,39 @@ def _inject_faults():
         time.sleep(600)
     ckpt_lib.IteratorHandler.save = faulty_save
 
+  if os.environ.get('LTDPT_TEST_READ_ONLY'):
+    read_only(os.environ['LTDPT_TEST_READ_ONLY'])
+
   in_save, after_save = (os.environ.get('LTDPT_TEST_DELETE_WORKDIR_IN_SAVE'),
                          os.environ.get('LTDPT_TEST_DELETE_WORKDIR_AFTER_SAVE'))
   if in_save or after_save:
     delete_workdir(in_save, after_save)
+
+
+def read_only(root: str):
+  """Makes every creation of a directory or a file, and every open for writing, under `root`
+  fail as on a read-only file system (EROFS), where the run does them (os.mkdir, open)."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  import errno  # pylint: disable=g-import-not-at-top
+  root = os.path.abspath(root)
+  mkdir, open_ = os.mkdir, builtins.open
+
+  def under(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(root)
+
+  def refuse(path):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+  def read_only_mkdir(path, *args, **kwargs):
+    if under(path):
+      refuse(path)
+    return mkdir(path, *args, **kwargs)
+
+  def read_only_open(file, mode='r', *args, **kwargs):
+    if under(file) and any(c in mode for c in 'wax+'):
+      refuse(file)
+    return open_(file, mode, *args, **kwargs)
+  os.mkdir, builtins.open = read_only_mkdir, read_only_open
 
 
 def delete_workdir(in_save: str | None, after_save: str | None):

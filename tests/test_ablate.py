@@ -16,11 +16,6 @@ from ltdpt_jax.models import ltdpt
 from ltdpt_jax.tools import ablate
 
 
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return cli_worker.cache_dir(tmp_path_factory)
-
-
 def _toy():
   """`train_utils.tiny_config()` for one short epoch (2 steps)."""
   return train_utils.tiny_config(epochs=1, drw_epochs=0, batch_size=32)
@@ -59,14 +54,14 @@ def test_table_mean_and_sample_std():
   assert '| FR + BR: LT-DPT (C) | 80.00 | 100.00 | 70.00 | 25.00 | 1 |' in text
 
 
-def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path, cache):
+def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path):
   """Two rows x one seed of a tiny config through the CLI, each cell a run of its own (the mean +- std
   over several seeds is checked on recorded cells above)."""
   workdir = tmp_path / 'ablate'
   args = [sys.executable, '-m', 'ltdpt_jax.tools.ablate', f'--config={train_utils.REPO / "configs/demo.py"}',
           f'--workdir={workdir}', '--seeds=1', '--rows=linear,fr_br',
           *cli_worker.cli_overrides(_toy())]
-  proc = cli_worker.run_cli(args, cache, timeout=300)
+  proc = cli_worker.run_cli(args, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((workdir / 'ablation.json').read_text())
   assert [r['row'] for r in table['rows']] == ['linear', 'fr_br'] and table['seeds'] == [0]
@@ -88,14 +83,13 @@ def test_ablation_command_runs_at_toy_size_and_writes_its_table(tmp_path, cache)
       run_info['parameters']['head'])
 
 
-def test_rerun_returns_finished_cells_and_bad_rows_fail(tmp_path, cache, monkeypatch):
+def test_rerun_returns_finished_cells_and_bad_rows_fail(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'ablate')
-  with cli_worker.use_compilation_cache(cache):
-    first = ablate.run_ablation(_toy(), workdir, rows=['linear'], seeds=1)
-    calls = []
-    real = train.Setup
-    monkeypatch.setattr(train, 'Setup', lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = ablate.run_ablation(_toy(), workdir, rows=['linear'], seeds=1)
+  first = ablate.run_ablation(_toy(), workdir, rows=['linear'], seeds=1)
+  calls = []
+  real = train.Setup
+  monkeypatch.setattr(train, 'Setup', lambda *a, **k: calls.append(1) or real(*a, **k))
+  again = ablate.run_ablation(_toy(), workdir, rows=['linear'], seeds=1)
   assert again['rows'][0]['cells'] == first['rows'][0]['cells']
   assert len(calls) == 1  # the finished cell was not trained again (Setup only read its data)
   with pytest.raises(run_dir.SetupError, match='unknown or no rows'):

@@ -149,8 +149,7 @@ def test_training_cli_names_a_loop_and_a_bomb_in_one_line(looped, tmp_path):
   config = train_utils.tiny_config()
   config.data.dataset = 'folder'
   config.data.train_dir, config.data.eval_dir = str(train), str(tmp_path / 'val')
-  cache = tmp_path / 'xla_cache'  # nothing is compiled before the scan
-  out = cli_worker.run_cli(cli_worker.cli_command(config, tmp_path / 'run'), cache, timeout=300)
+  out = cli_worker.run_cli(cli_worker.cli_command(config, tmp_path / 'run'), timeout=300)
   cli_worker.one_error_line(out, 2, '4 file(s) under', *loops, 'bomb.png: too large',
                             "on_bad_image='skip'")
   assert not (tmp_path / 'run' / 'checkpoints').exists()

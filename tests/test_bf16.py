@@ -31,14 +31,7 @@ def _config():
 
 
 @pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  path = cli_worker.cache_dir(tmp_path_factory)
-  with cli_worker.use_compilation_cache(path):
-    yield path
-
-
-@pytest.fixture(scope='module')
-def straight(xla_cache, tmp_path_factory):
+def straight(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('bf16') / 'straight'
   results = train.train_and_evaluate(_config(), str(workdir))
   return workdir, results

@@ -9,7 +9,6 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 import cli_worker
 import train_utils
@@ -30,13 +29,6 @@ CHANGES = {
 }
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  path = cli_worker.cache_dir(tmp_path_factory)
-  with cli_worker.use_compilation_cache(path):
-    yield path
-
-
 def test_the_changes_cover_every_allowed_key_a_random_init_run_has():
   flat = run_dir.flatten_config(train_utils.run_config().to_dict())
   for pattern in run_dir.RESUME_ALLOWED:
@@ -47,13 +39,9 @@ def test_the_changes_cover_every_allowed_key_a_random_init_run_has():
     assert run_dir.is_allowed(key) and flat[key] != value, key
 
 
-def test_every_allowed_key_may_change_on_resume(xla_cache, tmp_path, monkeypatch):
-  straight = tmp_path / 'straight'
-  train.train_and_evaluate(train_utils.run_config(), str(straight))
-  resumed = tmp_path / 'resumed'
-  with monkeypatch.context() as m:
-    m.setattr(run_dir.Preemption, 'should_stop', lambda self, step: step == 5)
-    assert train.train_and_evaluate(train_utils.run_config(), str(resumed)) == {'stopped_at': 5}
+def test_every_allowed_key_may_change_on_resume(cli_straight, tmp_path):
+  straight = cli_straight.workdir
+  resumed = cli_worker.copy_killed_after(straight, 6, tmp_path / 'resumed')
   config = train_utils.run_config()
   for key, value in CHANGES.items():
     section, *path = key.split('.')
@@ -65,7 +53,7 @@ def test_every_allowed_key_may_change_on_resume(xla_cache, tmp_path, monkeypatch
   assert results['last']['step'] == STEPS
   [record] = [json.loads(line) for line in (resumed / 'config_changes.jsonl').read_text()
               .splitlines()]
-  assert record['resumed_at_step'] == 5 and record['accepted'] == 'allowed'
+  assert record['resumed_at_step'] == 6 and record['accepted'] == 'allowed'
   assert set(record['changes']) == set(CHANGES)
   assert json.loads((resumed / 'config.json').read_text())['model']['remat_policy'] == 'nothing'
   a, _ = cli_worker.restore_state(resumed, STEPS)

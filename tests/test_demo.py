@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
-import cli_worker
 import train_utils
 from ltdpt_jax import train
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  path = cli_worker.cache_dir(tmp_path_factory)
-  with cli_worker.use_compilation_cache(path):
-    yield path
-
-
-def test_the_demo_config_trains_its_shipped_backbone(xla_cache, tmp_path):
+def test_the_demo_config_trains_its_shipped_backbone(tmp_path):
   """One epoch of the demo (24 steps, the README's full run is 16): the backbone is the shipped
   file, and the evaluation is far above chance (1 in 20 classes; it reaches about 50%)."""
   config = train_utils.load_config('demo')

@@ -24,11 +24,6 @@ from ltdpt_jax import train
 REPO = train_utils.REPO
 
 
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return cli_worker.cache_dir(tmp_path_factory)
-
-
 _run = cli_worker.run_cli
 
 
@@ -46,17 +41,17 @@ def _assert_clean_failure(out, workdir, *needles):
 # Bad input.
 # ---------------------------------------------------------------------------------------------
 
-def test_unknown_config_key(tmp_path, cache):
+def test_unknown_config_key(tmp_path):
   workdir = tmp_path / 'wd'
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.model.no_such=1'), cache)
+                   '--config.model.no_such=1'))
   _assert_clean_failure(out, workdir, '--config.model.no_such', 'config_lib.py')
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.train.epochs=1', '--config.model.metod=fr'), cache)
+                   '--config.train.epochs=1', '--config.model.metod=fr'))
   _assert_clean_failure(out, workdir, '--config.model.metod', "did you mean 'method'")
 
 
-def test_config_file_that_does_not_load(tmp_path, cache):
+def test_config_file_that_does_not_load(tmp_path):
   """A mistyped path, a Python error in the file, its get_config refusing its argument: one
   line naming the file and what is wrong (no ml_collections traceback)."""
   workdir = tmp_path / 'wd'
@@ -67,44 +62,44 @@ def test_config_file_that_does_not_load(tmp_path, cache):
            ('configs/cifar100_lt.py:ratio=7', ('ratio=7', 'ratio must be one of 200, 100')),
            ('configs/cifar100_lt.py:rati=7', ("Unknown config argument 'rati'", "['ratio']"))]
   for spec, needles in cases:
-    out = _run(_main(f'--config={spec}', f'--workdir={workdir}'), cache)
+    out = _run(_main(f'--config={spec}', f'--workdir={workdir}'))
     _assert_clean_failure(out, workdir, *needles)
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_invalid_values(tmp_path, cache):
+def test_invalid_values(tmp_path):
   workdir = tmp_path / 'wd'
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.model.method=xyz'), cache)
+                   '--config.model.method=xyz'))
   _assert_clean_failure(out, workdir, "config.model.method='xyz'", "'vpt', 'fr', 'fr_br'")
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.data.batch_size=abc'), cache)
+                   '--config.data.batch_size=abc'))
   _assert_clean_failure(out, workdir, '--config.data.batch_size=abc')
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   '--config.train.epochs=4', '--config.train.drw_epochs=9'), cache)
+                   '--config.train.epochs=4', '--config.train.drw_epochs=9'))
   _assert_clean_failure(out, workdir, 'config.train.drw_epochs=9', 'config.train.epochs=4')
 
 
-def test_missing_tfds_dataset(tmp_path, cache):
+def test_missing_tfds_dataset(tmp_path):
   workdir, data_dir = tmp_path / 'wd', tmp_path / 'empty'
   data_dir.mkdir()
   out = _run(_main('--config=configs/cifar100_lt.py', f'--workdir={workdir}',
-                   f'--config.data.data_dir={data_dir}'), cache, timeout=120)
+                   f'--config.data.data_dir={data_dir}'), timeout=120)
   _assert_clean_failure(out, workdir, "'cifar100'", str(data_dir), 'tfds build cifar100',
                         '--file_format=array_record')
 
 
-def test_backbone_checkpoint_of_another_architecture(tmp_path, cache):
+def test_backbone_checkpoint_of_another_architecture(tmp_path):
   workdir, npz = tmp_path / 'wd', tmp_path / 'vit_w48.npz'
   npz_utils.write_random_checkpoint(npz, patch=4, width=48, depth=4, heads=4, mlp=128, grid=8)
   out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}',
-                   f'--config.model.checkpoint={npz}'), cache, timeout=180)
+                   f'--config.model.checkpoint={npz}'), timeout=180)
   _assert_clean_failure(out, workdir, 'width 64', 'width 48', str(npz))
 
 
-def test_eval_of_workdir_without_checkpoint(tmp_path, cache):
+def test_eval_of_workdir_without_checkpoint(tmp_path):
   workdir = tmp_path / 'wd'
-  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}', '--mode=eval'), cache)
+  out = _run(_main('--config=configs/demo.py', f'--workdir={workdir}', '--mode=eval'))
   _assert_clean_failure(out, workdir, 'No checkpoint in', '--mode=train')
 
 
@@ -206,13 +201,12 @@ def test_cli_run_reports_and_writes(cli_run):
   assert 'did not provide metrics' not in log
 
 
-def test_cli_run_equals_train_and_evaluate(cli_run, cache, tmp_path):
+def test_cli_run_equals_train_and_evaluate(cli_run, tmp_path):
   """The command line is a thin shell over `train.train_and_evaluate`: for the same config the
   same results, the same evaluation records and the same final checkpoint, bit for bit."""
   workdir, _ = cli_run
   direct = tmp_path / 'direct'
-  with cli_worker.use_compilation_cache(cache):
-    results = train.train_and_evaluate(_config(), str(direct))
+  results = train.train_and_evaluate(_config(), str(direct))
   with open(workdir / 'results.json') as f:
     cli_results = json.load(f)
   assert cli_results['workdir'] == str(workdir) and results['workdir'] == str(direct)
@@ -226,28 +220,26 @@ def test_cli_run_equals_train_and_evaluate(cli_run, cache, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_cli_eval_of_a_checkpoint_step(cli_run, cache, tmp_path):
+def test_cli_eval_of_a_checkpoint_step(cli_run, tmp_path):
   workdir, _ = cli_run
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
   (copy / 'eval_7.json').unlink()
-  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=7'),
-             cache)
+  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=7'))
   assert out.returncode == 0, out.stderr[-4000:]
   with open(copy / 'eval_7.json') as f, open(workdir / 'eval_7.json') as g:
     assert json.load(f) == json.load(g)
   assert (copy / 'eval_14.json').read_bytes() == (workdir / 'eval_14.json').read_bytes()
-  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=5'),
-             cache)
+  out = _run(cli_worker.cli_command(_config(), copy, '--mode=eval', '--checkpoint_step=5'))
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert 'No checkpoint of step 5' in out.stderr and '[3, 6, 7, 9, 12, 14]' in out.stderr
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   """Parameters NaN from step 5 on (as a huge learning rate makes them): the run stops with exit
   code 3 and one message before checkpointing step 6; checkpoint 3 stays intact and finite."""
   workdir = tmp_path / 'nan'
-  out = _run(cli_worker.cli_command(_config(), workdir, worker=True), cache,
+  out = _run(cli_worker.cli_command(_config(), workdir, worker=True),
              LTDPT_TEST_NAN_AFTER_STEP=5)
   assert out.returncode == 3, out.stderr[-4000:]
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['3']
@@ -261,11 +253,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
   assert not (workdir / 'eval_7.json').exists()
 
 
-def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path, cache):
+def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path):
   """NaN from step 1 on, before the first checkpoint (step 3): exit code 3 and a message that
   claims no checkpoint."""
   workdir = tmp_path / 'nan'
-  out = _run(cli_worker.cli_command(_config(), workdir, worker=True), cache,
+  out = _run(cli_worker.cli_command(_config(), workdir, worker=True),
              LTDPT_TEST_NAN_AFTER_STEP=1)
   line = cli_worker.one_error_line(out, 3, 'no checkpoint was written', '--config.optim.lr')
   assert 'intact' not in line

@@ -50,7 +50,7 @@ def _reserve_port() -> socket.socket:
 _config = train_utils.run_config
 
 
-def _launch(workdir, cache, name, *, worker=False, ids=(0, 1), cwds=None, workdir_arg=None,
+def _launch(workdir, name, *, worker=False, ids=(0, 1), cwds=None, workdir_arg=None,
             env_of=None, **extra_env):
   """Starts processes `ids` of one two-process run (one launch, called `name`); returns the
   launch: its processes, their logs (beside `workdir`) and its reserved port. `cwds`: the
@@ -61,9 +61,7 @@ def _launch(workdir, cache, name, *, worker=False, ids=(0, 1), cwds=None, workdi
   procs, logs = {}, {}
   for i in ids:
     env = train_utils.subprocess_env(num_devices=2)
-    env.update(LTDPT_COORDINATOR=address, LTDPT_NUM_PROCESSES='2', LTDPT_PROCESS_ID=str(i),
-               # one cache per process id: a process never reads an entry the other is writing
-               JAX_COMPILATION_CACHE_DIR=str(cache / f'process_{i}'))
+    env.update(LTDPT_COORDINATOR=address, LTDPT_NUM_PROCESSES='2', LTDPT_PROCESS_ID=str(i))
     env.update({k: str(v) for k, v in {**extra_env, **(env_of or {}).get(i, {})}.items()})
     logs[i] = workdir.parent / f'{workdir.name}_{name}_process_{i}.log'
     with open(logs[i], 'w') as log:
@@ -104,20 +102,13 @@ def _steps(workdir) -> list[int]:
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  path = cli_worker.cache_dir(tmp_path_factory)
-  with cli_worker.use_compilation_cache(path):
-    yield path
-
-
-@pytest.fixture(scope='module')
-def run(cache, tmp_path_factory):
+def run(tmp_path_factory):
   """One two-process run in three launches of the same command: process 1 kills itself
   (SIGKILL) after step 6 and process 0 stops on its own; the rerun resumes, and process 1 sends
   itself SIGTERM after step 8 (both stop after the same step); the third launch finishes."""
   workdir = tmp_path_factory.mktemp('multihost') / 'run'
   t0 = time.perf_counter()
-  lost = _launch(workdir, cache, 'lost', worker=True, LTDPT_HEARTBEAT_TIMEOUT_S=HEARTBEAT_S,
+  lost = _launch(workdir, 'lost', worker=True, LTDPT_HEARTBEAT_TIMEOUT_S=HEARTBEAT_S,
                  env_of={1: {'LTDPT_TEST_SIGKILL_AT_STEP': 6}})
   try:
     lost.procs[1].wait(timeout=TIMEOUT_S)
@@ -127,11 +118,11 @@ def run(cache, tmp_path_factory):
   lost_logs = _wait(lost, code={0: 75, 1: -9})  # 75: stopped, rerun to resume
   t2 = time.perf_counter()
   lost_steps = _steps(workdir)
-  stopped = _launch(workdir, cache, 'stopped', worker=True,
+  stopped = _launch(workdir, 'stopped', worker=True,
                     env_of={1: {'LTDPT_TEST_SIGTERM_AT_STEP': 8}})
   stopped_logs = _wait(stopped, code=75)  # stopped by a signal: rerun to resume
   stopped_steps = _steps(workdir)
-  logs = _wait(_launch(workdir, cache, 'finished'))
+  logs = _wait(_launch(workdir, 'finished'))
   print(f'two-process run: process 1 killed after {t1 - t0:.1f} s, process 0 out {t2 - t1:.1f} s '
         f'later; {time.perf_counter() - t2:.1f} s to stop (SIGTERM) and finish')
   return types.SimpleNamespace(workdir=workdir, lost_logs=lost_logs, lost_steps=lost_steps,
@@ -168,11 +159,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(run):
     assert f'Resumed from the checkpoint of step {stopped}' in log
 
 
-def test_a_process_started_alone_gives_up_in_one_line(cache, tmp_path):
+def test_a_process_started_alone_gives_up_in_one_line(tmp_path):
   """Process 0, then process 1, started without the other (two runs at once, each with its own
   port): each exits 2 after LTDPT_CONNECT_TIMEOUT_S with one line naming the process missing
   and the coordinator, not JAX's SIGABRT after its own initialization timeout."""
-  alone = {i: _launch(tmp_path / f'alone_{i}', cache, 'alone', ids=(i,),
+  alone = {i: _launch(tmp_path / f'alone_{i}', 'alone', ids=(i,),
                       LTDPT_CONNECT_TIMEOUT_S=5) for i in (0, 1)}
   expected = {0: 'process 1 of 2 did not connect to this process (0, the coordinator at {})',
               1: 'process 0 of 2 (the coordinator, {}) did not answer process 1'}
@@ -185,11 +176,10 @@ def test_a_process_started_alone_gives_up_in_one_line(cache, tmp_path):
     assert 'Traceback' not in log and 'Check failure stack trace' not in log
 
 
-def test_two_processes_match_one_process(run, tmp_path):
+def test_two_processes_match_one_process(run, cli_straight):
   assert '2 process(es), 4 device(s)' in run.logs[0]
-  one_dir = tmp_path / 'one'
-  results = train.train_and_evaluate(_config(), str(one_dir))  # 1 process, 1 device here
-  assert jax.process_count() == 1
+  one_dir = cli_straight.workdir  # the same config, 1 process on 1 device
+  results = json.loads((one_dir / 'results.json').read_text())
 
   assert set(_steps(run.workdir)) >= {3, 6, 7, 9, 12, 14}
   for step in (7, STEPS):
@@ -242,7 +232,7 @@ def test_two_process_checkpoint_resumes_in_one_process(run, tmp_path):
     assert results['last']['accuracy'] == json.load(f)['last']['accuracy']
 
 
-def test_a_workdir_each_host_has_alone_is_refused(cache, tmp_path):
+def test_a_workdir_each_host_has_alone_is_refused(tmp_path):
   """Hosts with their own disks: the relative --workdir=run means another directory in each
   process's working directory, as a local path does on each host of a TPU slice. Both processes
   refuse the run in one line before anything is built, and neither writes a checkpoint."""
@@ -250,7 +240,7 @@ def test_a_workdir_each_host_has_alone_is_refused(cache, tmp_path):
   for h in hosts:
     h.mkdir()
   logs_at = tmp_path / 'run'  # where _launch keeps the logs (run_refused_process_*.log)
-  logs = _wait(_launch(logs_at, cache, 'refused', cwds=hosts, workdir_arg='run'), timeout=240,
+  logs = _wait(_launch(logs_at, 'refused', cwds=hosts, workdir_arg='run'), timeout=240,
                code=2)
   for log in logs.values():
     errors = [line for line in log.splitlines() if line.startswith('Error: ')]

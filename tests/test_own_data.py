@@ -29,11 +29,6 @@ COUNTS = [120, 60, 30, 12, 6]   # head, medium, medium, tail, tail (> 100 / 20-1
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return cli_worker.cache_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   """train/ (long-tailed, nested sub-folders, every file kind, a hidden file, a text file, a
   corrupt image, a decompression bomb, two symbolic link loops) and val/ (8 per class, class_04
@@ -271,8 +266,7 @@ def trained(folder, tmp_path_factory):
   config = _folder_config(folder)
   config.train.epochs, config.train.drw_epochs = 2, 1
   config.train.keep_checkpoints = 10  # the first evaluation's checkpoint too
-  with cli_worker.use_compilation_cache(cli_worker.cache_dir(tmp_path_factory)):
-    results = train.train_and_evaluate(config, str(workdir))
+  results = train.train_and_evaluate(config, str(workdir))
   return workdir, results, config
 
 
@@ -297,12 +291,11 @@ def test_training_from_a_folder_records_classes_and_per_class_results(trained, f
   assert recorded[str(folder / 'train' / 'class_03' / 'loop')].startswith('a symbolic link loop')
 
 
-def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, cache, tmp_path):
+def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, tmp_path):
   workdir, results, _ = trained
   out = tmp_path / 'pred' / 'predictions.csv'
   proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--workdir={workdir}',
-                             f'--images={folder / "val"}', f'--out={out}', '--top_k=3'],
-                            cache)
+                             f'--images={folder / "val"}', f'--out={out}', '--top_k=3'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / 'pred' / 'predictions_summary.json').read_text())
   assert summary == results['last']  # the same accuracy, groups and per-class counts
@@ -321,7 +314,7 @@ def test_predict_cli_agrees_with_eval_and_writes_the_csv(trained, folder, cache,
 
 
 def test_predict_a_labelled_list_at_an_earlier_step_equals_that_evaluation(trained, folder,
-                                                                          cache, tmp_path):
+                                                                          tmp_path):
   """A labelled list file (OLTR lines and a CSV of class names) of the eval images, predicted
   with --checkpoint_step of the first evaluation: predictions_summary.json is that
   evaluation's eval_<step>.json (the same accuracy, groups and per-class counts)."""
@@ -341,7 +334,7 @@ def test_predict_a_labelled_list_at_an_earlier_step_equals_that_evaluation(train
     out = tmp_path / listing / 'predictions.csv'
     proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.predict',
                                f'--workdir={workdir}', f'--images={root / listing}',
-                               f'--checkpoint_step={steps[0]}', f'--out={out}'], cache)
+                               f'--checkpoint_step={steps[0]}', f'--out={out}'])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out.parent / 'predictions_summary.json').read_text())
     assert summary['step'] == first['step'] and summary == first, listing
@@ -380,7 +373,7 @@ def test_predict_checks_inputs_before_building_or_restoring(trained, tmp_path, m
       predict_lib.predict_paths(str(workdir), [str(path)])
 
 
-def test_predict_bad_input_is_one_line(trained, folder, cache, tmp_path):
+def test_predict_bad_input_is_one_line(trained, folder, tmp_path):
   """Each problem is one PredictError naming it; through the CLI, one line and exit code 2, the
   library logs quiet unless --verbosity=1 asks for them."""
   workdir, _, _ = trained
@@ -408,9 +401,8 @@ def test_predict_bad_input_is_one_line(trained, folder, cache, tmp_path):
                          ('no image files in', 'no_images')),
                         ([f'--workdir={empty}', f'--images={folder / "val"}'],
                          ('No checkpoint in', 'empty_run'))):
-    bad_inputs.only_error_line(cli_worker.run_cli(predict + args, cache, timeout=180), *needles)
-  out = cli_worker.run_cli(predict + [f'--workdir={empty}', f'--images={text}', '--verbosity=1'],
-                           cache, timeout=180)
+    bad_inputs.only_error_line(cli_worker.run_cli(predict + args, timeout=180), *needles)
+  out = cli_worker.run_cli(predict + [f'--workdir={empty}', f'--images={text}', '--verbosity=1'], timeout=180)
   assert out.returncode == 2 and 'Error: No checkpoint in' in out.stderr, out.stderr[-3000:]
   assert 'checkpoint_manager.py' in out.stderr  # Orbax's own log lines (and a debug traceback)
   assert not (tmp_path / 'p.csv').exists()

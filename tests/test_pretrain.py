@@ -175,18 +175,13 @@ def _toy_config():
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return cli_worker.cache_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def straight(tmp_path_factory, cache):
+def straight(tmp_path_factory):
   """The pretraining command at toy size, through the CLI: (out .npz, workdir, stderr)."""
   root = tmp_path_factory.mktemp('pretrain')
   out, workdir = root / 'vit.npz', root / 'wd'
   args = [sys.executable, '-m', 'ltdpt_jax.tools.pretrain', '--config=configs/pretrain_synthetic.py',
           f'--workdir={workdir}', f'--out={out}'] + [f'--config.{k}={v}' for k, v in TOY.items()]
-  proc = cli_worker.run_cli(args, cache, timeout=300)
+  proc = cli_worker.run_cli(args, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return out, workdir, proc.stderr
 
@@ -211,31 +206,30 @@ def test_pretraining_command_writes_an_official_npz_with_head(straight):
   assert (workdir / 'checkpoints' / '4').is_dir() and (workdir / 'eval_4.json').is_file()
 
 
-def test_pretraining_resumed_ends_with_the_same_weights(straight, cache, tmp_path, monkeypatch):
+def test_pretraining_resumed_ends_with_the_same_weights(straight, tmp_path, monkeypatch):
   """Stopped after step 2 (as SIGTERM would) and rerun: the same .npz bytes as the CLI's
   uninterrupted run, in another process (deterministic for the seed)."""
   out = str(tmp_path / 'vit.npz')
   workdir = str(tmp_path / 'wd')
   config = _toy_config()
-  with cli_worker.use_compilation_cache(cache):
-    with monkeypatch.context() as m:
-      m.setattr(run_dir_lib.Preemption, 'should_stop', lambda self, step: step == 2)
-      assert pretrain.run(config, workdir, out) == {'stopped_at': 2}
-    assert not os.path.exists(out)
-    result = pretrain.run(config, workdir, out)
+  with monkeypatch.context() as m:
+    m.setattr(run_dir_lib.Preemption, 'should_stop', lambda self, step: step == 2)
+    assert pretrain.run(config, workdir, out) == {'stopped_at': 2}
+  assert not os.path.exists(out)
+  result = pretrain.run(config, workdir, out)
   assert result['sha256'] == fetch.sha256_of(straight[0])
   assert pretrain.run(config, workdir, out)['sha256'] == result['sha256']  # finished: re-export
 
 
-def test_pretraining_bad_input_is_one_line(tmp_path, cache):
+def test_pretraining_bad_input_is_one_line(tmp_path):
   args = [sys.executable, '-m', 'ltdpt_jax.tools.pretrain', '--config=configs/pretrain_synthetic.py',
           f'--out={tmp_path / "vit.npz"}', '--config.optim.warmup_epochs=40']
-  proc = cli_worker.run_cli(args, cache, timeout=120)
+  proc = cli_worker.run_cli(args, timeout=120)
   cli_worker.one_error_line(proc, 2, 'config.optim.warmup_epochs=40', 'config.train.epochs=30')
   assert not (tmp_path / 'vit_pretrain').exists()
 
 
-def test_pretraining_on_an_image_folder(tmp_path, cache):
+def test_pretraining_on_an_image_folder(tmp_path):
   """Any source of the data module: a folder of class folders (2 x 8 training images, 2 x 2 eval
   images), two steps. The .npz holds the trained weights: loaded with its head, it gives the
   logits of the trained model with the final checkpoint's weights (read with Orbax alone) on
@@ -255,8 +249,7 @@ def test_pretraining_on_an_image_folder(tmp_path, cache):
   config.optim.warmup_epochs = 0.5
   pretrain.validate(config)
   workdir = tmp_path / 'wd'
-  with cli_worker.use_compilation_cache(cache):
-    result = pretrain.run(config, str(workdir), str(tmp_path / 'folder.npz'))
+  result = pretrain.run(config, str(workdir), str(tmp_path / 'folder.npz'))
   model, params = vit_checkpoint.from_npz(result['out'])
   assert model.num_classes == 2 and params['head']['kernel'].shape == (32, 2)
   # The eval folder's images as the evaluation sees them, in its order (class a, then b).

@@ -97,7 +97,7 @@ def test_an_image_folder_on_a_bucket_is_one_line(tmp_path):
   config.data.dataset = 'folder'
   config.data.train_dir = 'gs://bucket/images/train'
   config.data.eval_dir = str(tmp_path)
-  out = cli_worker.run_cli(cli_worker.cli_command(config, tmp_path / 'run'), tmp_path / 'cache',
+  out = cli_worker.run_cli(cli_worker.cli_command(config, tmp_path / 'run'),
                            timeout=120)
   line = cli_worker.one_error_line(out, 2, 'gs://bucket/images/train', 'is remote', 'gcsfuse')
   assert 'config.data.train_dir' in line

@@ -2,7 +2,7 @@
 
 All runs train `train_utils.tiny_config()` (6 synthetic classes, 123 images, batch 16: 7 steps
 per epoch, 14 steps, DRW from step 7, checkpoints every 3 steps and at epoch ends). They share
-JAX's persistent compilation cache (one per test session), so only the first run compiles.
+the session's compilation cache (tests/conftest.py), so only the first run compiles.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import types
 
 import jax
@@ -38,19 +37,11 @@ DRW_START = 7       # DRW (class weights, halved GNM) from the 8th step on
 EVAL_STEPS = (7, 14)
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  path = cli_worker.cache_dir(tmp_path_factory)
-  with cli_worker.use_compilation_cache(path):
-    yield path
-
-
 _config = train_utils.run_config
 
 
-def _env(xla_cache, num_devices=None, **extra):
+def _env(num_devices=None, **extra):
   env = train_utils.subprocess_env(num_devices)
-  env['JAX_COMPILATION_CACHE_DIR'] = str(xla_cache)
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
@@ -82,14 +73,12 @@ def _assert_states_equal(a, b, *, rtol=0.0, atol=0.0):
 
 
 @pytest.fixture(scope='module')
-def straight(xla_cache, tmp_path_factory):
-  """One uninterrupted run (every checkpoint kept): the reference of the tests below."""
-  config = _config()
-  workdir = tmp_path_factory.mktemp('straight')
-  t0 = time.perf_counter()
-  results = train.train_and_evaluate(config, str(workdir))
-  print(f'straight run: {time.perf_counter() - t0:.1f} s')
-  return types.SimpleNamespace(config=config, workdir=workdir, results=results)
+def straight(cli_straight):
+  """The session's uninterrupted run (every checkpoint kept; tests/conftest.py): the reference of
+  the tests below, which copy it before they write. tests/test_main.py checks that it equals
+  `train.train_and_evaluate` of the same config, bit for bit."""
+  return types.SimpleNamespace(config=cli_straight.config, workdir=cli_straight.workdir,
+                               results=_read_json(cli_straight.workdir / 'results.json'))
 
 
 def test_straight_run_layout(straight):
@@ -98,8 +87,6 @@ def test_straight_run_layout(straight):
   for step in EVAL_STEPS:
     assert (straight.workdir / f'eval_{step}.json').exists()
   assert straight.results['last'] == _read_json(straight.workdir / 'eval_14.json')
-  assert _read_json(straight.workdir / 'results.json') == json.loads(
-      json.dumps(straight.results))
   drw = {r['step']: r['drw'] for r in _records(straight.workdir, 'train')}
   # Records average contiguous windows of steps; the epoch end at step 7 closes one.
   assert DRW_START in drw, drw
@@ -183,29 +170,31 @@ def test_crop_on_device_run_equals_straight_run(straight, tmp_path, monkeypatch)
                        cli_worker.restore_state(straight.workdir, STEPS)[0])
 
 
-def test_rerun_of_finished_run_does_not_train(straight, monkeypatch):
-  before = {name: (straight.workdir / name).read_bytes()
+def test_rerun_of_finished_run_does_not_train(straight, tmp_path, monkeypatch):
+  workdir = tmp_path / 'finished'
+  shutil.copytree(straight.workdir, workdir)
+  before = {name: (workdir / name).read_bytes()
             for name in ('metrics.jsonl', 'results.json', 'eval_14.json')}
-  steps = _steps(straight.workdir)
+  steps = _steps(workdir)
 
   def no_training(*args, **kwargs):
     raise AssertionError('a finished run must not train again')
   monkeypatch.setattr(sharding, 'prefetch_to_device', no_training)
-  results = train.train_and_evaluate(straight.config, str(straight.workdir))
-  assert results == _read_json(straight.workdir / 'results.json')
-  assert _steps(straight.workdir) == steps
+  results = train.train_and_evaluate(straight.config, str(workdir))
+  assert json.loads(json.dumps(results)) == _read_json(workdir / 'results.json')
+  assert _steps(workdir) == steps
   for name, content in before.items():
-    assert (straight.workdir / name).read_bytes() == content, name
+    assert (workdir / name).read_bytes() == content, name
 
 
-def test_sigterm_saves_checkpoint_and_exits_cleanly_then_resumes(straight, xla_cache, tmp_path):
+def test_sigterm_saves_checkpoint_and_exits_cleanly_then_resumes(straight, tmp_path):
   """A real SIGTERM to the CLI mid-run (the process sends it to itself once step 3 is done):
   exit code 75 (stopped: rerun to resume), a checkpoint of the step it stopped at (4, which no
   schedule saves), no traceback; the same command then finishes with the straight run's
   parameters."""
   workdir = tmp_path / 'sigterm'
   cmd = cli_worker.cli_command(straight.config, workdir, worker=True)
-  proc = subprocess.run(cmd, env=_env(xla_cache, LTDPT_TEST_SIGTERM_AT_STEP=3),
+  proc = subprocess.run(cmd, env=_env(LTDPT_TEST_SIGTERM_AT_STEP=3),
                         cwd=train_utils.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         text=True, timeout=600)
   out = proc.stdout
@@ -344,7 +333,7 @@ _FOUR_DEVICES = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_checkpoint_of_one_device_restores_onto_four(straight, xla_cache, tmp_path):
+def test_checkpoint_of_one_device_restores_onto_four(straight, tmp_path):
   """A 1-device checkpoint evaluated with 4 devices gives the same record; resumed (from step 7,
   at the DRW switch) with 4 devices, training ends at the 1-device parameters (float tolerance:
   the gradient all-reduce sums in another order)."""
@@ -358,7 +347,7 @@ def test_checkpoint_of_one_device_restores_onto_four(straight, xla_cache, tmp_pa
   for name in ('eval_14.json', 'results.json'):
     (resume_dir / name).unlink()
   out = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, str(eval_dir), str(resume_dir)],
-                       env=_env(xla_cache, 4), cwd=train_utils.REPO, capture_output=True,
+                       env=_env(4), cwd=train_utils.REPO, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
   result = json.loads(out.stdout.split('RESULT ', 1)[1])

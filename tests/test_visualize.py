@@ -48,11 +48,6 @@ def close_figures():
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return cli_worker.cache_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """An LT-DPT run with plots and attention shares on, and a VPT run of the same task."""
   root = tmp_path_factory.mktemp('pictures')
@@ -283,14 +278,14 @@ def test_a_run_writes_its_attention_shares(runs):
                                  for c in record['per_class']])
 
 
-def test_visualize_compares_two_runs(runs, cache, tmp_path):
+def test_visualize_compares_two_runs(runs, tmp_path):
   """The command's grid shows `make_maps_fn`'s maps of both runs on the seeded eval sample; its
   statistics are of the same maps."""
   ltdpt, vpt = runs
   out = tmp_path / 'figure1'
   proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.visualize',
                              f'--workdir={ltdpt}', f'--compare_workdir={vpt}', '--num_images=4',
-                             f'--out={out}'], cache, timeout=300)
+                             f'--out={out}'], timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   stats = json.loads((out / 'attention_stats.json').read_text())
   assert stats['num_images'] == 4
@@ -344,7 +339,7 @@ def test_visualize_on_image_files(runs, tmp_path):
   check_map_panels(png, fig, batch['images'], batch['labels'], mine)
 
 
-def test_visualize_bad_input_is_one_line(runs, cache, tmp_path, monkeypatch):
+def test_visualize_bad_input_is_one_line(runs, tmp_path, monkeypatch):
   """Each problem is one line (exit code 2), found from the runs' records and the inputs before
   any model is built or checkpoint restored, with the library logs quiet."""
   other = tmp_path / 'other'  # the VPT run, rebuilt at another image size
@@ -371,15 +366,15 @@ def test_visualize_bad_input_is_one_line(runs, cache, tmp_path, monkeypatch):
                          ('renamed is a run of other classes',)),
                         ([f'--workdir={runs[0]}', f'--images={tmp_path / "no_images"}'],
                          ('no image files in', 'no_images'))):
-    bad_inputs.only_error_line(cli_worker.run_cli(command + args, cache, timeout=120), *needles)
+    bad_inputs.only_error_line(cli_worker.run_cli(command + args, timeout=120), *needles)
   assert not (tmp_path / 'o').exists()
 
 
-def test_plot_command_overlays_runs(runs, cache, tmp_path):
+def test_plot_command_overlays_runs(runs, tmp_path):
   """Two runs overlaid: each run's classes and curves, drawn from its own records."""
   out = tmp_path / 'compare'
   proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.plot', f'--workdir={runs[0]}',
-                             str(runs[1]), f'--out={out}'], cache, timeout=120)
+                             str(runs[1]), f'--out={out}'], timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   evals = [(w.name, json.loads((w / 'eval_7.json').read_text())) for w in runs]
   per_class = plot.per_class_plot(evals, thresholds=_thresholds(runs[0]))
@@ -392,7 +387,7 @@ def test_plot_command_overlays_runs(runs, cache, tmp_path):
   assert 'vpt: loss' in _lines(curves.axes[0]) and 'vpt: GCL part' in _lines(curves.axes[0])
   assert not (out / 'confusion.png').exists()
   proc = cli_worker.run_cli([sys.executable, '-m', 'ltdpt_jax.tools.plot',
-                             f'--workdir={tmp_path / "x"}'], cache, timeout=120)
+                             f'--workdir={tmp_path / "x"}'], timeout=120)
   cli_worker.one_error_line(proc, 2, 'is not a directory')
 
 

@@ -13,6 +13,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # XLA CPU options for the reference computations of the tests: compiles several times faster,
 # the same results to float tolerance and the same FLOP counts.
 QUICK = {'xla_backend_optimization_level': 0}
+# The same for every program of a test session (tests/conftest.py puts it in XLA_FLAGS).
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# The session's compilation cache holds a few hundred MiB; its limit makes JAX lock it.
+TEST_XLA_CACHE_BYTES = 4 << 30
 
 
 def load_config(name: str, arg: str | None = None):
@@ -77,7 +81,6 @@ def subprocess_env(num_devices: int | None = None) -> dict[str, str]:
   env = dict(os.environ)
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env['JAX_PLATFORMS'] = 'cpu'
-  env.pop('XLA_FLAGS', None)
-  if num_devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  devices = [f'--xla_force_host_platform_device_count={num_devices}'] if num_devices else []
+  env['XLA_FLAGS'] = ' '.join([TEST_XLA_FLAGS] + devices)
   return env
