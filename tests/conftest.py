@@ -32,6 +32,21 @@ def pytest_configure(config):
   os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(train_utils.TEST_XLA_CACHE_BYTES)
 
 
+# The files that take longest, longest first (measured with --durations=0). pytest.ini's
+# `--dist loadfile --no-loadscope-reorder` hands whole files to the two workers in collection
+# order, so these start early and the short files fill in at the end: neither worker waits alone
+# on a long file while the other has finished.
+LONG_FILES = ('test_run_dir.py', 'test_train_step.py', 'test_multihost.py', 'test_pretrain.py',
+              'test_vit.py', 'test_main.py', 'test_bench.py', 'test_ltdpt.py', 'test_visualize.py',
+              'test_maps.py', 'test_ablate.py', 'test_train.py', 'test_losses.py',
+              'test_own_data.py', 'test_device_crop.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
 def pytest_unconfigure(config):
   if getattr(config, 'ltdpt_temporary_cache', None):
     shutil.rmtree(config.ltdpt_temporary_cache, ignore_errors=True)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 14
 TIMEOUT_S = 480  # a safety net: every wait ends when the processes exit
-HEARTBEAT_S = 15  # LTDPT_HEARTBEAT_TIMEOUT_S of the launch that loses a process
+HEARTBEAT_S = 10  # LTDPT_HEARTBEAT_TIMEOUT_S of the launch that loses a process
 
 
 def _reserve_port() -> socket.socket:

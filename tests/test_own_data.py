@@ -394,11 +394,12 @@ def test_predict_bad_input_is_one_line(trained, folder, tmp_path):
   text = tmp_path / 'not_an_image.jpg'
   text.write_text('hello')
   (tmp_path / 'no_images').mkdir()
+  with pytest.raises(predict_lib.PredictError, match='no image files in .*no_images'):
+    predict_lib.predict_paths(str(workdir), [str(tmp_path / 'no_images')])
+  # Through the command: each kind of error (the inputs', the run's) is one line, exit code 2.
   predict = [sys.executable, '-m', 'ltdpt_jax.tools.predict', f'--out={tmp_path / "p.csv"}']
   for args, needles in (([f'--workdir={workdir}', f'--images={text}'],
                          ('not_an_image.jpg', 'not an image')),
-                        ([f'--workdir={workdir}', f'--images={tmp_path / "no_images"}'],
-                         ('no image files in', 'no_images')),
                         ([f'--workdir={empty}', f'--images={folder / "val"}'],
                          ('No checkpoint in', 'empty_run'))):
     bad_inputs.only_error_line(cli_worker.run_cli(predict + args, timeout=180), *needles)

@@ -207,33 +207,38 @@ def test_every_kind_of_damage_is_told_from_another_model(stopped_at_7):
     gc.collect()
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_one_before(stopped_at_7, straight):
+def _log_of(call, caplog) -> list[str]:
+  """The log lines of `call()` run in this process (what the CLI prints to stderr)."""
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    call()
+  return [r.getMessage() for r in caplog.records]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(stopped_at_7, straight, caplog):
   workdir = stopped_at_7
   _damage(workdir / 'checkpoints' / '7', 'truncated array file')
-  out = cli_worker.run_cli(_cli(workdir))
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'Traceback' not in out.stderr
-  lines = [l for l in out.stderr.splitlines() if 'is damaged' in l]
+  log = _log_of(lambda: train.train_and_evaluate(_config(), str(workdir)), caplog)
+  lines = [l for l in log if 'is damaged' in l]
   assert len(lines) == 1 and 'step 7' in lines[0] and '7.damaged' in lines[0], lines
-  assert 'Resumed from the checkpoint of step 6' in out.stderr
+  assert any('Resumed from the checkpoint of step 6' in l for l in log), log
   assert (workdir / 'checkpoints' / '7.damaged').is_dir()  # kept, never chosen again
   _evals_equal(workdir, straight)
 
 
-def test_damaged_final_checkpoint_is_resumed_past_not_taken_as_finished(straight,
-                                                                         tmp_path):
+def test_damaged_final_checkpoint_is_resumed_past_not_taken_as_finished(straight, tmp_path,
+                                                                         caplog):
   """A finished run whose last checkpoint is damaged: the train command does not call it
   finished, sets the checkpoint aside, resumes from the one before and ends like the straight
   run."""
   workdir = tmp_path / 'run'
   shutil.copytree(straight, workdir)
   _damage(workdir / 'checkpoints' / str(STEPS), 'truncated array file')
-  out = cli_worker.run_cli(_cli(workdir))
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'has finished' not in out.stderr and 'Traceback' not in out.stderr
-  lines = [l for l in out.stderr.splitlines() if 'is damaged' in l]
+  log = _log_of(lambda: train.train_and_evaluate(_config(), str(workdir)), caplog)
+  assert not any('has finished' in l for l in log), log
+  lines = [l for l in log if 'is damaged' in l]
   assert len(lines) == 1 and f'step {STEPS}' in lines[0], lines
-  assert 'Resumed from the checkpoint of step 12' in out.stderr
+  assert any('Resumed from the checkpoint of step 12' in l for l in log), log
   assert (workdir / 'checkpoints' / f'{STEPS}.damaged').is_dir() and STEPS in _steps(workdir)
   _evals_equal(workdir, straight)
 
@@ -256,7 +261,7 @@ def test_no_restorable_checkpoint_and_eval_of_a_damaged_step(stopped_at_7):
 # Config drift and the backbone's digest.
 # ---------------------------------------------------------------------------------------------
 
-def test_config_drift_refused_allowed_or_accepted_and_recorded(stopped_at_7, straight):
+def test_config_drift_refused_allowed_or_accepted_and_recorded(stopped_at_7, straight, caplog):
   workdir = stopped_at_7
   changed = _config()
   changed.optim.lr = 0.1
@@ -267,9 +272,8 @@ def test_config_drift_refused_allowed_or_accepted_and_recorded(stopped_at_7, str
   periods = _config()
   periods.train.log_every_steps = 3
   periods.train.checkpoint_every_steps = 4
-  out = cli_worker.run_cli(_cli(workdir, config=periods))
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'train.checkpoint_every_steps 3 -> 4' in out.stderr
+  log = _log_of(lambda: train.train_and_evaluate(periods, str(workdir)), caplog)
+  assert any('train.checkpoint_every_steps 3 -> 4' in l for l in log), log
   _evals_equal(workdir, straight)
   history = [json.loads(l) for l in (workdir / 'config_changes.jsonl').read_text().splitlines()]
   assert history[-1]['accepted'] == 'allowed' and history[-1]['resumed_at_step'] == 7
@@ -295,8 +299,7 @@ def test_allow_config_change_records_what_ran(stopped_at_7):
   workdir = stopped_at_7
   changed = _config()
   changed.data.crop_min_scale = 0.5
-  out = cli_worker.run_cli(_cli(workdir, '--allow_config_change', config=changed))
-  assert out.returncode == 0, out.stderr[-3000:]
+  train.train_and_evaluate(changed, str(workdir), allow_config_change=True)
   assert json.loads((workdir / 'config.json').read_text())['data']['crop_min_scale'] == 0.5
   history = [json.loads(l) for l in (workdir / 'config_changes.jsonl').read_text().splitlines()]
   assert history == [dict(history[0], accepted='--allow_config_change', resumed_at_step=7,
@@ -401,8 +404,7 @@ def test_full_disk_is_one_line_and_resumes_exactly_with_space(straight, tmp_path
   finally:
     if mounted:
       _umount(small)
-  out = cli_worker.run_cli(_cli(moved))
-  assert out.returncode == 0, out.stderr[-3000:]
+  train.train_and_evaluate(_config(), str(moved))
   _evals_equal(moved, straight)
   steps = [r['step'] for r in _train_records(moved)]
   assert steps == sorted(set(steps)), steps

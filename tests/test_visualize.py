@@ -360,13 +360,13 @@ def test_visualize_bad_input_is_one_line(runs, tmp_path, monkeypatch):
                          ({'images': [str(tmp_path / 'no_images')]}, 'no image files in')):
     with pytest.raises(predict_lib.PredictError, match=needle):
       visualize.run_visualize(str(runs[0]), str(tmp_path / 'out'), **kwargs)
-  command = [sys.executable, '-m', 'ltdpt_jax.tools.visualize', f'--out={tmp_path / "o"}']
-  for args, needles in (([f'--workdir={tmp_path / "none"}'], ('holds no run',)),
-                        ([f'--workdir={runs[0]}', f'--compare_workdir={renamed}'],
-                         ('renamed is a run of other classes',)),
-                        ([f'--workdir={runs[0]}', f'--images={tmp_path / "no_images"}'],
-                         ('no image files in', 'no_images'))):
-    bad_inputs.only_error_line(cli_worker.run_cli(command + args, timeout=120), *needles)
+  with pytest.raises(predict_lib.PredictError, match='holds no run'):
+    visualize.run_visualize(str(tmp_path / 'none'), str(tmp_path / 'out'))
+  # Through the command: one line, exit code 2 (the same PredictError path for every case).
+  command = [sys.executable, '-m', 'ltdpt_jax.tools.visualize', f'--out={tmp_path / "o"}',
+             f'--workdir={runs[0]}', f'--compare_workdir={renamed}']
+  bad_inputs.only_error_line(cli_worker.run_cli(command, timeout=120),
+                             'renamed is a run of other classes')
   assert not (tmp_path / 'o').exists()
 
 
