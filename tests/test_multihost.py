@@ -61,7 +61,10 @@ def _launch(workdir, name, *, worker=False, ids=(0, 1), cwds=None, workdir_arg=N
   procs, logs = {}, {}
   for i in ids:
     env = train_utils.subprocess_env(num_devices=2)
-    env.update(LTDPT_COORDINATOR=address, LTDPT_NUM_PROCESSES='2', LTDPT_PROCESS_ID=str(i))
+    env.update(LTDPT_COORDINATOR=address, LTDPT_NUM_PROCESSES='2', LTDPT_PROCESS_ID=str(i),
+               # No persistent compilation cache: on JAX 0.12.1 (CPU, gloo) two processes that
+               # load their programs from it hang in the first step of a resumed run.
+               JAX_ENABLE_COMPILATION_CACHE='false')
     env.update({k: str(v) for k, v in {**extra_env, **(env_of or {}).get(i, {})}.items()})
     logs[i] = workdir.parent / f'{workdir.name}_{name}_process_{i}.log'
     with open(logs[i], 'w') as log:
