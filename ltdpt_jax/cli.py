@@ -420,6 +420,7 @@ def _choices() -> dict[str, tuple]:
       'model.remat_policy': tuple(vit.REMAT_POLICIES),
       'data.dataset': data_lib.DATASETS,
       'data.eval_split': data_lib.EVAL_SPLITS,
+      'data.source': data_lib.BENCHMARK_SOURCES,
       'data.on_bad_image': data_lib.ON_BAD_IMAGE,
       'data.class_set': data_lib.CLASS_SETS,
   }

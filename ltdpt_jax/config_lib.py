@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dataset = 'cifar100_lt'
   c.data.imbalance_ratio = 100.0
   c.data.image_size = 224
+  # Where the paper's benchmarks are read from: 'tfds' (prepared tfds data in data_dir) or
+  # 'files' (the dataset's own files under image_root: for cifar100_lt the folder holding
+  # cifar-100-binary.tar.gz or cifar-100-binary/, '' = download into the cache).
+  c.data.source = 'tfds'
   c.data.data_dir = ''               # tfds data_dir ('' = tfds default, $TFDS_DATA_DIR)
   c.data.split_dir = ''              # local directory of OLTR split files ('' = download + cache)
   c.data.eval_split = 'test'         # ImageNet-LT / Places-LT: 'test' (the paper's) or 'val' lists
@@ -102,7 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_dir = ''
   c.data.train_list = ''
   c.data.eval_list = ''
-  c.data.image_root = ''             # '' = the list file's folder
+  # Root of the files: of a 'list' dataset ('' = the list file's folder), or of a benchmark with
+  # source 'files' (above).
+  c.data.image_root = ''
   c.data.class_names = ()            # () = sorted train class folders / CSV names
   c.data.on_bad_image = 'error'      # 'error' (stop before training) | 'skip' (drop them)
   c.data.shot_thresholds = (20, 100)  # tail < 20 <= medium <= 100 < head (training images)
@@ -183,6 +189,18 @@ CHECKPOINTS = {
     'l16': f'{_GCS}/augreg/L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz',
     'b16_original': f'{_GCS}/imagenet21k/ViT-B_16.npz',
 }
+
+
+def benchmark_config(arg: str | None, **defaults) -> tuple[ml_collections.ConfigDict,
+                                                           ml_collections.ConfigDict]:
+  """`base_config()` and the parsed argument of a paper benchmark's config: its own `defaults`
+  plus `source` and `image_root` (e.g. 'ratio=100,source=files,image_root=DIR'), which set
+  config.data.source and config.data.image_root."""
+  arg = parse_arg(arg, **defaults, source='tfds', image_root='')
+  c = base_config()
+  c.data.source = arg.source
+  c.data.image_root = arg.image_root
+  return c, arg
 
 
 def parse_arg(arg: str | None, **defaults):

@@ -37,7 +37,8 @@ class _NotRetried(Exception):
 
 def cache_dir() -> pathlib.Path:
   """The root of the project's caches: checkpoints sit in it (`<sha1(url)[:12]>_<basename>`),
-  split files in `splits/`, the tfds record-name index in `index/`, folder scans in `scans/`."""
+  split files in `splits/`, the tfds record-name index in `index/`, folder scans in `scans/`, the
+  CIFAR-100 archive and its extraction in `cifar100/`."""
   if os.environ.get(CACHE_ENV):
     return pathlib.Path(os.environ[CACHE_ENV])
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
@@ -75,9 +76,10 @@ def _reason(e: BaseException) -> str:
     return f'HTTP {response.status_code} {response.reason}'
   if isinstance(e, _NotRetried):
     return str(e)
-  digests = re.search(r'expected (?:\w+:)?(\w+) but got (\w+)', str(e))
+  digests = re.search(r'(\w+) hash of downloaded file .*expected (?:\w+:)?(\w+) but got (\w+)',
+                      ' '.join(str(e).split()))
   if isinstance(e, ValueError) and digests:  # pooch's hash mismatch
-    return f'sha256 {digests[2]} != expected {digests[1]}'
+    return f'{digests[1].lower()} {digests[3]} != expected {digests[2]}'
   for _ in range(8):  # the OS error (refused, timed out, ...) under requests' and urllib3's
     if (e.__cause__ or e.__context__) is None:
       break
@@ -115,13 +117,15 @@ class _Mirror:
 
 
 def download(urls: Sequence[str], dest: str | os.PathLike, *, sha256: str | None = None,
-             timeout: float | None = None, local_copy_key: str | None = None) -> pathlib.Path:
+             md5: str | None = None, timeout: float | None = None,
+             local_copy_key: str | None = None) -> pathlib.Path:
   """Fetches the first of `urls` that works into `dest` and returns `dest`.
 
   Each mirror goes through a one-file `pooch.Pooch`: an http(s) one gets RETRIES attempts (one
   after an HTTP 4xx reply), a file:// one a single copy. pooch writes a temporary file beside
-  `dest` and renames it into place only when its SHA-256 is `sha256`. An existing `dest` with that
-  digest (any, without `sha256`) is kept; one with another is downloaded again. Raises FetchError:
+  `dest` and renames it into place only when its SHA-256 is `sha256` (or its MD5 `md5`, for files
+  whose publisher gives only that). An existing `dest` with that digest (any, without one) is
+  kept; one with another is downloaded again. Raises FetchError:
   one line naming every URL and why it failed, where to place the file by hand, and
   `local_copy_key` (the config key that can point at a local copy instead).
   """
@@ -129,7 +133,7 @@ def download(urls: Sequence[str], dest: str | os.PathLike, *, sha256: str | None
   import pooch  # pylint: disable=g-import-not-at-top
   pooch.get_logger().setLevel(logging.WARNING)  # its INFO lines say less than this function logs
   dest = pathlib.Path(dest)
-  known = f'sha256:{sha256.lower()}' if sha256 else None
+  known = (f'sha256:{sha256.lower()}' if sha256 else f'md5:{md5.lower()}' if md5 else None)
   failures = []
   for url in urls:
     tries = 1 if urllib.parse.urlparse(url).scheme == 'file' else RETRIES

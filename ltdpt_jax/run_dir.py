@@ -283,7 +283,8 @@ class Preemption:
 # ---------------------------------------------------------------------------------------------
 
 # Config keys (fnmatch patterns over dotted names) that may differ when a run resumes: they
-# change how often things are logged, saved or evaluated, where files are read from, how fast
+# change how often things are logged, saved or evaluated, where files are read from (tfds or
+# the same dataset's own files, which give the same images and labels), how fast
 # the input is read or where the training crop runs (bit-identical either way), never what the
 # run computes. The backbone file's path may change
 # (model.checkpoint): its SHA-256, recorded at the start, is checked instead. The attention
@@ -293,12 +294,13 @@ RESUME_ALLOWED = (
     'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
     'train.eval_every_epochs', 'train.plots', 'train.attention_stats', 'evals.*',
     'data.eval_batch_size', 'data.num_workers', 'data.data_dir', 'data.split_dir',
+    'data.source', 'data.image_root',
     'data.crop_on_device', 'model.checkpoint', 'model.checkpoint_sha256',
     'model.attention', 'model.pad_attention_to', 'model.remat', 'model.remat_policy',
 )
 # Config keys added after runs were already being written, with the value that gives what runs
 # without the key did: a stored config without the key compares as if it held this value.
-ADDED_KEYS = {'data.crop_on_device': None, 'data.synthetic_image_size': 0}
+ADDED_KEYS = {'data.crop_on_device': None, 'data.synthetic_image_size': 0, 'data.source': 'tfds'}
 # What an evaluation of a checkpoint depends on (the rest only changes how the run trained).
 EVAL_RELEVANT = (
     'model.*', 'data.dataset', 'data.image_size', 'data.imbalance_ratio', 'data.seed',

@@ -24,6 +24,7 @@ CHANGES = {
     'train.eval_every_epochs': 2, 'train.plots': True, 'train.attention_stats': True,
     'evals.eval.every_epochs': 1, 'data.eval_batch_size': 8, 'data.num_workers': 1,
     'data.data_dir': '/no/tfds/for/synthetic/data', 'data.split_dir': '/no/split/files/either',
+    'data.source': 'files', 'data.image_root': '/no/files/for/synthetic/data/either',
     'data.crop_on_device': True, 'model.attention': 'xla', 'model.pad_attention_to': 8,
     'model.remat': True, 'model.remat_policy': 'nothing',
 }

@@ -60,7 +60,8 @@ def test_config_file_that_does_not_load(tmp_path):
   cases = [('configs/nope.py', ('--config=configs/nope.py', 'no such file')),
            (str(broken), ('broken.py', 'SyntaxError', 'line 1')),
            ('configs/cifar100_lt.py:ratio=7', ('ratio=7', 'ratio must be one of 200, 100')),
-           ('configs/cifar100_lt.py:rati=7', ("Unknown config argument 'rati'", "['ratio']"))]
+           ('configs/cifar100_lt.py:rati=7',
+            ("Unknown config argument 'rati'", "['image_root', 'ratio', 'source']"))]
   for spec, needles in cases:
     out = _run(_main(f'--config={spec}', f'--workdir={workdir}'))
     _assert_clean_failure(out, workdir, *needles)

@@ -20,6 +20,7 @@ from ltdpt_jax.data.pipeline import num_workers
 from ltdpt_jax.data.pipeline import steps_per_epoch
 from ltdpt_jax.data.pipeline import train_batch_shapes
 from ltdpt_jax.data.pipeline import TrainIterator
+from ltdpt_jax.data.sources import BENCHMARK_SOURCES
 from ltdpt_jax.data.sources import DATASETS
 from ltdpt_jax.data.sources import EVAL_SPLITS
 from ltdpt_jax.data.sources import get_sources

@@ -1,5 +1,8 @@
 """Random-access sources of the datasets: tfds ArrayRecord data, synthetic, or the user's files.
 
+The paper's benchmarks come from tfds (`config.data.source='tfds'`) or from the files
+researchers already have ('files': `benchmark_files`).
+
 `get_sources(config.data)` returns the train and eval `Sources`; each source is a picklable
 sequence of {'image': uint8 HWC, 'label': int, 'id': i} with every label in `.labels`. grain
 reads them in worker processes, so nothing here imports JAX. `open_tfds` opens a prepared tfds
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ltdpt_jax import fetch
+from ltdpt_jax.data import benchmark_files
 from ltdpt_jax.data import cifar_lt
 from ltdpt_jax.data import files
 from ltdpt_jax.data import splits
@@ -38,6 +42,9 @@ TFDS_NAME = {
 # drawn from the tfds train split).
 DATASETS = ('cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'synthetic', 'folder', 'list')
 EVAL_SPLITS = ('test', 'val')
+# Where config.data.source reads the paper's benchmarks (the four of TFDS_NAME) from: prepared
+# tfds data in config.data.data_dir, or the dataset's own files under config.data.image_root.
+BENCHMARK_SOURCES = ('tfds', 'files')
 ON_BAD_IMAGE = files.ON_BAD_IMAGE
 # Classes of each real dataset.
 NUM_CLASSES = {'cifar100_lt': cifar_lt.CIFAR100_NUM_CLASSES, 'imagenet_lt': 1000,
@@ -195,13 +202,20 @@ def _ids_to_int(ids: np.ndarray, prefix: str) -> np.ndarray:
   return out
 
 
-def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
-  """CIFAR-100-LT: LDAM's seeded subset of tfds `cifar100` train (original order from `id`).
+def cifar100_lt_sources(data_dir: str, ratio: float, seed: int, *, source: str = 'tfds',
+                        image_root: str = '') -> Sources:
+  """CIFAR-100-LT: LDAM's seeded subset of the training images, the test split whole.
 
-  The prepared tfds files are shuffled on disk, so the records are first sorted by their `id`
-  (`train_%05d`, the position in the original CIFAR-100 training file). The test split is used
-  whole. Train element i is image i of LDAM's IMBALANCECIFAR100 list.
+  source 'tfds': tfds `cifar100` in `data_dir`. Its prepared files are shuffled on disk, so the
+  records are first sorted by their `id` (`train_%05d`, the position in the original CIFAR-100
+  training file). source 'files': the official binary archive under `image_root`, already in
+  that order (`benchmark_files.cifar100_sources`). Either way train element i is image i of
+  LDAM's IMBALANCECIFAR100 list.
   """
+  num_classes = NUM_CLASSES['cifar100_lt']
+  if source == 'files':
+    train, test, names = benchmark_files.cifar100_sources(image_root, ratio, seed)
+    return Sources('cifar100_lt', train, test, num_classes, 'test', names)
   name = 'cifar100'
   tr = scan_fields(name, 'train', data_dir, ('id', 'label'))
   order = np.argsort(_ids_to_int(tr['id'], 'train_'), kind='stable')
@@ -211,8 +225,7 @@ def cifar100_lt_sources(data_dir: str, ratio: float, seed: int) -> Sources:
   te = scan_fields(name, 'test', data_dir, ('id', 'label'))
   te_order = np.argsort(_ids_to_int(te['id'], 'test_'), kind='stable')
   test = RecordView(open_tfds(name, 'test', data_dir), te_order, te['label'][te_order])
-  return Sources('cifar100_lt', train, test, NUM_CLASSES['cifar100_lt'], 'test',
-                 label_names(name, data_dir))
+  return Sources('cifar100_lt', train, test, num_classes, 'test', label_names(name, data_dir))
 
 
 def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
@@ -313,6 +326,8 @@ def synthetic_image_size(d) -> int:
 
 def _key(d) -> tuple:
   common = (d.dataset, str(d.get('data_dir', '') or ''))
+  if d.dataset in TFDS_NAME:  # where a benchmark is read from
+    common += (str(d.get('source', 'tfds')), str(d.get('image_root', '') or ''))
   if d.dataset == 'cifar100_lt':
     return common + (float(d.imbalance_ratio), int(d.seed))
   if d.dataset in ('imagenet_lt', 'places_lt'):
@@ -335,9 +350,12 @@ def _key(d) -> tuple:
 def _sources_for_key(key: tuple) -> Sources:
   dataset, data_dir = key[0], key[1]
   if dataset == 'cifar100_lt':
-    return cifar100_lt_sources(data_dir, key[2], key[3])
+    return cifar100_lt_sources(data_dir, key[4], key[5], source=key[2], image_root=key[3])
+  if dataset in TFDS_NAME and key[2] == 'files':
+    raise ValueError(f"config.data.source='files' reads only cifar100_lt for now; read "
+                     f"{dataset} with config.data.source='tfds'.")
   if dataset in ('imagenet_lt', 'places_lt'):
-    return split_file_sources(dataset, data_dir, key[2], key[3])
+    return split_file_sources(dataset, data_dir, key[4], key[5])
   if dataset == 'inat2018':
     return inat2018_sources(data_dir)
   if dataset in ('folder', 'list'):
@@ -362,5 +380,8 @@ def get_sources(data) -> Sources:
   | 'synthetic' | none (`synthetic`; `data.class_set`) | long-tailed train | balanced test |
   | 'folder' | none (`files`) | `data.train_dir` class folders | `data.eval_dir` |
   | 'list' | none (`files`) | `data.train_list` under `data.image_root` | `data.eval_list` |
+
+  With `data.source='files'`, 'cifar100_lt' reads the CIFAR-100 binary archive under
+  `data.image_root` instead (`benchmark_files`), with the same images, labels and order.
   """
   return _sources_for_key(_key(data))
