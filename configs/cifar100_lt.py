@@ -3,13 +3,9 @@ r"""LT-DPT on CIFAR-100-LT (paper Section 5, Tables 1 and 4-7), with the paper's
   python -m ltdpt_jax.main --config=configs/cifar100_lt.py:ratio=100 --workdir=runs/c100_r100
 
 `ratio` (the imbalance ratio) is one of 200, 100, 50, 10. Expected top-1 (Table 1, LT-DPT):
-ratio 200: 89.0, 100: 90.4, 50: 91.0, 10: 91.6. The data: `source=tfds` (default, tfds
-`cifar100` prepared in --config.data.data_dir) or `source=files` (the official binary archive,
-no TensorFlow needed): `image_root=DIR` names the folder holding cifar-100-binary.tar.gz or
-cifar-100-binary/; without it the archive is downloaded once into the cache (161 MB), e.g.
-
-  python -m ltdpt_jax.main --config=configs/cifar100_lt.py:ratio=100,source=files \
-      --workdir=runs/c100_r100
+ratio 200: 89.0, 100: 90.4, 50: 91.0, 10: 91.6. `source=files` reads the official binary archive
+instead of tfds (no TensorFlow): `image_root=DIR` holds cifar-100-binary.tar.gz or its
+extracted cifar-100-binary/; without it the archive is downloaded once into the cache (161 MB).
 """
 
 from ltdpt_jax import config_lib

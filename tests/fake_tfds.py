@@ -138,6 +138,12 @@ def places_categories() -> list[str]:
   return pathlib.Path(path).read_text().split()
 
 
+def places_lt_categories() -> list[str]:
+  """Places365's categories in the order the OLTR Places-LT lists number them: sorted with '/'
+  read as '_' (tests/test_benchmark_files.py checks this on the published lists)."""
+  return sorted(places_categories(), key=lambda name: name.replace('/', '_'))
+
+
 def write_places365_small(data_dir, train: dict[int, int], num_val: int = 12,
                           num_test: int = 2, image_size: int = 256) -> dict:
   """Fake places365_small: `train[label] = n` images 00000001.jpg.. in each class folder.

@@ -14,7 +14,9 @@ from ltdpt_jax.data import pipeline
 from ltdpt_jax.data import sources
 from test_data_longtail import ldam_reference
 
-PLACES_TRAIN = {0: 6, 1: 4, 8: 5, 9: 3}
+# tfds labels. 116 and 118 (desert/sand, desert_road) are two of the five classes the OLTR
+# lists number differently (117 and 116: splits.oltr_label_order), and share file names.
+PLACES_TRAIN = {0: 6, 1: 4, 8: 5, 9: 3, 116: 3, 118: 4}
 IMAGENET_TRAIN = {0: 5, 1: 3, 2: 4}
 INAT_TRAIN = {0: 5, 1: 2, 2: 3}
 
@@ -30,13 +32,15 @@ def fake(tmp_path_factory):
   out['imagenet'] = fake_tfds.write_imagenet2012(data_dir, IMAGENET_TRAIN, num_val=10)
   out['inat'] = fake_tfds.write_i_naturalist2018(data_dir, INAT_TRAIN)
   cats = fake_tfds.places_categories()
+  oltr = {label: fake_tfds.places_lt_categories().index(cat) for label, cat in enumerate(cats)}
 
   def places_entry(base, label, split):  # easyformat: nested categories joined with '-'
-    return (f'{split}/{cats[label].replace("/", "-")}/{base}', label)
+    return (f'{split}/{cats[label].replace("/", "-")}/{base}', oltr[label])
 
   by_key = {(f.rsplit('/', 1)[-1], lab): k for f, lab, k in out['places']['train']}
   train_keys = [('00000002.jpg', 0), ('00000005.jpg', 0), ('00000001.jpg', 0),
-                ('00000001.jpg', 8), ('00000003.jpg', 9), ('00000004.jpg', 1)]
+                ('00000001.jpg', 8), ('00000003.jpg', 9), ('00000004.jpg', 1),
+                ('00000002.jpg', 118), ('00000001.jpg', 116), ('00000003.jpg', 118)]
   val_keys = [('00000006.jpg', 0), ('00000002.jpg', 8)]
   rng = np.random.default_rng(0)
   test = [out['places']['validation'][i] for i in rng.permutation(12)]
@@ -45,8 +49,8 @@ def fake(tmp_path_factory):
                 [by_key[k] for k in train_keys]),
       'val': ([places_entry(b, lab, 'train') for b, lab in val_keys],
               [by_key[k] for k in val_keys]),
-      'test': ([(f'val/{cats[lab].replace("/", "-")}/{f.rsplit("/", 1)[-1]}', lab)
-                for f, lab, _ in test], [k for _, _, k in test]),
+      'test': ([places_entry(f.rsplit('/', 1)[-1], lab, 'val') for f, lab, _ in test],
+               [k for _, _, k in test]),
   }
   for split, (entries, _) in out['places_lists'].items():
     fake_tfds.write_split_file(split_dir / f'Places_LT_{split}.txt', entries)
@@ -88,7 +92,7 @@ def test_tfds_datasets_name_their_classes_and_open_only_their_splits(fake):
   all 8142 species, those of the fake's categories first); `open_tfds` reads a prepared split
   whole and names the splits there are when asked for another."""
   want = {'cifar100_lt': [f'fine_{i}' for i in range(100)],
-          'places_lt': fake_tfds.places_categories(),
+          'places_lt': fake_tfds.places_lt_categories(),  # in the OLTR lists' label order
           'imagenet_lt': fake_tfds.imagenet_synsets()}
   for dataset, names in want.items():
     info = pipeline.get_dataset_info(config_for(fake, dataset, imbalance_ratio=10.0).data)

@@ -229,7 +229,13 @@ def cifar100_lt_sources(data_dir: str, ratio: float, seed: int, *, source: str =
 
 
 def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
-                     ) -> RecordView:
+                     ) -> tuple[RecordView, list[tuple[str, int]]]:
+  """The records of tfds imagenet2012 / places365_small an OLTR list names, with its labels.
+
+  A record is found by its file name and its tfds class, the class the list's folder names
+  (`splits.listed_class`), not the list's label: Places-LT numbers five classes differently
+  from tfds (`splits.oltr_label_order`) and its training file names repeat in every class.
+  """
   name = TFDS_NAME[dataset]
   path = splits.fetch_split_file(list_name, split_dir=split_dir)
   entries = splits.read_split_file(path)
@@ -241,35 +247,56 @@ def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
   tfds_split = splits.TFDS_SPLIT_OF_PREFIX[next(iter(prefixes))]
   field = _FILE_FIELD[name]
   scanned = scan_fields(name, tfds_split, data_dir, (field, 'label'))
-  rec = splits.match_split_entries(entries, scanned[field], scanned['label'],
+  tfds_label = {n: i for i, n in enumerate(label_names(name, data_dir))}
+  by_class = [(p, tfds_label.get(splits.listed_class(p, dataset), label)) for p, label in entries]
+  rec = splits.match_split_entries(by_class, scanned[field], scanned['label'],
                                    what=f'{path} vs tfds {name}/{tfds_split}')
   labels = np.array([label for _, label in entries], np.int64)
-  return RecordView(open_tfds(name, tfds_split, data_dir), rec, labels)
+  return RecordView(open_tfds(name, tfds_split, data_dir), rec, labels), entries
 
 
 def split_file_sources(dataset: str, data_dir: str, split_dir: str,
-                       eval_split: str = 'test') -> Sources:
-  """ImageNet-LT / Places-LT: OLTR lists joined with imagenet2012 / places365_small by file name.
+                       eval_split: str = 'test', *, source: str = 'tfds', image_root: str = '',
+                       on_bad_image: str = 'error') -> Sources:
+  """ImageNet-LT / Places-LT: the OLTR lists joined with tfds imagenet2012 / places365_small by
+  file name (source 'tfds'), or read from the user's image tree under `image_root` ('files':
+  `benchmark_files.split_list_sources`). Either way the labels are the lists'.
 
   `eval_split` 'test' (default) or 'val' picks the OLTR list of the eval source.
   """
   if eval_split not in EVAL_SPLITS:
     raise ValueError(f'config.data.eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}.')
+  if source == 'files':
+    train, ev, names, ev_name, bad = benchmark_files.split_list_sources(
+        dataset, image_root, split_dir, eval_split, NUM_CLASSES[dataset], on_bad_image)
+    return Sources(dataset, files.ImageFiles(train.paths, train.labels),
+                   files.ImageFiles(ev.paths, ev.labels), NUM_CLASSES[dataset], ev_name, names,
+                   tuple(sorted(bad.items())))
   prefix = _SPLIT_PREFIX[dataset]
-  train = _split_file_view(dataset, f'{prefix}_train.txt', data_dir, split_dir)
+  train, train_entries = _split_file_view(dataset, f'{prefix}_train.txt', data_dir, split_dir)
   ev_name = f'{prefix}_{eval_split}.txt'
-  ev = _split_file_view(dataset, ev_name, data_dir, split_dir)
+  ev, ev_entries = _split_file_view(dataset, ev_name, data_dir, split_dir)
   num_classes = NUM_CLASSES[dataset]
   for what, v in (('train', train), (ev_name, ev)):
     if v.labels.max() >= num_classes:
       raise ValueError(f'{dataset} {what} has label {v.labels.max()} >= {num_classes} classes.')
-  return Sources(dataset, train, ev, num_classes, ev_name,
-                 label_names(TFDS_NAME[dataset], data_dir))
+  names = splits.class_names_from_lists(
+      train_entries + ev_entries, num_classes, dataset,
+      splits.oltr_label_order(label_names(TFDS_NAME[dataset], data_dir), dataset))
+  return Sources(dataset, train, ev, num_classes, ev_name, names)
 
 
-def inat2018_sources(data_dir: str) -> Sources:
+def inat2018_sources(data_dir: str, *, source: str = 'tfds', image_root: str = '',
+                     split_dir: str = '', on_bad_image: str = 'error') -> Sources:
   """iNaturalist 2018: tfds `i_naturalist2018` train / validation as they are (the tfds label,
-  the index of the species name in tfds' names file, is used as is)."""
+  the index of the species name in tfds' names file, is used as is), or with source 'files' the
+  official annotations over the user's train_val2018/ (`benchmark_files.inat2018_sources`)."""
+  if source == 'files':
+    train, ev, names, ev_name, bad = benchmark_files.inat2018_sources(
+        image_root, split_dir, NUM_CLASSES['inat2018'], on_bad_image)
+    return Sources('inat2018', files.ImageFiles(train.paths, train.labels),
+                   files.ImageFiles(ev.paths, ev.labels), NUM_CLASSES['inat2018'], ev_name,
+                   names, tuple(sorted(bad.items())))
   name = 'i_naturalist2018'
   views = []
   for split in ('train', 'validation'):
@@ -327,13 +354,14 @@ def synthetic_image_size(d) -> int:
 def _key(d) -> tuple:
   common = (d.dataset, str(d.get('data_dir', '') or ''))
   if d.dataset in TFDS_NAME:  # where a benchmark is read from
-    common += (str(d.get('source', 'tfds')), str(d.get('image_root', '') or ''))
+    common += (str(d.get('source', 'tfds')), str(d.get('image_root', '') or ''),
+               str(d.get('on_bad_image', 'error')))
   if d.dataset == 'cifar100_lt':
     return common + (float(d.imbalance_ratio), int(d.seed))
   if d.dataset in ('imagenet_lt', 'places_lt'):
     return common + (str(d.get('split_dir', '') or ''), str(d.get('eval_split', 'test')))
   if d.dataset == 'inat2018':
-    return common
+    return common + (str(d.get('split_dir', '') or ''),)
   if d.dataset == 'synthetic':
     return common + (int(d.num_classes), float(d.imbalance_ratio), int(d.num_train_max),
                      int(d.num_test_per_class), synthetic_image_size(d), int(d.seed),
@@ -349,15 +377,13 @@ def _key(d) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _sources_for_key(key: tuple) -> Sources:
   dataset, data_dir = key[0], key[1]
-  if dataset == 'cifar100_lt':
-    return cifar100_lt_sources(data_dir, key[4], key[5], source=key[2], image_root=key[3])
-  if dataset in TFDS_NAME and key[2] == 'files':
-    raise ValueError(f"config.data.source='files' reads only cifar100_lt for now; read "
-                     f"{dataset} with config.data.source='tfds'.")
-  if dataset in ('imagenet_lt', 'places_lt'):
-    return split_file_sources(dataset, data_dir, key[4], key[5])
-  if dataset == 'inat2018':
-    return inat2018_sources(data_dir)
+  if dataset in TFDS_NAME:
+    where = dict(source=key[2], image_root=key[3])
+    if dataset == 'cifar100_lt':
+      return cifar100_lt_sources(data_dir, key[5], key[6], **where)
+    if dataset == 'inat2018':
+      return inat2018_sources(data_dir, split_dir=key[5], on_bad_image=key[4], **where)
+    return split_file_sources(dataset, data_dir, key[5], key[6], on_bad_image=key[4], **where)
   if dataset in ('folder', 'list'):
     _, _, train, eval_, image_root, class_names, on_bad_image = key
     return file_sources(dataset, train=train, eval_=eval_, image_root=image_root,
@@ -381,7 +407,9 @@ def get_sources(data) -> Sources:
   | 'folder' | none (`files`) | `data.train_dir` class folders | `data.eval_dir` |
   | 'list' | none (`files`) | `data.train_list` under `data.image_root` | `data.eval_list` |
 
-  With `data.source='files'`, 'cifar100_lt' reads the CIFAR-100 binary archive under
-  `data.image_root` instead (`benchmark_files`), with the same images, labels and order.
+  With `data.source='files'` the four benchmarks read the dataset's own files under
+  `data.image_root` instead (`benchmark_files`), with the same images and labels: the CIFAR-100
+  binary archive, the ImageNet and Places365 image trees through the same OLTR lists, and
+  iNat2018's train_val2018/ through its official annotations.
   """
   return _sources_for_key(_key(data))

@@ -63,6 +63,40 @@ SPLIT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
 TFDS_SPLIT_OF_PREFIX = {'train': 'train', 'val': 'validation'}
 
 
+def listed_class(path: str, dataset: str) -> str:
+  """The class a list path `<split>/<class>/<file>` names, spelt as tfds spells it: an ImageNet
+  wnid as it is; a Places365 category with '/' for the lists' '-' ('apartment_building-outdoor'
+  is 'apartment_building/outdoor'; no category has a '-' of its own)."""
+  folder = path.lstrip('/').split('/')[1]
+  return folder.replace('-', '/') if dataset == 'places_lt' else folder
+
+
+def oltr_label_order(tfds_names: Sequence[str], dataset: str) -> tuple[str, ...]:
+  """tfds' class names in the order the OLTR lists number the classes.
+
+  ImageNet-LT numbers them as tfds does (sorted wnids). OLTR numbers Places-LT's classes in the
+  order of the category names with '/' read as '_', tfds and Places365 with '/' kept, so five
+  classes differ: OLTR's 116-118 are desert_road, desert/sand, desert/vegetation (tfds:
+  desert/sand, desert/vegetation, desert_road) and 141-142 field_road, field/wild (tfds:
+  field/wild, field_road). The lists' labels are what LPT and the paper evaluate, so they are
+  kept, with these names.
+  """
+  if dataset == 'places_lt':
+    return tuple(sorted(tfds_names, key=lambda name: name.replace('/', '_')))
+  return tuple(tfds_names)
+
+
+def class_names_from_lists(entries: Sequence[tuple[str, int]], num_classes: int, dataset: str,
+                           fallback: Sequence[str] = ()) -> tuple[str, ...]:
+  """The class names in the lists' label order (`oltr_label_order`): each label's
+  `listed_class`, else `fallback`'s name at that index, else 'class_<i>'."""
+  names = [fallback[i] if i < len(fallback) else f'class_{i}' for i in range(num_classes)]
+  for path, label in entries:
+    if label < num_classes:
+      names[label] = listed_class(path, dataset)
+  return tuple(names)
+
+
 def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
   """Parses an OLTR split file into [(relative_path, label), ...] in file order.
 
