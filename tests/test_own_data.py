@@ -24,6 +24,7 @@ from ltdpt_jax.tools import predict as predict_lib
 from ltdpt_jax import train
 from ltdpt_jax.data import files
 from ltdpt_jax.data import pipeline
+from ltdpt_jax.data import transforms
 
 COUNTS = [120, 60, 30, 12, 6]   # head, medium, medium, tail, tail (> 100 / 20-100 / < 20)
 
@@ -123,6 +124,26 @@ def test_decoding_every_mode_against_pillow_by_hand(folder):
     sizes.add(got.shape[:2])
   assert {'RGB', 'RGBA', 'L', 'P', 'CMYK', 'I;16', 'LA'} <= seen, seen
   assert {(32, 32), (36, 48), (41, 27)} <= sizes, sizes
+
+
+def test_the_pipelines_pillow_path_gives_the_array_paths_pixels(folder):
+  """What the input pipeline does to image files (`ImageFiles.open`, the transforms on the Pillow
+  image) equals decoding to an array and transforming that, bit for bit, for every mode and
+  size, train (crops drawn from the same generator) and eval."""
+  source = files.ImageFiles(*(lambda s: (s.paths, s.labels))(
+      files.scan_folder(str(folder / 'train'))))
+  for i, path in enumerate(source.paths[:40]):
+    if path.endswith('corrupt.jpg'):
+      continue
+    image, drawn_on = source.open(i)
+    array = files.decode_image(path)
+    assert drawn_on == image.size == (array.shape[1], array.shape[0])
+    for seed in range(4):
+      np.testing.assert_array_equal(
+          transforms.train_transform_image(image, 24, np.random.default_rng(seed)),
+          transforms.train_transform(array, 24, np.random.default_rng(seed)), err_msg=path)
+    np.testing.assert_array_equal(transforms.eval_transform_image(image, 24),
+                                  transforms.eval_transform(array, 24), err_msg=path)
 
 
 def test_exif_orientation_and_transparency(tmp_path):

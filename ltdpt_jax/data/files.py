@@ -1,9 +1,10 @@
 """A user's own long-tailed data: image folders and list files, read with Pillow in grain workers.
 
 'folder' (`scan_folder`: ImageFolder layout) and 'list' (`read_list`: OLTR lines or a CSV) find
-the images; `check_images` and `without_bad` catch damaged files before any step; `decode_image`
-gives every image as 8-bit RGB; `ImageFiles` is the random-access source. The train and eval
-transforms of the tfds datasets follow, so the saliency is computed on the view the model sees.
+the images; `check_images` and `without_bad` catch damaged files before any step; `open_image`
+and `decode_image` give every image as 8-bit RGB; `ImageFiles` is the random-access source. The
+train and eval transforms of the tfds datasets follow, so the saliency is computed on the view
+the model sees.
 """
 
 from __future__ import annotations
@@ -403,8 +404,8 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
   return arr.astype(np.uint8)
 
 
-def to_rgb(im: Image.Image) -> np.ndarray:
-  """A Pillow image (any mode) as HWC uint8 RGB, the same for every image.
+def to_rgb_image(im: Image.Image) -> Image.Image:
+  """A Pillow image (any mode) as an RGB Pillow image, the same for every image.
 
   EXIF orientation applied; grayscale and 1-bit repeated, palette through its colours, CMYK by
   Pillow's conversion, 16-bit and 32-bit integer grayscale scaled by 1/257 (65535 -> 255), float
@@ -420,32 +421,59 @@ def to_rgb(im: Image.Image) -> np.ndarray:
   if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'RGB' and 'transparency' in im.info):
     rgba = im.convert('RGBA')
     background = Image.new('RGBA', rgba.size, BACKGROUND + (255,))
-    return np.asarray(Image.alpha_composite(background, rgba).convert('RGB'))
+    return Image.alpha_composite(background, rgba).convert('RGB')
   if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
     gray = _to_uint8(np.asarray(im), im.mode)
-    return np.repeat(gray[..., None], 3, axis=-1)
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
   if im.mode != 'RGB':
     im = im.convert('RGB')
-  return np.asarray(im)
+  return im
 
 
-def decode_image(path: str) -> np.ndarray:
-  """The image file at `path` as HWC uint8 RGB (the first frame of an animated GIF; `to_rgb`);
-  DataError for a file that does not decode or is larger than Pillow's limit (`_pixel_problem`),
-  checked before any pixel is decoded."""
+def to_rgb(im: Image.Image) -> np.ndarray:
+  """`to_rgb_image` as HWC uint8."""
+  return np.asarray(to_rgb_image(im))
+
+
+# The JPEG comment of a file `tools/store.py` re-encoded at a smaller size: the size (width x
+# height) of the image it was made from, on which the training crop is drawn.
+STORED_SIZE_TAG = b'ltdpt_jax original size '
+
+
+def stored_size(im: Image.Image) -> tuple[int, int] | None:
+  """(width, height) of the image a stored file was made from (its `STORED_SIZE_TAG` comment),
+  or None for any other file."""
+  comment = im.info.get('comment', b'')
+  if not comment.startswith(STORED_SIZE_TAG):
+    return None
+  width, height = comment[len(STORED_SIZE_TAG):].split(b'x')
+  return int(width), int(height)
+
+
+def open_image(path: str) -> tuple[Image.Image, tuple[int, int]]:
+  """The image file at `path` as an RGB Pillow image (`to_rgb_image`; the first frame of an
+  animated GIF), decoded, and the size the training crop is drawn on (`stored_size`, else its
+  own). DataError for a file that does not decode or is larger than Pillow's limit
+  (`_pixel_problem`), checked before any pixel is decoded."""
   try:
     with Image.open(path) as im:
       if _pixel_problem(im.size):
         raise Image.DecompressionBombError(path)
       im.seek(0)
       im.load()
-      return np.ascontiguousarray(to_rgb(im))
+      rgb = to_rgb_image(im)
+      return rgb, stored_size(im) or rgb.size
   except Image.DecompressionBombError as e:
     problem, cause = _bomb_problem(path, e), e
   except Exception as e:  # pylint: disable=broad-except
     problem, cause = f'{type(e).__name__}: {e}', e
   raise DataError(f'Cannot decode image {path}: {problem}. Remove or replace it (config.data.'
                   "on_bad_image='skip' drops the files the scan finds bad).") from cause
+
+
+def decode_image(path: str) -> np.ndarray:
+  """The image file at `path` as HWC uint8 RGB (`open_image`)."""
+  return np.ascontiguousarray(np.asarray(open_image(path)[0]))
 
 
 def _bomb_problem(path: str, error: Exception) -> str:
@@ -458,7 +486,11 @@ def _bomb_problem(path: str, error: Exception) -> str:
 
 
 class ImageFiles:
-  """Random-access source over image files: [i] -> {'image', 'label', 'id': i}; `labels`."""
+  """Random-access source over image files: [i] -> {'image', 'label', 'id': i}; `labels`.
+
+  The input pipeline calls `open(i)` instead, which keeps the decoded image in Pillow (the
+  transforms then run on it without copies to NumPy and back).
+  """
 
   def __init__(self, paths: Sequence[str], labels: np.ndarray):
     if len(paths) != len(labels):
@@ -473,6 +505,10 @@ class ImageFiles:
     index = int(index)
     return {'image': decode_image(self.paths[index]), 'label': int(self.labels[index]),
             'id': index}
+
+  def open(self, index: int) -> tuple[Image.Image, tuple[int, int]]:
+    """`open_image` of file `index`: its RGB Pillow image and the size crops are drawn on."""
+    return open_image(self.paths[int(index)])
 
 
 def without_bad(scan: Scan, on_bad_image: str) -> tuple[Scan, dict[str, str]]:

@@ -158,8 +158,14 @@ class TrainExample:
 
   def __call__(self, index: int) -> dict[str, Any]:
     epoch, position, record = self.locate(index)
-    ex = self.source[record]
     rng = augment_rng(self.seed, epoch, position)
+    if not self.crop_on_device and hasattr(self.source, 'open'):  # image files, kept in Pillow
+      image, drawn_on = self.source.open(record)
+      return {'label': np.int32(self.source.labels[record]), 'id': np.int64(record),
+              'image': transforms.train_transform_image(image, self.image_size, rng,
+                                                        min_scale=self.crop_min_scale,
+                                                        drawn_on=drawn_on)}
+    ex = self.source[record]
     out = {'label': np.int32(ex['label']), 'id': np.int64(ex['id'])}
     if not self.crop_on_device:
       out['image'] = transforms.train_transform(ex['image'], self.image_size, rng,
@@ -205,6 +211,11 @@ class EvalExample:
       s = self.image_size
       return {'image': np.zeros((s, s, 3), np.uint8), 'label': np.int32(0), 'id': np.int64(-1),
               'mask': np.bool_(False)}
+    if hasattr(self.source, 'open'):  # image files, kept in Pillow
+      image, _ = self.source.open(g)
+      return {'image': transforms.eval_transform_image(image, self.image_size),
+              'label': np.int32(self.source.labels[g]), 'id': np.int64(g),
+              'mask': np.bool_(True)}
     ex = self.source[g]
     return {'image': transforms.eval_transform(ex['image'], self.image_size),
             'label': np.int32(ex['label']), 'id': np.int64(ex['id']), 'mask': np.bool_(True)}

@@ -3,6 +3,7 @@
 Train: `train_transform` (RandomResizedCrop + horizontal flip, as `train_crop` draws them and
 `apply_crop` applies them); eval: `eval_transform` (square resize, centre crop). Images are HWC
 uint8 RGB in and out; grayscale (HW or HW1) is expanded to three channels (`as_rgb`).
+`train_transform_image` and `eval_transform_image` do the same to a decoded Pillow image.
 """
 
 from __future__ import annotations
@@ -113,6 +114,28 @@ def train_transform(image: np.ndarray, size: int, rng: np.random.Generator, *,
   return apply_crop(image, size, crop)
 
 
+def train_transform_image(im: Image.Image, size: int, rng: np.random.Generator, *,
+                          min_scale: float = SCALE[0],
+                          drawn_on: tuple[int, int] | None = None) -> np.ndarray:
+  """`train_transform` of an RGB Pillow image, with the same numbers from `rng`, without copies
+  to NumPy and back (the image files' path: the same pixels as `train_transform` of its array).
+
+  `drawn_on`: (width, height) the crop is drawn on, default the image's own. A smaller stored
+  copy of an image (tools/store.py) passes its original's size: the crop is then the one the
+  original would get, its box scaled to this image (fractional box edges, which Pillow's resize
+  samples exactly).
+  """
+  width, height = drawn_on or im.size
+  top, left, h, w, flip = (int(v) for v in train_crop(height, width, rng, min_scale=min_scale))
+  sx, sy = im.width / width, im.height / height
+  box = ((left, top, left + w, top + h) if (sx, sy) == (1.0, 1.0) else
+         (left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+  out = im.resize((size, size), Image.BILINEAR, box=box)
+  if flip:
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.asarray(out)
+
+
 def eval_resize_size(size: int) -> int:
   """Side of the square resize before the centre crop: int(size * 256 / 224) (256 for 224)."""
   return int(size * 256 / 224)
@@ -124,9 +147,17 @@ def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
   Square as LPT's `Resize((256, 256))`, which changes the aspect ratio of non-square images;
   the crop offsets are rounded as torchvision's `CenterCrop`.
   """
-  image = as_rgb(image)
+  return _centre(resize_box(as_rgb(image), eval_resize_size(size)), size)
+
+
+def eval_transform_image(im: Image.Image, size: int) -> np.ndarray:
+  """`eval_transform` of an RGB Pillow image (the same pixels as of its array)."""
   r = eval_resize_size(size)
-  resized = resize_box(image, r)
+  return _centre(np.asarray(im.resize((r, r), Image.BILINEAR)), size)
+
+
+def _centre(resized: np.ndarray, size: int) -> np.ndarray:
+  r = resized.shape[0]
   top = int(round((r - size) / 2.0))
   left = int(round((r - size) / 2.0))
   return np.ascontiguousarray(resized[top:top + size, left:left + size])

@@ -141,8 +141,8 @@ class Predictor:
     for start in range(0, len(paths), self.batch_size):
       chunk = list(paths[start:start + self.batch_size])
       with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        crops = list(pool.map(lambda p: transforms.eval_transform(files.decode_image(p),
-                                                                  self.image_size), chunk))
+        crops = list(pool.map(lambda p: transforms.eval_transform_image(
+            files.open_image(p)[0], self.image_size), chunk))
       probs = self.predict(crops, preprocess=False)['probabilities']
       for i, (path, p) in enumerate(zip(chunk, probs)):
         order = np.argsort(-p, kind='stable')[:k]

@@ -87,7 +87,7 @@ def load_images(paths: Sequence[str], run: Run) -> dict[str, Any]:
   """Images given by PATHs (labelled when in class folders or labelled lists; else -1)."""
   image_paths, labels = predict_lib.resolve_inputs(paths, run.class_names)
   predict_lib.check_files(image_paths)
-  images = np.stack([transforms.eval_transform(files.decode_image(p), run.image_size)
+  images = np.stack([transforms.eval_transform_image(files.open_image(p)[0], run.image_size)
                      for p in image_paths])
   labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
   return {'images': images, 'labels': labels, 'masks': None, 'paths': image_paths}
