@@ -378,6 +378,29 @@ def test_predictor_api_arrays_equal_files(trained, folder):
   assert rows[0]['label'] is None and len(rows[0]['top_k']) == 2
 
 
+def test_predict_files_in_worker_processes_is_the_same_and_reports_its_rate(trained, folder,
+                                                                           caplog):
+  """predict_files with the run's input workers as processes (config.data.num_workers=2, grain
+  workers decoding and transforming ahead of the model) gives the rows of the in-process path,
+  in the order of the files, and logs the images/s it kept."""
+  workdir, _, _ = trained
+  predictor = predict_lib.Predictor.from_workdir(str(workdir))
+  paths = sorted(str(p) for p in (folder / 'val').rglob('*') if files.is_image_name(p.name))
+  paths += paths[:7]  # 39 files: two batches of 32, the second padded
+  assert predictor.batch_size < len(paths) < 2 * predictor.batch_size
+  predictor.setup.config.data.num_workers = 0
+  want = predictor.predict_files(paths, top_k=3)
+  predictor.setup.config.data.num_workers = 2
+  with caplog.at_level('INFO'):
+    got = predictor.predict_files(paths, top_k=3)
+  assert [r['path'] for r in got] == paths
+  for a, b in zip(got, want):
+    assert (a['prediction'], a['top_k']) == (b['prediction'], b['top_k'])
+  assert predictor.images_per_s > 0
+  assert (f'Predicted {len(paths)} images in' in caplog.text
+          and 'images/s (2 input worker processes)' in caplog.text)
+
+
 def test_predict_checks_inputs_before_building_or_restoring(trained, tmp_path, monkeypatch):
   workdir, _, _ = trained
   bad_inputs.no_model(monkeypatch)

@@ -12,6 +12,7 @@ from ltdpt_jax.data.cifar_lt import cifar_lt_indices
 from ltdpt_jax.data.longtail import exponential_counts
 from ltdpt_jax.data.pipeline import crop_on_device
 from ltdpt_jax.data.pipeline import DatasetInfo
+from ltdpt_jax.data.pipeline import eval_batches
 from ltdpt_jax.data.pipeline import get_dataset_info
 from ltdpt_jax.data.pipeline import make_eval_iterator
 from ltdpt_jax.data.pipeline import make_train_iterator

@@ -373,10 +373,20 @@ def make_eval_iterator(data, *, process_index: int | None = None,
   eval_batch_size / process_count rows; 'mask' marks real (True) and padding (False) rows.
   """
   src = sources_lib.get_sources(data)
-  eval_batch = int(data.eval_batch_size)
-  h, p, b = _host_split(eval_batch, process_index, process_count, 'config.data.eval_batch_size')
-  example = EvalExample(src.eval, image_size=int(data.image_size),
-                        global_batch=eval_batch, process_index=h, process_count=p)
-  batches = math.ceil(len(src.eval) / eval_batch)
+  return eval_batches(src.eval, image_size=int(data.image_size),
+                      batch_size=int(data.eval_batch_size),
+                      workers=num_workers(int(data.num_workers)), process_index=process_index,
+                      process_count=process_count)
+
+
+def eval_batches(source, *, image_size: int, batch_size: int, workers: int,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+  """This host's padded evaluation batches (`EvalExample`) of any source, made by `workers`
+  worker processes (0: threads): what `make_eval_iterator` and predictions on files run."""
+  h, p, b = _host_split(batch_size, process_index, process_count, 'config.data.eval_batch_size')
+  example = EvalExample(source, image_size=image_size, global_batch=batch_size,
+                        process_index=h, process_count=p)
+  batches = math.ceil(len(source) / batch_size)
   ds = grain.MapDataset.range(batches * b).map(example).batch(b, drop_remainder=True)
-  return _to_iter(ds, num_workers(int(data.num_workers)))
+  return _to_iter(ds, workers)

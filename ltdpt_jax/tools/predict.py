@@ -10,10 +10,10 @@ r"""Predictions from a trained run for new images: a command and a Python API (`
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +38,7 @@ from ltdpt_jax.data import transforms
 from ltdpt_jax.evaluators import longtail
 
 LIST_EXTENSIONS = ('.txt', '.csv', '.lst')
+_PROGRESS_EVERY_S = 10.0
 
 
 class PredictError(ValueError):
@@ -57,6 +58,7 @@ class Predictor:
     self.setup, self.params, self.meta, self.step = setup, params, meta, step
     self.class_names = tuple(setup.info.class_names)
     self.image_size = setup.image_size
+    self.images_per_s = None  # of the last `predict_files`
     n_dev = jax.device_count()
     self.batch_size = -(-int(setup.config.data.eval_batch_size) // n_dev) * n_dev
     scale = float(setup.config.loss.s)
@@ -69,6 +71,11 @@ class Predictor:
     self._probabilities = jax.jit(probabilities,
                                   in_shardings=(rep, rep, setup.batch_sharding),
                                   out_shardings=rep)
+
+  def _run(self, images: np.ndarray) -> np.ndarray:
+    """Probabilities of one full batch of (S, S) crops."""
+    batch = sharding.to_global({'image': images}, self.setup.batch_sharding)['image']
+    return np.asarray(jax.device_get(self._probabilities(self.params, self.setup.frozen, batch)))
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> 'Predictor':
@@ -122,9 +129,7 @@ class Predictor:
       chunk = images[start:start + self.batch_size]
       padded = np.zeros((self.batch_size, s, s, 3), np.uint8)
       padded[:len(chunk)] = chunk
-      batch = sharding.to_global({'image': padded}, self.setup.batch_sharding)['image']
-      probs = self._probabilities(self.params, self.setup.frozen, batch)
-      out.append(np.asarray(jax.device_get(probs))[:len(chunk)])
+      out.append(self._run(padded)[:len(chunk)])
     probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
     return {'probabilities': probs, 'prediction': probs.argmax(-1) if len(probs) else
             np.zeros((0,), np.int64)}
@@ -133,25 +138,40 @@ class Predictor:
                     top_k: int = 5, checked: bool = False) -> list[dict[str, Any]]:
     """One record per file: path, label name ('' unknown), prediction, probability, top-k
     [(name, probability)]. Files that are not readable images raise PredictError first
-    (`check_files`; `checked`: the caller did that)."""
+    (`check_files`; `checked`: the caller did that). The files are decoded and transformed by
+    the run's input workers (`config.data.num_workers`, as its evaluation), batches ahead of
+    the model; progress (images/s, ETA) is logged, and `images_per_s` keeps the rate."""
     if not checked:
       check_files(paths)
     k = max(1, min(int(top_k), len(self.class_names)))
-    rows = []
-    for start in range(0, len(paths), self.batch_size):
-      chunk = list(paths[start:start + self.batch_size])
-      with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        crops = list(pool.map(lambda p: transforms.eval_transform_image(
-            files.open_image(p)[0], self.image_size), chunk))
-      probs = self.predict(crops, preprocess=False)['probabilities']
-      for i, (path, p) in enumerate(zip(chunk, probs)):
+    source = files.ImageFiles(paths, np.zeros(len(paths), np.int64) if labels is None else
+                              np.asarray(labels, np.int64))
+    workers = data_lib.num_workers(int(self.setup.config.data.get('num_workers', -1)))
+    batches = data_lib.eval_batches(source, image_size=self.image_size,
+                                    batch_size=self.batch_size, workers=workers,
+                                    process_index=0, process_count=1)
+    rows, t0 = [], time.perf_counter()
+    last = t0
+    for batch in batches:
+      probs = self._run(batch['image'])
+      for p, i in zip(probs[batch['mask']], batch['id'][batch['mask']]):
         order = np.argsort(-p, kind='stable')[:k]
-        label = None if labels is None else int(labels[start + i])
-        rows.append({'path': path, 'label': label,
+        label = None if labels is None else int(labels[i])
+        rows.append({'path': paths[i], 'label': label,
                      'label_name': '' if label is None else self.class_names[label],
                      'prediction': int(order[0]), 'prediction_name': self.class_names[order[0]],
                      'probability': float(p[order[0]]),
                      'top_k': [(self.class_names[c], float(p[c])) for c in order]})
+      now = time.perf_counter()
+      if now - last >= _PROGRESS_EVERY_S:
+        rate = len(rows) / (now - t0)
+        logging.info('Predicted %d/%d images, %.0f images/s, ETA %.0f s.', len(rows), len(paths),
+                     rate, (len(paths) - len(rows)) / rate)
+        last = now
+    self.images_per_s = len(rows) / max(time.perf_counter() - t0, 1e-9)
+    logging.info('Predicted %d images in %.1f s: %.0f images/s (%s).', len(rows),
+                 time.perf_counter() - t0, self.images_per_s,
+                 f'{workers} input worker processes' if workers else 'input threads')
     return rows
 
   def summary(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
