@@ -1,11 +1,15 @@
 """grain pipelines on the synthetic source: transforms, order, host shards, resume, eval padding."""
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import numpy as np
 import pytest
 
+import train_utils
 from ltdpt_jax import config_lib
 from ltdpt_jax.data import pipeline
 from ltdpt_jax.data import sources
@@ -259,3 +263,32 @@ def test_bad_dataset_name():
   c.data.dataset = 'cifar10'
   with pytest.raises(ValueError, match="Unknown config.data.dataset 'cifar10'"):
     pipeline.get_dataset_info(c.data)
+
+
+def test_worker_processes_start_from_a_python_script(tmp_path):
+  """The pipeline's worker processes from a plain script (no command parsed absl's flags, which
+  grain's workers read): the batches come, the same as with threads."""
+  script = tmp_path / 'script.py'
+  script.write_text(textwrap.dedent('''
+      import numpy as np
+      from PIL import Image
+      from ltdpt_jax.data import files, pipeline
+
+      def main():
+        paths = []
+        for k in range(6):
+          paths.append(f'{k}.png')
+          Image.new('RGB', (20 + k, 16), (40 * k, 10, 200)).save(paths[-1])
+        source = files.ImageFiles(paths, np.arange(6) % 2)
+        got = [pipeline.eval_batches(source, image_size=8, batch_size=4, workers=w,
+                                     process_index=0, process_count=1) for w in (1, 0)]
+        a, b = ([batch['image'] for batch in it] for it in got)
+        assert len(a) == len(b) == 2 and all((x == y).all() for x, y in zip(a, b))
+        print('ok')
+
+      if __name__ == '__main__':
+        main()
+      '''))
+  out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=train_utils.subprocess_env())
+  assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-3000:]

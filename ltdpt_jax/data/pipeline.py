@@ -232,6 +232,11 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 def _to_iter(ds: grain.MapDataset, workers: int) -> grain.IterDataset:
   if workers > 0:
+    # grain's worker processes read its absl flags; from Python (a notebook, the Predictor
+    # API) nothing parsed them, so they keep their defaults.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     # One batch at a time per worker thread; parallelism comes from the worker processes.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
     return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
