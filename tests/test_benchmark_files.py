@@ -351,6 +351,13 @@ def test_wrong_trees_fail_in_one_line_naming_what_is_missing(fake, trees, tmp_pa
   standard, _ = trees.places
   no_annotations = tmp_path / 'inat_images_only'
   shutil.copytree(trees.inat / 'train_val2018', no_annotations / 'train_val2018')
+  no_images, inat_partial = tmp_path / 'inat_annotations_only', tmp_path / 'inat_partial'
+  no_images.mkdir()
+  shutil.copytree(trees.inat, inat_partial)
+  for name in ('train2018.json', 'val2018.json'):
+    shutil.copy(trees.inat / name, no_images)
+  first = json.loads((trees.inat / 'train2018.json').read_text())['images'][0]['file_name']
+  (inat_partial / first).unlink()
   cases = [
       ('imagenet_lt', '', ("config.data.source='files' needs config.data.image_root",
                            'train/ and val/')),
@@ -364,6 +371,10 @@ def test_wrong_trees_fail_in_one_line_naming_what_is_missing(fake, trees, tmp_pa
       ('inat2018', no_annotations, ('No train2018.json (official annotations) or '
                                     'iNaturalist18_train.txt',)),
       ('inat2018', standard, ('No train2018.json',)),
+      ('inat2018', no_images, ('holds none of the first files train2018.json names',
+                               'it holds train2018.json, val2018.json')),
+      ('inat2018', inat_partial, ('1 of the 10 files train2018.json names are not under',
+                                  first)),
   ]
   for dataset, root, needles in cases:
     with pytest.raises(files.DataError) as e:

@@ -9,7 +9,6 @@ JSON annotations or the iNaturalist18 lists). NumPy only: grain workers import i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -78,20 +77,13 @@ def read_cifar_records(path: str | os.PathLike) -> np.ndarray:
   return np.memmap(path, np.uint8, mode='r').reshape(-1, CIFAR100_RECORD_BYTES)
 
 
-def _md5_of(path: pathlib.Path) -> str:
-  h = hashlib.md5()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _extract_cifar(archive: pathlib.Path) -> pathlib.Path:
   """Extracts `archive` once into the cache (keyed by its MD5) and returns its cifar-100-binary/.
 
   The extraction goes to a temporary folder renamed into place, so an interrupted one is redone.
   """
-  md5 = _md5_of(archive)
+  import pooch  # pylint: disable=g-import-not-at-top  # grain workers never extract
+  md5 = pooch.file_hash(str(archive), alg='md5')
   if md5 != CIFAR100_MD5:
     logging.warning('%s has MD5 %s, not the published %s: reading it anyway.', archive, md5,
                     CIFAR100_MD5)
@@ -377,13 +369,12 @@ def inat2018_sources(image_root: str, split_dir: str, num_classes: int, on_bad_i
     list_name = os.path.basename(path)
     labels = _checked_labels(entries, num_classes, list_name)
     paths = [os.path.join(root, rel.lstrip('/')) for rel, _ in entries]
-    missing = [i for i, p in enumerate(paths[:_SAMPLE]) if not os.path.isfile(p)]
-    if len(missing) == min(_SAMPLE, len(paths)):
-      raise _missing(root, 'inat2018', list_name, [r for r, _ in entries], missing, None)
     missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
     if missing:
-      raise _missing(root, 'inat2018', list_name, [r for r, _ in entries], missing,
-                     'train_val2018/<supercategory>/<category id>/')
+      sample = min(_SAMPLE, len(paths))
+      layout = (None if missing[:sample] == list(range(sample)) else
+                'train_val2018/<supercategory>/<category id>/')
+      raise _missing(root, 'inat2018', list_name, [r for r, _ in entries], missing, layout)
     scans.append(files.Scan(tuple(paths), labels, (), {}, f'{root} ({list_name})'))
   class_names = tuple(names.get(i, f'class_{i}') for i in range(num_classes))
   (train, bad_train), (ev, bad_eval) = (files.without_bad(s, on_bad_image) for s in scans)

@@ -98,6 +98,7 @@ def open_tfds(name: str, split: str, data_dir: str = '', *, decoders: Any = None
                           decoders=decoders)
 
 
+@functools.lru_cache(maxsize=8)
 def label_names(name: str, data_dir: str) -> tuple[str, ...]:
   """The class names of tfds dataset `name` (its 'label' feature)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -269,9 +270,7 @@ def split_file_sources(dataset: str, data_dir: str, split_dir: str,
   if source == 'files':
     train, ev, names, ev_name, bad = benchmark_files.split_list_sources(
         dataset, image_root, split_dir, eval_split, NUM_CLASSES[dataset], on_bad_image)
-    return Sources(dataset, files.ImageFiles(train.paths, train.labels),
-                   files.ImageFiles(ev.paths, ev.labels), NUM_CLASSES[dataset], ev_name, names,
-                   tuple(sorted(bad.items())))
+    return _image_file_sources(dataset, train, ev, NUM_CLASSES[dataset], ev_name, names, bad)
   prefix = _SPLIT_PREFIX[dataset]
   train, train_entries = _split_file_view(dataset, f'{prefix}_train.txt', data_dir, split_dir)
   ev_name = f'{prefix}_{eval_split}.txt'
@@ -294,9 +293,8 @@ def inat2018_sources(data_dir: str, *, source: str = 'tfds', image_root: str = '
   if source == 'files':
     train, ev, names, ev_name, bad = benchmark_files.inat2018_sources(
         image_root, split_dir, NUM_CLASSES['inat2018'], on_bad_image)
-    return Sources('inat2018', files.ImageFiles(train.paths, train.labels),
-                   files.ImageFiles(ev.paths, ev.labels), NUM_CLASSES['inat2018'], ev_name,
-                   names, tuple(sorted(bad.items())))
+    return _image_file_sources('inat2018', train, ev, NUM_CLASSES['inat2018'], ev_name, names,
+                               bad)
   name = 'i_naturalist2018'
   views = []
   for split in ('train', 'validation'):
@@ -340,9 +338,16 @@ def file_sources(dataset: str, *, train: str, eval_: str, image_root: str,
   if empty:
     raise files.DataError(f'Class(es) {empty[:5]} have no readable training image in '
                           f'{tr.where}; add images, or leave them out of config.data.class_names.')
-  return Sources(dataset, files.ImageFiles(tr.paths, tr.labels),
-                 files.ImageFiles(ev.paths, ev.labels), len(tr.class_names), ev.where,
-                 tr.class_names, tuple(sorted({**bad_tr, **bad_ev}.items())))
+  return _image_file_sources(dataset, tr, ev, len(tr.class_names), ev.where, tr.class_names,
+                             {**bad_tr, **bad_ev})
+
+
+def _image_file_sources(name: str, train: files.Scan, ev: files.Scan, num_classes: int,
+                        eval_split: str, class_names, bad: dict[str, str]) -> Sources:
+  """Sources over the image files two scans found, and {path: problem} of those dropped."""
+  return Sources(name, files.ImageFiles(train.paths, train.labels),
+                 files.ImageFiles(ev.paths, ev.labels), num_classes, eval_split,
+                 tuple(class_names), tuple(sorted(bad.items())))
 
 
 def synthetic_image_size(d) -> int:

@@ -75,13 +75,15 @@ def store_image(src: str, dst: str, shorter_side: int, quality: int) -> tuple[in
   (bytes written, whether it was re-encoded)."""
   os.makedirs(os.path.dirname(dst), exist_ok=True)
   tmp = f'{dst}.tmp{os.getpid()}'
-  image, _ = files.open_image(src)
-  width, height = image.size
+  with Image.open(src) as header:  # the header only: an EXIF rotation keeps the shorter side
+    small_enough = min(header.size) <= shorter_side
   try:
-    if min(width, height) <= shorter_side:
+    if small_enough:
       shutil.copyfile(src, tmp)
       reencoded = False
     else:
+      image, _ = files.open_image(src)
+      width, height = image.size
       scale = shorter_side / min(width, height)
       small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                            Image.BILINEAR)
