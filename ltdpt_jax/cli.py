@@ -471,6 +471,10 @@ def validate_evals(config):
     if section.get('type') not in evaluators.REGISTRY:
       raise ValueError(f'config.evals.{name}.type={section.get("type")!r} is not valid; choose '
                        f'one of {tuple(evaluators.REGISTRY)}.')
+    if section.get('split', 'eval') not in ('eval', 'val'):
+      raise ValueError(f"config.evals.{name}.split={section.split!r} must be 'eval' or 'val'.")
+    if section.get('split') == 'val' and not config.data.get('val_fraction', 0.0) > 0:
+      raise ValueError(f"config.evals.{name}.split='val' needs config.data.val_fraction > 0.")
     if not section.get('every_epochs', 0) >= 0:
       raise ValueError(f'config.evals.{name}.every_epochs={section.every_epochs} must be >= 0 '
                        '(0: config.train.eval_every_epochs).')
@@ -502,6 +506,9 @@ def validate_config(config, *, num_devices: int | None = None,
       raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
   if not 0.0 < config.data.crop_min_scale <= 1.0:
     raise ValueError(f'config.data.crop_min_scale={config.data.crop_min_scale} must be in (0, 1].')
+  if not 0.0 <= config.data.get('val_fraction', 0.0) < 1.0:
+    raise ValueError(f'config.data.val_fraction={config.data.val_fraction} must be in [0, 1) '
+                     '(the share of each class\'s training images held out for validation).')
   if not 0.0 <= config.loss.drw_beta < 1.0:
     raise ValueError(f'config.loss.drw_beta={config.loss.drw_beta} must be in [0, 1).')
   if config.train.drw_epochs > config.train.epochs:

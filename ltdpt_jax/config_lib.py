@@ -111,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_root = ''
   c.data.class_names = ()            # () = sorted train class folders / CSV names
   c.data.on_bad_image = 'error'      # 'error' (stop before training) | 'skip' (drop them)
+  # Share of each class's training images held out as a validation split (seeded by data.seed;
+  # every class keeps at least one training image), evaluated as 'val': model selection in a
+  # study's grid (ltdpt_jax/studies). 0: none, all of them train.
+  c.data.val_fraction = 0.0
   c.data.shot_thresholds = (20, 100)  # tail < 20 <= medium <= 100 < head (training images)
 
   # Evaluators by name (the prefix of their metrics and files); see ltdpt_jax/evaluators.
@@ -189,6 +193,10 @@ CHECKPOINTS = {
     'l16': f'{_GCS}/augreg/L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz',
     'b16_original': f'{_GCS}/imagenet21k/ViT-B_16.npz',
 }
+# SHA-256 of those files, for the studies' report to tell a run on the paper's backbone from one
+# on another file. Google publishes no digests, and none has been recorded from a download yet:
+# add one here (URL -> digest) once verified; until then the report compares the URL.
+CHECKPOINT_SHA256: dict[str, str] = {}
 
 
 def benchmark_config(arg: str | None, **defaults) -> tuple[ml_collections.ConfigDict,

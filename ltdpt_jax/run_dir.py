@@ -30,6 +30,7 @@ from absl import logging
 from etils import epath
 
 from ltdpt_jax import checkpoint as ckpt_lib
+from ltdpt_jax import evaluators as evaluators_lib
 from ltdpt_jax import fetch
 from ltdpt_jax import metrics as metrics_lib
 
@@ -300,7 +301,8 @@ RESUME_ALLOWED = (
 )
 # Config keys added after runs were already being written, with the value that gives what runs
 # without the key did: a stored config without the key compares as if it held this value.
-ADDED_KEYS = {'data.crop_on_device': None, 'data.synthetic_image_size': 0, 'data.source': 'tfds'}
+ADDED_KEYS = {'data.crop_on_device': None, 'data.synthetic_image_size': 0, 'data.source': 'tfds',
+              'data.val_fraction': 0.0}
 # What an evaluation of a checkpoint depends on (the rest only changes how the run trained).
 EVAL_RELEVANT = (
     'model.*', 'data.dataset', 'data.image_size', 'data.imbalance_ratio', 'data.seed',
@@ -431,9 +433,12 @@ class Best:
   def __init__(self, config, best: dict[str, Any] | None = None):
     self.name, self.key = best_metric(config)
     self.best, self.last = best, None
+    self.last_by_evaluator: dict[str, dict[str, Any]] = {}  # every evaluator's last scalars
 
   def update(self, name: str, record: dict[str, Any], step: int, epoch: int) -> float | None:
     """Takes an evaluator's record; returns the metric when it is the ranked evaluator's."""
+    self.last_by_evaluator[name] = {'step': step, 'epoch': epoch,
+                                    **evaluators_lib.scalars(record)}
     if name != self.name:
       return None
     value = record[self.key]
@@ -443,8 +448,10 @@ class Best:
     return value
 
   def results(self, workdir: str, record_path: Callable[[int], str]) -> dict[str, Any]:
-    """results.json: the last record and the full record of the best step."""
-    results = {'last': self.last, 'best': self.best, 'workdir': workdir}
+    """results.json: the last record and the full record of the best step, and the scalars of
+    every evaluator's last record ('last_by_evaluator', e.g. the validation split's 'val')."""
+    results = {'last': self.last, 'best': self.best, 'workdir': workdir,
+               'last_by_evaluator': self.last_by_evaluator}
     if self.last is not None and self.best is not None:
       if self.best['step'] == self.last['step']:
         results['best'] = self.last

@@ -178,7 +178,12 @@ def _log_start(setup: Setup, compiled) -> dict[str, Any]:
           'backbone_checkpoint': config.model.get('checkpoint'),
           'backbone_sha256': setup.backbone_sha256, 'dataset': setup.info.name,
           'class_names': list(setup.info.class_names),
-          'class_counts': np.asarray(setup.info.class_counts).tolist()}
+          'class_counts': np.asarray(setup.info.class_counts).tolist(),
+          'devices': jax.device_count(), 'processes': jax.process_count(),
+          'device_kind': jax.devices()[0].device_kind,
+          'peak_learning_rate': setup.learning_rate(0) if setup.pretraining else
+                                optim.peak_learning_rate(config.optim, config.data.batch_size),
+          'split_files': data_lib.split_file_digests(config.data)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ configs/demo.py (so a subprocess runs exactly `train_utils.tiny_config()` throug
 `restore_state(workdir, step)` reads a checkpoint's state with Orbax alone (no `train.Setup`),
 `copy_killed_after(workdir, step, to)` copies a finished run as if killed after a checkpoint.
 
-As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax.main` with faults
-injected from the environment, for the tests only:
+As a script: `python tests/cli_worker.py <ltdpt_jax.main flags>` runs `ltdpt_jax.main` (with
+LTDPT_TEST_COMMAND=ablate: `ltdpt_jax.tools.ablate`) with faults injected from the environment,
+for the tests only:
   LTDPT_TEST_STEP_DELAY=s        sleep s seconds before each training batch (a slow run to signal)
   LTDPT_TEST_NAN_AFTER_STEP=k    the state after step k (and later) has NaN parameters (divergence)
   LTDPT_TEST_HANG_IN_SAVE=k      the save of step k (k=any: of any step) writes its data-iterator
@@ -308,6 +309,10 @@ def wrap_train_step_with_nan(train_module, nan_after: int):
 
 if __name__ == '__main__':
   sys.path.insert(0, str(REPO))
-  from ltdpt_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   _inject_faults()
-  main_lib.run()
+  if os.environ.get('LTDPT_TEST_COMMAND') == 'ablate':  # a study's runs, in this process
+    from ltdpt_jax.tools import ablate  # pylint: disable=g-import-not-at-top
+    ablate.run_cli()
+  else:
+    from ltdpt_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    main_lib.run()

@@ -38,7 +38,7 @@ def pytest_configure(config):
 # on a long file while the other has finished.
 LONG_FILES = ('test_run_dir.py', 'test_train_step.py', 'test_multihost.py', 'test_pretrain.py',
               'test_vit.py', 'test_main.py', 'test_bench.py', 'test_ltdpt.py', 'test_visualize.py',
-              'test_maps.py', 'test_ablate.py', 'test_benchmark_files.py', 'test_train.py',
+              'test_maps.py', 'test_studies.py', 'test_benchmark_files.py', 'test_train.py',
               'test_losses.py', 'test_own_data.py', 'test_device_crop.py')
 
 

@@ -604,3 +604,24 @@ def test_cudnn_branch_pads_to_what_cudnn_accepts(ckpt, monkeypatch):
   for k in ('logits', 'feature'):
     np.testing.assert_allclose(np.asarray(got[k], np.float32), np.asarray(want[k], np.float32),
                                atol=2e-2, err_msg=k)
+
+
+def test_linear_probe_is_head_only_and_matches_the_straightforward_path():
+  import train_utils  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax.models import vit  # pylint: disable=g-import-not-at-top
+  c = train_utils.tiny_config(epochs=1, drw_epochs=0, batch_size=32)
+  c.model.method = 'linear'
+  model = models.build_model(c.model, 6, 16)
+  report = ltdpt.parameter_report(model, 16, frozen_patterns=('^backbone/',))
+  assert report['trainable'] == report['head'] == 32 * 6 and report['fr_prompts'] == 0
+  params = ltdpt.init_params(model, jax.random.key(0), 16)
+  assert sorted(params) == ['backbone', 'head']
+  full = models.build_model(c.model, 6, 16, skip_dead_prompt_work=False)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  a = model.apply({'params': params}, x)
+  b = full.apply({'params': params}, x)
+  np.testing.assert_allclose(a['logits'], b['logits'], atol=1e-6)
+  # The feature is the plain ViT's final-LayerNorm CLS: the backbone as pretrained.
+  plain = vit.VisionTransformer(4, 32, 2, 2, 64)
+  np.testing.assert_allclose(a['feature'], plain.apply({'params': params['backbone']}, x)['cls'],
+                             atol=1e-6)

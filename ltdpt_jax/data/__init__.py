@@ -28,6 +28,7 @@ from ltdpt_jax.data.sources import get_sources
 from ltdpt_jax.data.sources import NUM_CLASSES
 from ltdpt_jax.data.sources import ON_BAD_IMAGE
 from ltdpt_jax.data.sources import open_tfds
+from ltdpt_jax.data.sources import split_file_digests
 from ltdpt_jax.data.splits import fetch_split_file
 from ltdpt_jax.data.splits import match_split_entries
 from ltdpt_jax.data.splits import read_split_file

@@ -38,6 +38,7 @@ class DatasetInfo:
   eval_split: str = 'test'
   class_names: tuple[str, ...] = ()  # names of the classes, in label order
   bad_images: tuple[tuple[str, str], ...] = ()  # (path, problem) of the images skipped
+  num_val: int = 0  # images held out of training for validation (data.val_fraction)
 
 
 def get_dataset_info(data) -> DatasetInfo:
@@ -46,7 +47,8 @@ def get_dataset_info(data) -> DatasetInfo:
   return DatasetInfo(name=src.name, num_classes=src.num_classes, class_counts=src.class_counts,
                      num_train=len(src.train), num_eval=len(src.eval),
                      image_size=int(data.image_size), eval_split=src.eval_split,
-                     class_names=tuple(src.class_names), bad_images=tuple(src.bad_images))
+                     class_names=tuple(src.class_names), bad_images=tuple(src.bad_images),
+                     num_val=0 if src.val is None else len(src.val))
 
 
 def steps_per_epoch(data, info: DatasetInfo) -> int:
@@ -369,16 +371,22 @@ def train_batch_shapes(data, crop: bool | None = None) -> dict[str, tuple[tuple[
   return shapes
 
 
-def make_eval_iterator(data, *, process_index: int | None = None,
+def make_eval_iterator(data, *, split: str = 'eval', process_index: int | None = None,
                        process_count: int | None = None) -> grain.IterDataset:
   """This host's evaluation batches of a config's data section, an iterable (each `iter()`
-  starts a full pass).
+  starts a full pass), of its eval split or (`split='val'`) of the validation images held out
+  of training (`data.val_fraction`).
 
   Every host yields ceil(num_eval / data.eval_batch_size) batches of
   eval_batch_size / process_count rows; 'mask' marks real (True) and padding (False) rows.
   """
   src = sources_lib.get_sources(data)
-  return eval_batches(src.eval, image_size=int(data.image_size),
+  if split not in ('eval', 'val'):
+    raise ValueError(f"split must be 'eval' or 'val', got {split!r}.")
+  if split == 'val' and src.val is None:
+    raise ValueError('a validation evaluator needs config.data.val_fraction > 0 (the share of '
+                     'each class\'s training images held out).')
+  return eval_batches(src.eval if split == 'eval' else src.val, image_size=int(data.image_size),
                       batch_size=int(data.eval_batch_size),
                       workers=num_workers(int(data.num_workers)), process_index=process_index,
                       process_count=process_count)

@@ -187,6 +187,7 @@ class Sources:
   eval_split: str  # which split `eval` is, e.g. 'test', 'validation', 'Places_LT_test.txt'
   class_names: tuple[str, ...] = ()
   bad_images: tuple[tuple[str, str], ...] = ()  # (path, problem) of the files skipped
+  val: Any = None  # images held out of `train` for model selection (data.val_fraction)
 
   @property
   def class_counts(self) -> np.ndarray:
@@ -254,6 +255,18 @@ def _split_file_view(dataset: str, list_name: str, data_dir: str, split_dir: str
                                    what=f'{path} vs tfds {name}/{tfds_split}')
   labels = np.array([label for _, label in entries], np.int64)
   return RecordView(open_tfds(name, tfds_split, data_dir), rec, labels), entries
+
+
+def split_file_digests(data) -> dict[str, str]:
+  """{list file name: SHA-256} of the OLTR lists an ImageNet-LT / Places-LT config reads (its
+  train list and eval list, from `data.split_dir` or the download cache), {} for any other
+  dataset: what a run records so that a report can compare them with the published files."""
+  prefix = _SPLIT_PREFIX.get(data.dataset)
+  if prefix is None:
+    return {}
+  names = (f'{prefix}_train.txt', f'{prefix}_{data.get("eval_split", "test")}.txt')
+  return {n: fetch.sha256_of(splits.fetch_split_file(n, split_dir=data.get('split_dir', '')))
+          for n in names}
 
 
 def split_file_sources(dataset: str, data_dir: str, split_dir: str,
@@ -399,6 +412,48 @@ def _sources_for_key(key: tuple) -> Sources:
                            class_set=class_set)
 
 
+class Subset:
+  """Elements `indices` of a source (with `labels`), renumbered 0..len-1."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+    self.labels = np.asarray(source.labels)[self.indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return {**self.source[int(self.indices[int(index)])], 'id': int(index)}
+
+
+def val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, validation indices) of a training set: from each class, round(fraction x
+  its images) drawn at random (seeded by `seed`), but never its last one, so every class keeps
+  at least one training image (a class of one image gives none). Both sorted, disjoint, together
+  all of `labels`."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f'config.data.val_fraction={fraction} must be in [0, 1).')
+  labels = np.asarray(labels)
+  rng = np.random.default_rng([int(seed), 0x7A1])
+  held = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    k = min(int(np.floor(fraction * len(members) + 0.5)), len(members) - 1)
+    held.append(rng.permutation(members)[:k])
+  val = np.sort(np.concatenate(held)) if held else np.zeros((0,), np.int64)
+  train = np.setdiff1d(np.arange(len(labels)), val)
+  return train.astype(np.int64), val.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _sources_with_val(key: tuple, fraction: float, seed: int) -> Sources:
+  src = _sources_for_key(key)
+  if fraction <= 0:
+    return src
+  train, val = val_split(src.train.labels, fraction, seed)
+  return dataclasses.replace(src, train=Subset(src.train, train), val=Subset(src.train, val))
+
+
 def get_sources(data) -> Sources:
   """The train / eval sources that a config's data section describes (memoised per process).
 
@@ -416,5 +471,9 @@ def get_sources(data) -> Sources:
   `data.image_root` instead (`benchmark_files`), with the same images and labels: the CIFAR-100
   binary archive, the ImageNet and Places365 image trees through the same OLTR lists, and
   iNat2018's train_val2018/ through its official annotations.
+
+  With `data.val_fraction` > 0, part of the training images (`val_split`, seeded by
+  `data.seed`) become `val`, a validation split for model selection, and leave `train`.
   """
-  return _sources_for_key(_key(data))
+  return _sources_with_val(_key(data), float(data.get('val_fraction', 0.0) or 0.0),
+                           int(data.get('seed', 0)))

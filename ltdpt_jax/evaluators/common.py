@@ -39,7 +39,8 @@ def from_config(config, *, predict_fn: Callable[..., Any], frozen: Any, mesh, in
   TensorBoard and of the files it writes); its fields are `type` (a key of `REGISTRY`),
   `every_epochs` (0: `config.train.eval_every_epochs`) and whatever else that type takes. The
   base config has one, `eval` (type 'longtail'); `config.train.attention_stats=True` adds an
-  'attention' one with its defaults. Each is built as `Type(predict_fn, name=..., frozen=...,
+  'attention' one with its defaults, and `config.data.val_fraction` > 0 a 'val' one (type
+  'longtail', split 'val': the held-out training images). Each is built as `Type(predict_fn, name=..., frozen=...,
   mesh=..., data=config.data, info=..., workdir=..., **its other fields)`; types that look inside
   the model (`needs_model`, e.g. 'attention') also get `model` and the loss scale s. The train
   loop runs every evaluator also after the last step, and `--mode=eval` runs them all on a
@@ -50,6 +51,9 @@ def from_config(config, *, predict_fn: Callable[..., Any], frozen: Any, mesh, in
   if config.train.get('attention_stats', False) and not any(
       s.get('type') == 'attention' for _, s in sections):
     sections.append(('attention', {'type': 'attention', 'every_epochs': 0}))
+  if float(config.data.get('val_fraction', 0.0) or 0.0) > 0 and not any(
+      s.get('split') == 'val' for _, s in sections):
+    sections.append(('val', {'type': 'longtail', 'every_epochs': 0, 'split': 'val'}))
   for name, section in sections:
     kwargs = {k: v for k, v in section.items() if k not in _SCHEDULE_FIELDS}
     cls = REGISTRY[section['type']]

@@ -95,7 +95,7 @@ def _percent(value: float | None) -> str:
 
 
 class Evaluator:
-  """Long-tailed classification on the config's eval split.
+  """Long-tailed classification on the config's eval split (or its validation split).
 
   One jitted step over the data-sharded eval batch counts, per class, the correct predictions
   and the examples; padding rows (`mask` False) count nowhere, so every image is counted exactly
@@ -113,12 +113,15 @@ class Evaluator:
     data: the config's data section (eval split, eval batch size, image size, workers).
     info: the dataset's `DatasetInfo` (class count and training counts for the groups).
     workdir: where `run` writes `<name>_<step>.json` (None: nothing written).
+    split: 'eval' (the dataset's eval split) or 'val' (the images `data.val_fraction` holds out
+      of training).
   """
 
   def __init__(self, predict_fn: Callable[..., dict[str, jax.Array]], *, name: str, frozen: Any,
                mesh: jax.sharding.Mesh, data, info: data_lib.DatasetInfo,
-               workdir: str | None = None):
+               workdir: str | None = None, split: str = 'eval'):
     self.name, self.frozen, self.data, self.info, self.workdir = name, frozen, data, info, workdir
+    self.split = split
     self.class_names = (tuple(info.class_names) if info.class_names
                         else tuple(str(c) for c in range(info.num_classes)))
     self._batch_sharding = sharding.batch_sharded(mesh)
@@ -152,7 +155,7 @@ class Evaluator:
     beyond MAX_CONFUSION_CLASSES classes, with `with_confusion`)."""
     correct = count = jnp.zeros((self.info.num_classes,), jnp.int32)
     confusion = None
-    for batch in data_lib.make_eval_iterator(self.data):
+    for batch in data_lib.make_eval_iterator(self.data, split=self.split):
       batch = sharding.to_global({k: batch[k] for k in ('image', 'label', 'mask')},
                                  self._batch_sharding)
       c, n, m = self.eval_step(trainable, self.frozen, batch)
