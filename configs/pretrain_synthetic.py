@@ -4,15 +4,18 @@ r"""Pretraining of the demo's backbone: a small ViT, every weight trained, on th
   python -m ltdpt_jax.tools.pretrain --config=configs/pretrain_synthetic.py \
       --workdir=runs/pretrain --out=ltdpt_jax/assets/vit_demo.npz
 
-This command made `ltdpt_jax/assets/vit_demo.npz` (the `.json` beside it holds the command, the
-upstream top-1 and reference logits). None of the demo's downstream classes is an upstream one.
+This command made `ltdpt_jax/assets/vit_demo.npz` (its `.json` holds the command, the upstream
+top-1, reference logits); `:size=64` (64 px, patches of 8) `vit_demo64.npz`, the backbone of
+configs/demo_background.py. No downstream class of a demo is an upstream one.
 """
 
 from ltdpt_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  arg = config_lib.parse_arg(arg, size=32)
+  if arg.size not in (32, 64):
+    raise ValueError(f'size must be 32 or 64 (got {arg.size}).')
   c = config_lib.pretrain_base_config()
   c.data.dataset = 'synthetic'
   c.data.class_set = 'upstream'
@@ -20,7 +23,9 @@ def get_config(arg=None):
   c.data.imbalance_ratio = 1.0
   c.data.num_train_max = 400       # per class: 25,600 training images
   c.data.num_test_per_class = 20   # 1,280 eval images
-  c.data.image_size = 32
+  c.data.image_size = arg.size
+  # Patches of 4 px at 32 (base_config's model.vit) and of 8 px at 64: the same 8 x 8 grid.
+  c.model.vit.patch_size = arg.size // 8
   c.data.batch_size = 128
   c.data.eval_batch_size = 256
   # RandomResizedCrop area (0.25, 1), not (0.08, 1): 8% of a 32 px image (a 9 px window) often

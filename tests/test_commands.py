@@ -84,6 +84,10 @@ def _config_of(args: list[str]):
   """The config a command's --config=file[:arg] and --config.key=value flags name (the values
   left as they are: a README shows placeholders)."""
   spec = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
+  study = next((a.split('=', 1)[1] for a in args if a.startswith('--study=')), None)
+  if spec is None and study not in (None, 'NAME'):  # a study's runs: its base config's keys
+    from ltdpt_jax.studies import spec as spec_lib  # pylint: disable=g-import-not-at-top
+    spec = spec_lib.load_study(study).config
   if spec is None:
     return None
   file, _, arg = spec.partition(':')

@@ -3,6 +3,7 @@ and the pretraining command (`python -m ltdpt_jax.tools.pretrain`) at toy size, 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -103,6 +104,62 @@ def test_upstream_and_downstream_classes_are_disjoint():
     synthetic.class_table(41, 'downstream')
   with pytest.raises(ValueError, match='Unknown synthetic class set'):
     synthetic.SyntheticLT('train', class_set='sideways')
+
+
+def test_background_classes_are_object_only_and_the_scene_misleads_in_training_alone():
+  table = synthetic.class_table(8, 'background')
+  up = set(synthetic.class_table(64, 'upstream'))
+  assert not set(table) & up and not {s for c in table for s in c.shapes} & {
+      s for c in up for s in c.shapes}
+  # The class is the object's (pattern, size); no class has a scene of its own.
+  assert len({(c.pattern, c.size) for c in table}) == 8 and {c.scene for c in table} == {None}
+  config = train_utils.load_config('demo_background')
+  info = data_lib.get_dataset_info(config.data)
+  groups = longtail.shot_groups(info.class_counts)
+  assert [len(groups[g]) for g in ('head', 'medium', 'tail')] == [2, 3, 3]
+  train = data_lib.get_sources(config.data).train
+  test = data_lib.get_sources(config.data).eval
+  # Training: 9 of every 10 images of a class on its home scene (exactly, counted here), the
+  # tail classes at home on a head class's scene.
+  for c in range(8):
+    idx = np.flatnonzero(train.labels == c)
+    scenes = [train.scene_of(i) for i in idx]
+    home = table[c].home
+    n = len(idx)
+    want_home = sum(1 for j in range(n) if j % 10 < 9)
+    assert scenes.count(home) == want_home, (c, scenes)
+    assert want_home / n >= 0.9
+  assert {table[c].home for c in groups['tail']} <= {table[c].home for c in groups['head']}
+  # Test: every class on every scene, equally often.
+  pairs = collections.Counter((int(test.labels[i]), test.scene_of(i)) for i in range(len(test)))
+  assert set(pairs.values()) == {8} and len(pairs) == 8 * len(synthetic.SCENES)
+  # The object's size range follows the class (pixels of the mask), and the scene is drawn.
+  small = [test.object_mask(i).mean() for i in np.flatnonzero(test.labels == 0)[:10]]
+  large = [test.object_mask(i).mean() for i in np.flatnonzero(test.labels == 1)[:10]]
+  assert max(small) < min(large)
+  night = [i for i in range(len(test)) if test.scene_of(i) == 'night'][:10]
+  sky = [i for i in range(len(test)) if test.scene_of(i) == 'sky'][:10]
+  assert np.mean([test[i]['image'].mean() for i in night]) < np.mean(
+      [test[i]['image'].mean() for i in sky])
+
+
+def test_at_64_px_the_saliency_finds_the_background_demos_objects():
+  """The spectral-residual saliency's share on the object, over the object's share of the image
+  (patch-level, all 320 test images): at least 1.5 at the new demo's 64 px (patches of 8),
+  about 1.15 at the first demo's 32 px (patches of 4), where it favours edges and texture."""
+  from ltdpt_jax import maps  # pylint: disable=g-import-not-at-top
+  from ltdpt_jax import saliency  # pylint: disable=g-import-not-at-top
+  ratios = {}
+  for size, patch in ((64, 8), (32, 4)):
+    test = synthetic.SyntheticLT('test', num_classes=8, num_test_per_class=40, image_size=size,
+                                 class_set='background')
+    images = np.stack([test[i]['image'] for i in range(len(test))])
+    masks = np.stack([test.object_mask(i) for i in range(len(test))])
+    scores = np.asarray(saliency.patch_saliency(jnp.asarray(images), patch_size=patch))
+    fg = maps.patch_fraction(masks, patch)
+    share = maps.foreground_share(scores.reshape(len(scores), -1), fg)
+    ratios[size] = np.nanmean(share) / fg.mean()
+  assert ratios[64] >= 1.5 and ratios[32] < 1.3, ratios
 
 
 def test_class_sets_render_their_own_shapes_and_keep_the_object_mask():

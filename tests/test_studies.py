@@ -68,17 +68,20 @@ def _config_by_hand(config_spec: str, overrides: dict, seed: int):
 
 def test_every_table_is_a_study_whose_runs_are_the_papers_configs_with_the_cells_overrides():
   assert set(PAPER_TABLES) | {'demo_ablation'} <= set(spec.known_studies())
-  for name in (*PAPER_TABLES, 'demo_ablation'):
+  for name in (*PAPER_TABLES, 'demo_ablation', 'demo_background_ablation', 'folder_grid'):
     study = spec.load_study(name)
-    jobs = ablate.jobs_of(study, 'runs/x', [0, 1], [])
+    user = {'data.train_dir': 'DATA/train', 'data.eval_dir': 'DATA/val'} if name == 'folder_grid' \
+        else {}
+    jobs = ablate.jobs_of(study, 'runs/x', [0, 1], [f'--config.{k}={v}' for k, v in user.items()])
     assert len(jobs) == 2 * len(study.expand())
     ablate.check_jobs(jobs, num_devices=None)  # every run's config is valid
     for job in jobs[:4]:
       cell = next(c for c in study.expand() if c.name == job.cell)
-      want = _config_by_hand(study.cell_config(cell), dict(cell.overrides), job.seed)
+      want = _config_by_hand(study.cell_config(cell),
+                             {**study.overrides, **cell.overrides, **user}, job.seed)
       assert spec.config_from_args(job.args).to_dict() == want.to_dict(), (name, job.cell)
       assert job.workdir == f'runs/x/{job.cell}/seed_{job.seed}'
-    if name != 'demo_ablation':  # each paper cell carries the paper's top-1
+    if name in PAPER_TABLES:  # each paper cell carries the paper's top-1
       assert all(c.paper.get('accuracy') for c in study.expand()), name
   t4 = {c.name: c for c in spec.load_study('table4').expand()}
   assert t4['vpt_plain'].overrides['optim.gnm_rho'] == 0.0 and t4['fr_br'].paper == {
@@ -322,7 +325,7 @@ def test_a_toy_study_interrupted_resumed_and_in_parallel_gives_the_same_runs(tmp
   md = (seq / 'report.md').read_text()
   assert md.startswith('# Toy') and md.split('\n', 2)[2] in done.stdout
   assert 'On the demo task (synthetic shapes' in md  # and the toy sizes, flagged
-  assert re.search(r'LT-DPT: .*epochs 1 \(paper 16\)', md)
+  assert re.search(r'- every run: .*epochs 1 \(paper 16\)', md)
 
   parallel = _ablate(f'--study={study}', f'--workdir={par}', '--parallel=2', *TOY, VAL)
   assert parallel.returncode == 0, parallel.stderr[-3000:]
@@ -423,3 +426,76 @@ def test_the_gpu_estimate_counts_every_epoch_and_evaluation():
   hours = sum(estimate.hours(estimate.run_flops(spec.config_from_args(j.args))['total'])
               for j in ablate.jobs_of(study, 'w', [0], []))
   assert f'{hours:.2f} h of one GPU' in out.stdout
+
+
+def test_paired_differences_and_foreground_shares_against_numpy(tmp_path):
+  study = spec.Study(title='P', config='configs/demo.py', paired=(('fr_br', 'vpt'),), cells=(
+      spec.Cell('vpt', 'VPT (A)', spec.METHODS['vpt']),
+      spec.Cell('fr_br', 'LT-DPT (C)', spec.METHODS['fr_br'])), name='p')
+  rng = np.random.default_rng(5)
+  acc, share = {}, {}
+  wanted = {}
+  for cell in study.expand():
+    wanted[cell.name] = spec.config_from_args(spec.cell_args(study, cell, 0, 'w', [])).to_dict()
+    for seed in range(5):
+      acc[cell.name, seed] = rng.uniform(0.5, 0.9, 4)
+      share[cell.name, seed] = rng.uniform(0.1, 0.6, 3)
+      if cell.name == 'vpt' and seed == 4:
+        continue  # a seed only one cell finished is left out of the pairs
+      rec = _record(*map(float, acc[cell.name, seed]))
+      rec['last_by_evaluator']['attention'] = {
+          'gradcam_true': float(share[cell.name, seed][0]),
+          'fr_attention': float(share[cell.name, seed][1]),
+          'tail_br_attention': float(share[cell.name, seed][2]), 'foreground_area': 0.16}
+      config = spec.config_from_args(spec.cell_args(study, cell, seed, 'w', []))
+      _run_dir(tmp_path / 'w' / cell.name / f'seed_{seed}', config, results=rec)
+  table = report_lib.build(study, report_lib.gather(study, str(tmp_path / 'w'), range(5),
+                                                    wanted))
+  (p,) = table['paired']
+  assert p['seeds'] == [0, 1, 2, 3]
+  for i, metric in enumerate(spec.METRICS):
+    d = np.array([acc['fr_br', s][i] - acc['vpt', s][i] for s in range(4)])
+    assert p[metric]['mean'] == pytest.approx(d.mean(), abs=1e-12)
+    assert p[metric]['se'] == pytest.approx(d.std(ddof=1) / 2.0, abs=1e-12)
+  fr_br = table['rows'][1]
+  assert fr_br['shares']['fr_attention']['mean'] == pytest.approx(
+      np.mean([share['fr_br', s][1] for s in range(5)]))
+  assert fr_br['shares']['tail_br_attention']['n'] == 5
+  assert fr_br['shares']['br_attention'] == {'mean': None, 'std': None, 'n': 0}
+  text = report_lib.markdown(table)
+  d0 = np.array([acc['fr_br', s][0] - acc['vpt', s][0] for s in range(4)])
+  assert (f'Paired, LT-DPT (C) minus VPT (A) over the same 4 seed(s) (mean ± standard error, '
+          f'points): top-1 {100 * d0.mean():+.2f} ± {100 * d0.std(ddof=1) / 2:.2f}') in text
+  line = next(li for li in text.splitlines() if li.startswith('| LT-DPT (C) | 0.'))
+  assert f'| {np.mean([share["fr_br", s][0] for s in range(5)]):.2f} |' in line
+  assert line.endswith(f'n/a / n/a / {np.mean([share["fr_br", s][2] for s in range(5)]):.2f} |')
+
+
+def test_the_background_demos_ablation_at_toy_size(tmp_path):
+  """configs/studies/demo_background_ablation.py, two cells and one seed of a tiny model at
+  16 px (random init: the study's backbone is not what is tested): the runs use the background
+  class set, and the report pairs (C) with (A) and shows where the maps look."""
+  toy = ['--config.model.checkpoint=', '--config.model.checkpoint_sha256=',
+         '--config.data.image_size=16', '--config.model.vit.patch_size=4',
+         '--config.model.vit.hidden_size=32', '--config.model.vit.mlp_dim=64',
+         '--config.model.vit.num_heads=2', '--config.model.vit.num_layers=2',
+         '--config.model.num_br_blocks=1', '--config.data.num_train_max=40',
+         '--config.data.imbalance_ratio=10',
+         '--config.data.num_test_per_class=5', '--config.data.batch_size=32',
+         '--config.data.eval_batch_size=16', '--config.train.epochs=1',
+         '--config.train.drw_epochs=0', '--config.train.plots=False',
+         '--config.evals.eval.every_epochs=1']
+  workdir = tmp_path / 'bg'
+  out = _ablate('--study=demo_background_ablation', '--cells=vpt,fr_br', '--seeds=1',
+                f'--workdir={workdir}', *toy)
+  assert out.returncode == 0, out.stderr[-3000:]
+  config = json.loads((workdir / 'fr_br' / 'seed_0' / 'config.json').read_text())
+  assert config['data']['class_set'] == 'background' and config['train']['attention_stats']
+  table = json.loads((workdir / 'report.json').read_text())
+  (p,) = table['paired']
+  runs = _runs(workdir)
+  assert p['accuracy']['mean'] == pytest.approx(
+      runs['fr_br/seed_0']['accuracy'] - runs['vpt/seed_0']['accuracy'], abs=1e-12)
+  assert table['rows'][1]['shares']['fr_attention']['n'] == 1
+  assert table['rows'][0]['shares']['br_attention']['n'] == 0  # VPT has no BR prompts
+  assert 'Foreground shares (attention evaluator' in out.stdout

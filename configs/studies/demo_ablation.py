@@ -3,8 +3,9 @@ r"""The paper's ablation (Table 4) in miniature, on the demo task: methods x 3 s
   python -m ltdpt_jax.tools.ablate --study=demo_ablation --workdir=runs/ablate
 
 A linear probe, VPT with the GNM-PT recipe (A), (A) + FR prompts (B), FR + BR = LT-DPT (C), and
-LT-DPT with prompt_mode=carry; every row the demo's recipe otherwise. No paper numbers: the task
-is the project's own (configs/demo.py).
+LT-DPT with prompt_mode=carry; every row the demo's recipe otherwise, 5 seeds, (C) against (A)
+seed by seed, and where each method's maps look (train.attention_stats). No paper numbers: the
+task is the project's own (configs/demo.py).
 """
 
 from ltdpt_jax.studies import Cell
@@ -16,7 +17,9 @@ def get_study():
   return Study(
       title='Ablation in miniature: the methods of Table 4 on the demo task',
       config='configs/demo.py',
-      seeds=3,
+      seeds=5,
+      overrides={'train.attention_stats': True},
+      paired=(('fr_br', 'vpt'),),
       cells=(
           Cell('linear', 'Linear probe (head only)', METHODS['linear']),
           Cell('vpt', 'VPT + GNM-PT recipe (A)', METHODS['vpt']),

@@ -37,13 +37,23 @@ _SCENE_PATTERNS = {
             + [p for p in rot if p in _CAMOUFLAGE[scene]])
     for i, scene in enumerate(SCENES)
     for rot in [[PATTERNS[(j + i) % len(PATTERNS)] for j in range(len(PATTERNS))]]}
-CLASS_SETS = ('default', 'upstream', 'downstream')
+# The 'background' class set (configs/demo_background.py): the class is the object's pattern and
+# size, on a scene that misleads. Its patterns stay visible on every scene (no camouflage), and
+# the object's half-width range (a share of the image side) of each size does not overlap.
+BACKGROUND_PATTERNS = ('stripes', 'checker', 'magenta', 'yellow')
+OBJECT_SIZES = {'small': (0.14, 0.24), 'large': (0.32, 0.45)}
+# Of every HOME_PERIOD training images of a 'background' class (in index order), HOME_SHARE are
+# on its home scene and the rest on the other scenes in turn; test images cycle through every
+# scene, so each class appears on each scene equally often.
+HOME_SHARE, HOME_PERIOD = 9, 10
+CLASS_SETS = ('default', 'upstream', 'downstream', 'background')
 MAX_CLASSES_OF = {'default': MAX_CLASSES, 'upstream': MAX_CLASSES,
-                  'downstream': len(SCENES) * len(PATTERNS)}
+                  'downstream': len(SCENES) * len(PATTERNS),
+                  'background': len(BACKGROUND_PATTERNS) * len(OBJECT_SIZES)}
 _SPLIT_CODE = {'train': 0, 'test': 1}
 # Folded into the image RNG key of the non-default class sets; the default's key is
 # (seed, split, index) alone (`SyntheticLT._rng`).
-_CLASS_SET_CODE = {'upstream': 1, 'downstream': 2}
+_CLASS_SET_CODE = {'upstream': 1, 'downstream': 2, 'background': 3}
 
 
 def shape_pattern_grid(num_classes: int) -> tuple[int, int]:
@@ -61,14 +71,22 @@ class SyntheticClass(NamedTuple):
 
   shapes: the shape of the object, or several, one drawn per image (the downstream classes).
   scene: a `SCENES` name, or None for the shared random background pool.
+  size: an `OBJECT_SIZES` key, or None for any size (half-width 20-45% of the image).
+  home: the scene most of the class's training images are on (`HOME_SHARE`), its test images on
+    every scene; None where `scene` decides.
   """
   shapes: tuple[str, ...]
   pattern: str
   scene: str | None = None
+  size: str | None = None
+  home: str | None = None
 
   @property
   def name(self) -> str:
-    """'red circle' (one shape, the pool's backgrounds) or 'red on sky' (a scene)."""
+    """'red circle' (one shape, the pool's backgrounds), 'red on sky' (a scene) or 'small
+    stripes' (a size: the scene misleads)."""
+    if self.size is not None:
+      return f'{self.size} {self.pattern}'
     if self.scene is None:
       return f'{self.pattern} {"/".join(self.shapes)}'
     return f'{self.pattern} on {self.scene}'
@@ -89,6 +107,13 @@ def class_table(num_classes: int, class_set: str = 'default') -> list[SyntheticC
     scene last), K <= 40; every pair occurs once, and head, medium and tail classes each mix
     scenes and patterns. The object's shape is drawn per image from `DOWNSTREAM_SHAPES`, which
     no upstream class has, and carries no label.
+
+  * 'background' (`configs/demo_background.py`): the object's pattern and size, class c =
+    (`BACKGROUND_PATTERNS[c // 2]`, small if c is even else large), K <= 8, the shape drawn per
+    image from `DOWNSTREAM_SHAPES`. The scene carries no label but misleads in training: class c
+    is mostly on its home scene, `SCENES[c]` for c < 5 and, for the tail classes 5, 6, 7, the
+    home of class (c - 5) % 2, a head class (`home_scene`); at test every class is on every
+    scene equally often.
 
   So upstream and downstream share the patterns, the noise and the kind of objects, but no class:
   every downstream class needs its scene, a background the upstream never shows (its backgrounds
@@ -112,9 +137,19 @@ def class_table(num_classes: int, class_set: str = 'default') -> list[SyntheticC
   if class_set == 'upstream':
     s = len(SHAPES)
     return [SyntheticClass((SHAPES[c % s],), PATTERNS[c // s]) for c in range(num_classes)]
+  if class_set == 'background':
+    sizes = tuple(OBJECT_SIZES)
+    return [SyntheticClass(DOWNSTREAM_SHAPES, BACKGROUND_PATTERNS[c // 2], size=sizes[c % 2],
+                           home=home_scene(c)) for c in range(num_classes)]
   s = len(SCENES)
   return [SyntheticClass(DOWNSTREAM_SHAPES, _SCENE_PATTERNS[SCENES[c % s]][c // s], SCENES[c % s])
           for c in range(num_classes)]
+
+
+def home_scene(c: int) -> str:
+  """The home scene of 'background' class c: its own for the first five classes (0 and 1 the
+  head at the demo's profile), a head class's (that of class (c - 5) % 2) for the others."""
+  return SCENES[c] if c < len(SCENES) else SCENES[(c - len(SCENES)) % 2]
 
 
 def class_names(num_classes: int, class_set: str = 'default') -> list[str]:
@@ -276,6 +311,7 @@ class SyntheticLT:
                        'the imbalance ratio.')
     self.class_counts = counts
     self.labels = np.repeat(np.arange(num_classes, dtype=np.int64), counts)
+    self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     self._bg = None
     self._noise = None
 
@@ -306,7 +342,25 @@ class SyntheticLT:
     if not 0 <= index < len(self):
       raise IndexError(f'index {index} out of range for {len(self)} synthetic {self.split} images.')
     label = int(self.labels[index])
-    return {'image': self.render(label, self._rng(index)), 'label': label, 'id': index}
+    return {'image': self.render(label, self._rng(index), scene=self.scene_of(index)),
+            'label': label, 'id': index}
+
+  def scene_of(self, index: int) -> str | None:
+    """The scene image `index` is drawn on where its class has a home scene (the 'background'
+    class set: `HOME_SHARE` of every `HOME_PERIOD` training images of a class on its home, the
+    rest on the other scenes in turn; the test images of a class on `SCENES` in turn), else its
+    class's `scene` (None: the shared background pool)."""
+    label = int(self.labels[int(index)])
+    cls = self.classes[label]
+    if cls.home is None:
+      return cls.scene
+    j = int(index) - int(self._starts[label])  # the image's position within its class
+    if self.split == 'test':
+      return SCENES[j % len(SCENES)]
+    if j % HOME_PERIOD < HOME_SHARE:
+      return cls.home
+    others = [s for s in SCENES if s != cls.home]
+    return others[(j // HOME_PERIOD) % len(others)]
 
   def _rng(self, index: int) -> np.random.Generator:
     """The generator of image `index`: key (seed, split, index), plus the class set's code for
@@ -322,34 +376,40 @@ class SyntheticLT:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f'index {index} out of range for {len(self)} synthetic {self.split} images.')
-    return self.render_with_mask(int(self.labels[index]), self._rng(index))[1]
+    return self.render_with_mask(int(self.labels[index]), self._rng(index),
+                                 scene=self.scene_of(index))[1]
 
-  def render(self, label: int, rng: np.random.Generator) -> np.ndarray:
+  def render(self, label: int, rng: np.random.Generator, *, scene: str | None = None
+             ) -> np.ndarray:
     """Draws one image of class `label` with randomness from `rng`."""
-    return self.render_with_mask(label, rng)[0]
+    return self.render_with_mask(label, rng, scene=scene)[0]
 
-  def render_with_mask(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  def render_with_mask(self, label: int, rng: np.random.Generator, *, scene: str | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """`render`, and the (S, S) bool mask of the object's pixels.
 
-    The object has a random centre, size (half-width 20-45% of the image) and rotation
-    (+-15 degrees), and lies on its class's scene or on a random (flipped) background of the
-    shared pool; per-pixel noise (+-10 levels, a random window of the noise tile) is added last.
+    The object has a random centre, size (half-width 20-45% of the image, or its class's
+    `OBJECT_SIZES` range) and rotation (+-15 degrees), and lies on `scene` (default: its
+    class's scene; for a class with a home scene, its home) or on a random (flipped) background
+    of the shared pool; per-pixel noise (+-10 levels, a random window of the noise tile) is added
+    last.
     """
     size = self.image_size
     cls = self.classes[label]
+    scene = scene or cls.scene or cls.home
     pattern = cls.pattern
     # A class of one shape draws no random number for it.
     shape = cls.shapes[int(rng.integers(len(cls.shapes)))] if len(cls.shapes) > 1 else cls.shapes[0]
-    if cls.scene is None:
+    if scene is None:
       bg = self.backgrounds[rng.integers(self.num_backgrounds)]
       if rng.random() < 0.5:
         bg = bg[:, ::-1]
       if rng.random() < 0.5:
         bg = bg[::-1]
     else:
-      bg = make_scene(cls.scene, rng, size)
+      bg = make_scene(scene, rng, size)
     img = bg.astype(np.int16)
-    radius = rng.uniform(0.2, 0.45) * size
+    radius = rng.uniform(*OBJECT_SIZES.get(cls.size, (0.2, 0.45))) * size
     cx, cy = rng.uniform(radius, size - radius, 2)
     ang = np.deg2rad(rng.uniform(-15.0, 15.0))
     x0, x1 = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, size)

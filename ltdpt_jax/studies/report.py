@@ -174,13 +174,41 @@ def build(study: spec_lib.Study, gathered: Sequence[Mapping[str, Any]],
     row['deviations'] = flags
     row['runs'] = {str(k): {m: done[k].get(m) for m in spec_lib.METRICS + ('step', 'epoch')}
                    for k in sorted(done)}
+    attention = [_last(runs[k], 'attention') for k in sorted(done)]
+    row['shares'] = {key: summarize([a.get(key) for a in attention if a])
+                     for key in SHARE_KEYS} if any(attention) else {}
     rows.append(row)
   demo = any(_get(e.get('wanted'), 'data.dataset') == 'synthetic' for e in gathered)
   report = {'study': study.name, 'title': study.title, 'notes': study.notes,
             'reference': reference_of(study), 'demo': demo, **(meta or {}), 'rows': rows}
   if study.select == 'val':
     report['best'] = best_cell(rows)
+  if study.paired:
+    report['paired'] = [paired(rows, a, b) for a, b in study.paired]
   return report
+
+
+# The attention evaluator's foreground shares a report shows (config.train.attention_stats):
+# overall and per group, of Grad-CAM (true class), FR and BR prompt attention, and the object's
+# own share of the image (what a map spread evenly scores).
+SHARE_MAPS = ('gradcam_true', 'fr_attention', 'br_attention', 'foreground_area')
+SHARE_KEYS = tuple(f'{g}{m}' for g in ('', 'head_', 'medium_', 'tail_') for m in SHARE_MAPS)
+
+
+def paired(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> dict[str, Any]:
+  """Cell `a` against cell `b` over the seeds both finished: per metric the mean of the per-seed
+  differences a - b (in [0, 1]) and its standard error (sample std / sqrt(n); None for n < 2)."""
+  by_name = {r['cell']: r for r in rows}
+  ra, rb = by_name[a], by_name[b]
+  seeds = sorted(set(ra['runs']) & set(rb['runs']), key=int)
+  out: dict[str, Any] = {'a': a, 'b': b, 'label_a': ra['label'], 'label_b': rb['label'],
+                         'seeds': [int(s) for s in seeds]}
+  for metric in spec_lib.METRICS:
+    d = [ra['runs'][s][metric] - rb['runs'][s][metric] for s in seeds
+         if ra['runs'][s][metric] is not None and rb['runs'][s][metric] is not None]
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+    out[metric] = {'mean': float(np.mean(d)) if d else None, 'se': se, 'n': len(d)}
+  return out
 
 
 def best_cell(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -226,6 +254,13 @@ def markdown(report: Mapping[str, Any]) -> str:
     head += [f'paper {c} (ours - paper)' for c in spec_lib.COLUMNS]
   lines = ['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
   notes = []
+  # What every run of every cell did differently is said once.
+  everywhere = set.intersection(*(
+      {p for p, seeds in r['deviations'].items()
+       if set(seeds) == set(r['seeds']) | set(r['missing_seeds'])} for r in rows)) if rows else set()
+  if all(r['deviations'] for r in rows) and everywhere:
+    first = rows[0]['deviations']
+    notes.append(f'- every run: {"; ".join(p for p in first if p in everywhere)}')
   for r in rows:
     mark = ' (!)' if r['deviations'] else ''
     cells = [f'{r["label"]}{mark}']
@@ -239,7 +274,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines.append('| ' + ' | '.join(cells) + ' |')
     by_seeds: dict[tuple[int, ...], list[str]] = {}
     for phrase, seeds in r['deviations'].items():
-      by_seeds.setdefault(tuple(seeds), []).append(phrase)
+      if phrase not in everywhere:
+        by_seeds.setdefault(tuple(seeds), []).append(phrase)
     for seeds, phrases in by_seeds.items():
       notes.append(f'- {r["label"]}: {"; ".join(phrases)} (seed{"s" if len(seeds) > 1 else ""} '
                    f'{", ".join(map(str, seeds))})')
@@ -250,9 +286,42 @@ def markdown(report: Mapping[str, Any]) -> str:
   if notes:
     text += (f'\n(!) Not the {report.get("reference", "paper")}\'s settings:\n'
              + '\n'.join(notes) + '\n')
+  for p in report.get('paired', ()):
+    parts = []
+    for metric, column in zip(spec_lib.METRICS, spec_lib.COLUMNS):
+      v = p[metric]
+      if v['mean'] is not None:
+        se = '' if v['se'] is None else f' ± {100 * v["se"]:.2f}'
+        parts.append(f'{column} {100 * v["mean"]:+.2f}{se}')
+    text += (f'\nPaired, {p["label_a"]} minus {p["label_b"]} over the same {len(p["seeds"])} '
+             f'seed(s) (mean ± standard error, points): {", ".join(parts)}.\n')
+  if any(r['shares'] for r in rows):
+    text += '\n' + shares_markdown(rows)
   best = report.get('best')
   if best:
     text += (f'\nBest cell by validation top-1: {best["label"]} (val {_pct(best["val_accuracy"])};'
              f' eval top-1 {_pct(best["accuracy"])}, head {_pct(best["head_accuracy"])}, medium '
              f'{_pct(best["medium_accuracy"])}, tail {_pct(best["tail_accuracy"])}).\n')
   return text
+
+
+def shares_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The foreground shares of each cell's maps at its last evaluation (mean over seeds): overall
+  and head / medium / tail, beside the object's own share of the image."""
+  head = ['method', 'Grad-CAM', 'FR attention', 'BR attention', 'object area',
+          'Grad-CAM h / m / t', 'FR h / m / t', 'BR h / m / t']
+  lines = ['Foreground shares (attention evaluator, last evaluation, mean over seeds):', '',
+           '| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+
+  def mean(row, key):
+    s = row['shares'].get(key) or {}
+    return 'n/a' if s.get('mean') is None else f'{s["mean"]:.2f}'
+
+  for r in rows:
+    if not r['shares']:
+      continue
+    cells = [r['label'], *(mean(r, m) for m in SHARE_MAPS)]
+    for m in SHARE_MAPS[:3]:
+      cells.append(' / '.join(mean(r, f'{g}_{m}') for g in ('head', 'medium', 'tail')))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'

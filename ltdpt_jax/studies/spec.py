@@ -72,7 +72,8 @@ class Study:
   current directory) with `overrides` for every cell (a cell's own win), `seeds` runs per cell
   (`--seeds` changes it), `devices` the device count
   the numbers are for (None: not stated, not flagged). With `select='val'` the report names the
-  cell with the best validation top-1 (the config needs `data.val_fraction` > 0)."""
+  cell with the best validation top-1 (the config needs `data.val_fraction` > 0); `paired`
+  compares cells seed by seed."""
   title: str
   config: str
   cells: Sequence[Cell] = ()
@@ -81,6 +82,7 @@ class Study:
   seeds: int = 1
   devices: int | None = None
   select: str = ''
+  paired: Sequence[tuple[str, str]] = ()  # (cell a, cell b): a - b per seed, its mean and SE
   notes: str = ''
   name: str = ''
 
@@ -101,6 +103,9 @@ class Study:
     for c in cells:
       if not c.name or '/' in c.name or c.name.startswith('.'):
         raise ValueError(f'study {self.name!r}: cell name {c.name!r} cannot be a folder name.')
+    for pair in self.paired:
+      if not set(pair) <= set(names):
+        raise ValueError(f'study {self.name!r}: paired {pair} names a cell it does not have.')
     return tuple(cells)
 
   def cell_config(self, cell: Cell) -> str:
