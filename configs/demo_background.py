@@ -15,7 +15,7 @@ import ltdpt_jax
 from ltdpt_jax import config_lib
 
 BACKBONE = os.path.join(os.path.dirname(ltdpt_jax.__file__), 'assets', 'vit_demo64.npz')
-BACKBONE_SHA256 = ''
+BACKBONE_SHA256 = 'd35d8029a1cfdbcd31442ebf7de5f9c051acad3993442e54c012565e87a67899'
 LR = 0.1  # configs/demo.py's (the same recipe: epochs, DRW, prompts)
 
 

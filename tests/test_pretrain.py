@@ -31,39 +31,48 @@ from ltdpt_jax.tools import pretrain
 REPO = train_utils.REPO
 ASSET = REPO / 'ltdpt_jax' / 'assets' / 'vit_demo.npz'
 SIDECAR = REPO / 'ltdpt_jax' / 'assets' / 'vit_demo.json'
+# The shipped backbones: (file, the demo config using it, the pretraining config argument,
+# the architecture it has).
+BACKBONES = [('vit_demo', 'demo', None, 'ViT(patch 4, width 64, depth 4, heads 4, mlp 128)'),
+             ('vit_demo64', 'demo_background', 'size=64',
+              'ViT(patch 8, width 64, depth 4, heads 4, mlp 128)')]
 
 
-def _sidecar():
-  return json.loads(SIDECAR.read_text())
+def _sidecar(name='vit_demo'):
+  return json.loads((REPO / 'ltdpt_jax' / 'assets' / f'{name}.json').read_text())
 
 
 # ---------------------------------------------------------------------------------------------
 # The shipped checkpoint.
 # ---------------------------------------------------------------------------------------------
 
-def test_shipped_checkpoint_is_the_demo_default_small_and_recorded():
-  demo = train_utils.load_config('demo')
-  assert os.path.samefile(demo.model.checkpoint, ASSET)
-  sha = fetch.sha256_of(ASSET)
-  assert demo.model.checkpoint_sha256 == sha == _sidecar()['sha256']
-  assert ASSET.stat().st_size < 2_000_000  # well under 5 MB
-  side = _sidecar()
+@pytest.mark.parametrize('name, demo_config, arg, _', BACKBONES)
+def test_shipped_checkpoint_is_the_demo_default_small_and_recorded(name, demo_config, arg, _):
+  asset = REPO / 'ltdpt_jax' / 'assets' / f'{name}.npz'
+  demo = train_utils.load_config(demo_config)
+  assert os.path.samefile(demo.model.checkpoint, asset)
+  sha = fetch.sha256_of(asset)
+  side = _sidecar(name)
+  assert demo.model.checkpoint_sha256 == sha == side['sha256']
+  assert asset.stat().st_size < 2_000_000  # well under 5 MB
   assert side['command'].startswith('python -m ltdpt_jax.tools.pretrain --config=configs/'
-                                    'pretrain_synthetic.py')
+                                    f'pretrain_synthetic.py{":" + arg if arg else ""} ')
   assert side['eval']['accuracy'] > 0.5 and side['steps'] > 0
   # The shipped file came from the config as committed (compared as JSON: tuples are lists;
   # keys added to the config since then count as their defaults, run_dir.ADDED_KEYS).
   assert run_dir_lib.config_changes(
-      side['config'], train_utils.load_config('pretrain_synthetic').to_dict()) == ({}, {})
+      side['config'], train_utils.load_config('pretrain_synthetic', arg).to_dict()) == ({}, {})
 
 
-def test_shipped_checkpoint_loads_with_its_head_and_reproduces_its_upstream_predictions():
-  model, params = vit_checkpoint.from_npz(str(ASSET))
-  assert model.arch.describe().startswith('ViT(patch 4, width 64, depth 4, heads 4, mlp 128)')
+@pytest.mark.parametrize('name, _, arg, architecture', BACKBONES)
+def test_shipped_checkpoint_loads_with_its_head_and_reproduces_its_upstream_predictions(
+    name, _, arg, architecture):
+  model, params = vit_checkpoint.from_npz(str(REPO / 'ltdpt_jax' / 'assets' / f'{name}.npz'))
+  assert model.arch.describe().startswith(architecture)
   assert model.num_classes == 64 and model.representation_size is None
   assert params['head']['kernel'].shape == (64, 64) and params['head']['bias'].shape == (64,)
-  side = _sidecar()
-  data = train_utils.load_config('pretrain_synthetic').data
+  side = _sidecar(name)
+  data = train_utils.load_config('pretrain_synthetic', arg).data
   src = data_lib.get_sources(data).eval
   ref = side['reference']
   images = np.stack([transforms.eval_transform(src[i]['image'], data.image_size)
