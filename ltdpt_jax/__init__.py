@@ -13,7 +13,7 @@ import sys
 __version__ = '0.1.0'
 
 # jaxlib 0.10-0.12 hand XLA:CPU's dots and the patch-embedding convolution to YNNPACK; for this
-# model's shapes Eigen is faster (measured in the README's benchmark section). The flag concerns
+# model's shapes Eigen is faster (measured: docs/performance.md). The flag concerns
 # CPU programs only and changes neither the program's FLOPs nor, beyond float32 rounding, its
 # results. XLA aborts on a flag it does not know, hence the jaxlib range [lo, hi).
 XLA_CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)

@@ -35,11 +35,13 @@ def gcl_logits(cosine: jax.Array, labels: jax.Array, class_counts: ArrayLike, *,
                noise_mul: float = 1.0) -> jax.Array:
   """The scaled GCL logits s * c~ (B, C) that `gcl_loss` feeds to the cross-entropy.
 
-  As the PyTorch GCLLoss, line for line:
+  As the PyTorch GCLLoss, line for line::
+
     m_j   = log n_max - log n_j                              (`gcl_margins`, float32 like torch)
     xi_ij = clip(N(0,1) / 3, -1, 1)                          (torch: Normal(0, 1/3).clamp(-1, 1))
     c~_ij = c_ij - noise_mul * |xi_ij| / max_k m_k * m_j     (every logit, one-sided)
     c~_iy -= m                                               (margin on the target only)
+
   When all classes have the same count (max m = 0) the Gaussian-cloud term is 0 (no NaN).
   """
   cosine = jnp.asarray(cosine)

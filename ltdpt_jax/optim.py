@@ -199,8 +199,8 @@ class GNM:
   def value_and_grad(self, fun: Callable[..., Any], *, has_aux: bool = False) -> Callable:
     """`jax.value_and_grad(fun, has_aux)` evaluated at the GNM-perturbed first argument.
 
-    Returns g(params, state, *args, scale=1.0, **kwargs) -> (value, grads) with value =
-    fun(params + eps, *args, **kwargs) and grads its gradient there (one evaluation).
+    Returns `g(params, state, *args, scale=1.0, **kwargs) -> (value, grads)` with `value =
+    fun(params + eps, *args, **kwargs)` and grads its gradient there (one evaluation).
     """
     vg = jax.value_and_grad(fun, has_aux=has_aux)
 
@@ -265,7 +265,7 @@ def make_optimizer(optim_config, *, total_steps: int, global_batch: int, seed: i
   and the optimiser state covers only the trainable parameters. Given the full tree instead, the
   frozen leaves get zero updates and empty (`MaskedNode`) state, and GNM does not perturb them.
 
-  A train step (loss and aux metrics come from the single gradient evaluation):
+  A train step (loss and aux metrics come from the single gradient evaluation)::
 
     tx = optim.make_optimizer(config.optim, total_steps=total_steps,
                               global_batch=config.data.batch_size, seed=config.train.seed)

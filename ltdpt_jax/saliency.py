@@ -137,7 +137,7 @@ def _gaussian_taps(ksize: int, sigma: float) -> np.ndarray:
 def fourier_spectrum(gray: jax.Array) -> jax.Array:
   """Eq. 8: M e^{jP} = F(I): the 2-D DFT of (..., h, w) gray images (complex64).
 
-  Amplitude M = |F|, phase P = angle(F); no fftshift, like OpenCV.
+  Amplitude `M = |F|`, phase `P = angle(F)`; no fftshift, like OpenCV.
   """
   return jnp.fft.fft2(gray.astype(jnp.float32))
 
@@ -163,11 +163,11 @@ def residual_spectrum(log_amp: jax.Array, avg_log_amp: jax.Array) -> jax.Array:
 
 
 def saliency_from_residual(residual: jax.Array, spectrum: jax.Array) -> jax.Array:
-  """Eq. 12: S = g * |F^-1[exp(R + jP)]|^2, in OpenCV's order (blur the magnitude, then square).
+  """Eq. 12: `S = g * |F^-1[exp(R + jP)]|^2`, in OpenCV's order (blur the magnitude, then square).
 
   The paper writes the square inside the blur; OpenCV blurs before squaring, and so do we.
-  g is the 5x5 Gaussian with sigma 8 and reflect-101 borders. exp(R + jP) is formed as
-  exp(R) * F / |F| (no angle/cos/sin); a bin with |F| = 0 gets phase 0, as in OpenCV.
+  g is the 5x5 Gaussian with sigma 8 and reflect-101 borders. `exp(R + jP)` is formed as
+  `exp(R) * F / |F|` (no angle/cos/sin); a bin with `|F| = 0` gets phase 0, as in OpenCV.
   The result is unnormalised (see `normalize_by_max`).
   """
   mag = jnp.abs(spectrum)

@@ -417,7 +417,7 @@ def test_memory_topology_compiles_for_a_tpu_chip_ahead_of_time():
   # 16 px and width 32 'nothing' needed more than none).
   c.model.vit.hidden_size, c.model.vit.mlp_dim, c.model.vit.num_layers = 64, 256, 4
   # The crop on the TPU (auto's choice there) adds fixed temporaries; the ViT-B/16 report with
-  # it is in the README.
+  # it is in docs/performance.md.
   c.data.crop_on_device = False
   setup = train.Setup(c)
   mesh = bench_memory.topology_mesh('v5e:2x2')

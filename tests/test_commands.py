@@ -1,6 +1,8 @@
-"""Every command the README and the module docstrings show still runs as shown: its module starts
-and lists each flag the command passes, its config file and config keys exist, and each launch
-script the README shows runs its dry run. A renamed module, flag or config key fails here."""
+"""Every command the README, the documentation pages (docs/*.md) and the module docstrings show
+still runs as shown: its module starts and lists each flag the command passes, its config file and
+config keys exist, and each launch script they show runs its dry run (DRY_RUN=1) where the command
+gives the environment the script needs, or else exists and parses (`bash -n`). A renamed module,
+script, flag or config key fails here."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import train_utils
 
 REPO = pathlib.Path(train_utils.REPO)
 _PYTHON_COMMAND = re.compile(r'python -m (ltdpt_jax[a-z_.]*[a-z_])(?=\s|$|`)([^`#;&|]*)')
-_BASH_COMMAND = re.compile(r'((?:[A-Z_]+=\S+ )*)bash (launch/\w+\.sh)([^`#;&|]*)')
+_BASH_COMMAND = re.compile(r'((?:[A-Z_]+=\S+ )*)bash ((?:launch|bench)/[\w/]+\.sh)([^`#;&|]*)')
 
 
 def _snippets(text: str) -> list[str]:
@@ -30,8 +32,14 @@ def _snippets(text: str) -> list[str]:
   return spans + text.splitlines()
 
 
+def _pages() -> dict[str, str]:
+  """README.md and the documentation's Markdown pages, by path."""
+  paths = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
+  return {str(p.relative_to(REPO)): p.read_text() for p in paths}
+
+
 def _documents() -> dict[str, str]:
-  docs = {'README.md': (REPO / 'README.md').read_text()}
+  docs = _pages()
   for path in [*(REPO / 'ltdpt_jax').rglob('*.py'), *(REPO / 'configs').glob('*.py')]:
     docs[str(path.relative_to(REPO))] = path.read_text()
   return docs
@@ -52,6 +60,7 @@ def _python_commands() -> list[tuple[str, str, list[str]]]:
 
 
 def test_the_commands_are_found():
+  assert any(w.startswith('docs/') for w, _, _ in _python_commands())  # the pages are read
   modules = {m for _, m, _ in _python_commands()}
   assert {'ltdpt_jax.main', 'ltdpt_jax.tools.predict', 'ltdpt_jax.tools.visualize',
           'ltdpt_jax.tools.plot', 'ltdpt_jax.tools.pretrain', 'ltdpt_jax.tools.ablate',
@@ -92,7 +101,7 @@ def _config_of(args: list[str]):
     return None
   file, _, arg = spec.partition(':')
   assert (REPO / file).is_file(), f'--config={spec}: no file {file}'
-  placeholders = {'R': '100'}  # configs/cifar100_lt.py:ratio=R in the README's table
+  placeholders = {'R': '100'}  # configs/cifar100_lt.py:ratio=R, a placeholder in a command
   arg = ','.join(f'{k}={placeholders.get(v, v)}' for k, _, v in
                  (item.partition('=') for item in arg.split(',') if item))
   return train_utils.load_config(pathlib.Path(file).stem, arg or None)
@@ -128,19 +137,63 @@ def test_every_documented_python_command_names_real_flags_and_config_keys():
 
 
 def _bash_commands() -> list[tuple[dict[str, str], str, list[str]]]:
+  """(environment, script, arguments) of every `bash launch/...` (or `bash bench/...`) command
+  that README.md or a docs page shows."""
   found = set()
-  for snippet in _snippets((REPO / 'README.md').read_text()):
-    for env, script, rest in _BASH_COMMAND.findall(snippet):
-      found.add((env.strip(), script, rest.strip()))
+  for text in _pages().values():
+    for snippet in _snippets(text):
+      for env, script, rest in _BASH_COMMAND.findall(snippet):
+        found.add((env.strip(), script, rest.strip()))
   return [(dict(kv.split('=', 1) for kv in env.split()), script, shlex.split(rest))
           for env, script, rest in sorted(found)]
+
+
+def _required_env(script: str) -> set[str]:
+  """The variables a script refuses to start without: its top-level
+  `[[ -n "${A:-}" && -n "${B:-}" ]] || die ...` checks (launch/tpu_vm.sh: NAME, ZONE, TYPE)."""
+  text = (REPO / script).read_text()
+  checks = re.findall(r'^\[\[ (.*?) \]\] \|\|', text, re.M)
+  return {v for check in checks for v in re.findall(r'-n "\$\{(\w+):-\}"', check)}
+
+
+def _can_dry_run(env: dict[str, str], script: str) -> bool:
+  """The script has a dry-run mode and the command gives every variable it needs."""
+  return 'DRY_RUN' in (REPO / script).read_text() and _required_env(script) <= set(env)
+
+
+def test_the_launch_commands_are_found():
+  commands = _bash_commands()
+  scripts = {s for _, s, _ in commands}
+  assert {'launch/tpu_vm.sh', 'launch/gpu.sh', 'launch/gpu_bench.sh'} <= scripts, scripts
+  assert _required_env('launch/tpu_vm.sh') == {'NAME', 'ZONE', 'TYPE'}
+  # The pages' TPU commands give NAME, ZONE and TYPE, so they run their dry run below.
+  assert any(s == 'launch/tpu_vm.sh' and _can_dry_run(e, s) for e, s, _ in commands)
+
+
+@pytest.mark.parametrize('env,script,args', _bash_commands(),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_every_documented_launch_command_exists_and_parses(env, script, args):
+  """Every script a page names exists and `bash -n` parses it; its config keys exist."""
+  assert (REPO / script).is_file(), f'no script {script}'
+  out = subprocess.run(['bash', '-n', script], capture_output=True, text=True, cwd=REPO,
+                       timeout=60)
+  assert out.returncode == 0, f'bash -n {script}: {out.stderr[-1500:]}'
+  args = [a for a in args if a != '--dry_run']
+  config = _config_of(args)
+  for arg in args:
+    if arg.startswith('--config.'):
+      assert _has_key(config, arg[2:].split('=', 1)[0].split('.')[1:]), f'{script}: {arg}'
 
 
 @pytest.mark.parametrize('env,script,args', _bash_commands(),
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_every_documented_launch_command_runs_its_dry_run(env, script, args, tmp_path):
-  """The command as the README shows it, with DRY_RUN=1: it prints what it would run and exits
-  0 (a script that no longer takes those arguments, or a path that moved, fails)."""
+  """The command as a page shows it, with DRY_RUN=1: it prints what it would run and exits
+  0 (a script that no longer takes those arguments, or a path that moved, fails). Commands
+  without the variables the script needs (a script named in prose) are checked only by
+  `test_every_documented_launch_command_exists_and_parses`."""
+  if not _can_dry_run(env, script):
+    pytest.skip(f'{script}: no dry-run mode, or the command lacks {_required_env(script)}')
   clean = {k: v for k, v in os.environ.items() if not k.startswith(('LTDPT_', 'XLA_'))}
   scratch = tmp_path / 'tmp'
   scratch.mkdir()

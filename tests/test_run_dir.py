@@ -131,7 +131,7 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, t
     line = cli_worker.one_error_line(second, 2, 'is in use by another run',
                                      f'PID {first.pid}', socket.gethostname())
     assert '--workdir' in line
-    # --mode=eval may run beside it (README: "One run per workdir"), and evaluates as it did.
+    # --mode=eval may run beside it (docs/run-directory.md: "One run per workdir"), and evaluates as it did.
     record = train.evaluate_checkpoint(_config(), str(workdir), step=7)
     assert record == json.loads((straight / 'eval_7.json').read_text())
     assert first.poll() is None  # neither the refused run nor the evaluation disturbed it

@@ -91,7 +91,7 @@ def _parse(argv):
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--target', type=float, default=7000.0,
                  help='images/s to feed (default: half the peak of one H200 for the ViT-B/16 '
-                      'step, README "Benchmark").')
+                      'step, docs/performance.md).')
   p.add_argument('--num_jpegs', type=int, default=64)
   p.add_argument('--rounds', type=int, default=5,
                  help='Alternating rounds of the JPEG ways (each gets --seconds in all).')

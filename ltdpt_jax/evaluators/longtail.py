@@ -100,9 +100,9 @@ class Evaluator:
   One jitted step over the data-sharded eval batch counts, per class, the correct predictions
   and the examples; padding rows (`mask` False) count nowhere, so every image is counted exactly
   once whatever the device or process count. The counts are summed on the host. `run` writes the
-  record {step, epoch, **summarize_eval(...)} to `<workdir>/<name>_<step>.json` (process 0) and
+  record `{step, epoch, **summarize_eval(...)}` to `<workdir>/<name>_<step>.json` (process 0) and
   logs a line; runs of up to MAX_CONFUSION_CLASSES classes also get the confusion matrix
-  (`confusion`[true][predicted] counts).
+  (`confusion[true][predicted]` counts).
 
   Args:
     predict_fn: (trainable, frozen, uint8 images) -> {'logits': (B, C), ...}, traceable
@@ -171,7 +171,7 @@ class Evaluator:
     return None if self.workdir is None else os.path.join(self.workdir, f'{self.name}_{step}.json')
 
   def run(self, trainable: Any, *, step: int, epoch: int) -> dict[str, Any]:
-    """Evaluates `trainable`; writes and returns {step, epoch, **summarize_eval(...)}."""
+    """Evaluates `trainable`; writes and returns `{step, epoch, **summarize_eval(...)}`."""
     correct, count, confusion = self.counts(trainable, with_confusion=True)
     record = {'step': int(step), 'epoch': int(epoch),
               **summarize_eval(correct, count, self.info.class_counts,
