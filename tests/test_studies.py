@@ -499,3 +499,15 @@ def test_the_background_demos_ablation_at_toy_size(tmp_path):
   assert table['rows'][1]['shares']['fr_attention']['n'] == 1
   assert table['rows'][0]['shares']['br_attention']['n'] == 0  # VPT has no BR prompts
   assert 'Foreground shares (attention evaluator' in out.stdout
+
+
+def test_parallel_slots_split_the_gpus(monkeypatch):
+  assert launchers.device_groups(2, ['0', '1', '2', '3']) == [
+      {'CUDA_VISIBLE_DEVICES': '0,1'}, {'CUDA_VISIBLE_DEVICES': '2,3'}]
+  assert launchers.device_groups(3, ['4', '5', '6', '7']) == [
+      {'CUDA_VISIBLE_DEVICES': '4'}, {'CUDA_VISIBLE_DEVICES': '5'}, {'CUDA_VISIBLE_DEVICES': '6'}]
+  assert launchers.device_groups(2, []) == [{}, {}]  # a CPU machine: N processes
+  with pytest.raises(ValueError, match='needs at least 3 GPUs'):
+    launchers.device_groups(3, ['0', '1'])
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '2,5')
+  assert launchers.visible_gpus() == ['2', '5']
