@@ -28,7 +28,9 @@ def _snippets(text: str) -> list[str]:
   """The code of a Markdown or docstring text: fenced blocks and indented lines, their
   backslash continuations joined, and inline `code` spans (which may wrap lines)."""
   text = re.sub(r'\\\n\s*', ' ', text)
-  spans = [s.replace('\n', ' ') for s in re.findall(r'`([^`]+)`', text)]
+  # Inline spans outside the fenced blocks (a fence's backticks would pair with a span's).
+  prose = re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)
+  spans = [s.replace('\n', ' ') for s in re.findall(r'`([^`]+)`', prose)]
   return spans + text.splitlines()
 
 

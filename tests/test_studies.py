@@ -176,7 +176,7 @@ def test_report_means_stds_and_differences_against_numpy(tmp_path):
   line = next(li for li in text.splitlines() if li.startswith('| LT-DPT |'))
   assert f'{100 * m.mean():.2f} ± {100 * m.std(ddof=1):.2f}' in line
   assert f'50.0 ({100 * m.mean() - 50:+.2f})' in line and '| 3 of 4 |' in line
-  assert '(!)' not in text and text.startswith('On the demo task (synthetic shapes')
+  assert '(!)' not in text and text.startswith('On a demo task (synthetic shapes, configs/demo.py)')
 
 
 def test_each_setting_that_differs_is_flagged(tmp_path, monkeypatch):
@@ -324,7 +324,7 @@ def test_a_toy_study_interrupted_resumed_and_in_parallel_gives_the_same_runs(tmp
     assert row['accuracy']['std'] == pytest.approx(np.std(xs, ddof=1), abs=1e-12)
   md = (seq / 'report.md').read_text()
   assert md.startswith('# Toy') and md.split('\n', 2)[2] in done.stdout
-  assert 'On the demo task (synthetic shapes' in md  # and the toy sizes, flagged
+  assert 'On a demo task (synthetic shapes, configs/demo.py)' in md  # and the toy sizes, flagged
   assert re.search(r'- every run: .*epochs 1 \(paper 16\)', md)
 
   parallel = _ablate(f'--study={study}', f'--workdir={par}', '--parallel=2', *TOY, VAL)

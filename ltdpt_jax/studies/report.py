@@ -180,7 +180,8 @@ def build(study: spec_lib.Study, gathered: Sequence[Mapping[str, Any]],
     rows.append(row)
   demo = any(_get(e.get('wanted'), 'data.dataset') == 'synthetic' for e in gathered)
   report = {'study': study.name, 'title': study.title, 'notes': study.notes,
-            'reference': reference_of(study), 'demo': demo, **(meta or {}), 'rows': rows}
+            'config': study.config, 'reference': reference_of(study), 'demo': demo,
+            **(meta or {}), 'rows': rows}
   if study.select == 'val':
     report['best'] = best_cell(rows)
   if study.paired:
@@ -281,8 +282,8 @@ def markdown(report: Mapping[str, Any]) -> str:
                    f'{", ".join(map(str, seeds))})')
   text = '\n'.join(lines) + '\n'
   if report.get('demo'):
-    text = ('On the demo task (synthetic shapes, configs/demo.py), not a dataset of the paper.'
-            '\n\n' + text)
+    text = (f'On a demo task (synthetic shapes, {report.get("config", "configs/demo.py")}), not '
+            'a dataset of the paper.\n\n' + text)
   if notes:
     text += (f'\n(!) Not the {report.get("reference", "paper")}\'s settings:\n'
              + '\n'.join(notes) + '\n')
