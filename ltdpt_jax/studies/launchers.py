@@ -25,11 +25,9 @@ from typing import Any, NamedTuple
 
 from etils import epath
 
+from ltdpt_jax import cli
 from ltdpt_jax import run_dir
 from ltdpt_jax.studies import spec as spec_lib
-
-EXIT_STOPPED = 75  # what a run stopped by SIGTERM/SIGINT after a checkpoint exits with
-
 
 class Job(NamedTuple):
   """One run of a study: a cell, a seed and the flags of `python -m ltdpt_jax.main`."""
@@ -189,7 +187,7 @@ def run_processes(jobs: Sequence[Job], command: Callable[[Job], list[str]], *, p
         running.remove(r)
         codes[r.job.name] = r.proc.returncode
         seconds[r.job.name] = time.perf_counter() - r.started
-        what = {0: 'finished', EXIT_STOPPED: 'stopped after a checkpoint'}.get(
+        what = {0: 'finished', cli.EXIT_STOPPED: 'stopped after a checkpoint'}.get(
             r.proc.returncode, f'failed (exit {r.proc.returncode}; see {r.log})')
         progress(f'{r.job.name}: {what} in {seconds[r.job.name]:.0f} s '
                  f'[{len(codes)}/{total} done]{_eta(t0, len(codes), total)}')
@@ -197,7 +195,7 @@ def run_processes(jobs: Sequence[Job], command: Callable[[Job], list[str]], *, p
     for s, handler in old.items():
       signal.signal(s, handler)
   return {'exit_codes': codes, 'seconds': seconds,
-          'stopped': stop['signal'] is not None or EXIT_STOPPED in codes.values(),
+          'stopped': stop['signal'] is not None or cli.EXIT_STOPPED in codes.values(),
           'not_started': [j.name for j in queue]}
 
 
@@ -244,7 +242,6 @@ class SlurmTask:
 
   def __call__(self, args: Sequence[str]) -> dict[str, Any]:
     from ltdpt_jax import train  # pylint: disable=g-import-not-at-top
-    from ltdpt_jax import cli  # pylint: disable=g-import-not-at-top
     cli.set_up_logging()
     config = spec_lib.config_from_args(args)
     return train.train_and_evaluate(config, spec_lib.workdir_of(args))

@@ -119,18 +119,17 @@ def reference_of(study: spec_lib.Study) -> str:
 def gather(study: spec_lib.Study, workdir: str, seeds: Sequence[int],
            wanted: Mapping[str, Mapping[str, Any]], *, cells: Sequence[str] | None = None
            ) -> list[dict[str, Any]]:
-  """One entry per cell: its runs (`read_run`) per seed and what each did differently from
-  `wanted[cell]` (the study's config of the cell as a dict)."""
+  """One entry per cell (of `cells`, default all): its runs (`read_run`) per seed and what each
+  did differently from `wanted[cell]` (the study's config of the cell as a dict; nothing for a
+  run not started)."""
   out = []
   reference = reference_of(study)
-  for cell in study.expand():
-    if cells is not None and cell.name not in cells:
-      continue
+  for cell in study.expand(cells):
     runs = {}
     for seed in seeds:
       run = read_run(spec_lib.cell_workdir(workdir, cell, seed))
-      run['deviations'] = deviations(run, wanted[cell.name], devices=study.devices,
-                                     reference=reference)
+      run['deviations'] = [] if run['config'] is None else deviations(
+          run, wanted[cell.name], devices=study.devices, reference=reference)
       runs[seed] = run
     out.append({'cell': cell, 'runs': runs, 'wanted': wanted[cell.name]})
   return out
@@ -169,8 +168,7 @@ def build(study: spec_lib.Study, gathered: Sequence[Mapping[str, Any]],
     flags: dict[str, list[int]] = {}
     for seed in sorted(runs):
       for phrase in runs[seed]['deviations']:
-        if runs[seed].get('config') is not None:
-          flags.setdefault(phrase, []).append(seed)
+        flags.setdefault(phrase, []).append(seed)
     row['deviations'] = flags
     row['runs'] = {str(k): {m: done[k].get(m) for m in spec_lib.METRICS + ('step', 'epoch')}
                    for k in sorted(done)}

@@ -86,9 +86,9 @@ class Study:
   notes: str = ''
   name: str = ''
 
-  def expand(self) -> tuple[Cell, ...]:
+  def expand(self, only: Sequence[str] | None = None) -> tuple[Cell, ...]:
     """The explicit cells, then one per combination of the grid's values (named
-    'lr=0.01,epochs=10' after the last part of each key)."""
+    'lr=0.01,epochs=10' after the last part of each key); with `only`, those of these names."""
     cells = list(self.cells)
     if self.grid:
       keys = list(self.grid)
@@ -106,7 +106,7 @@ class Study:
     for pair in self.paired:
       if not set(pair) <= set(names):
         raise ValueError(f'study {self.name!r}: paired {pair} names a cell it does not have.')
-    return tuple(cells)
+    return tuple(c for c in cells if only is None or c.name in only)
 
   def cell_config(self, cell: Cell) -> str:
     return cell.config or self.config

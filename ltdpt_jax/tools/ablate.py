@@ -84,9 +84,7 @@ def jobs_of(study: spec_lib.Study, workdir: str, seeds: list[int], overrides: li
   """Every (cell, seed) of the study as a job (cell by cell); `paths`: how config files are
   written (`spec.resolve_config`)."""
   out = []
-  for cell in study.expand():
-    if cells is not None and cell.name not in cells:
-      continue
+  for cell in study.expand(cells):
     for seed in seeds:
       args = spec_lib.cell_args(study, cell, seed, spec_lib.cell_workdir(workdir, cell, seed),
                                 overrides, paths=paths)
@@ -107,11 +105,9 @@ def check_jobs(jobs: list[launchers.Job], *, num_devices: int | None) -> None:
 
 def write_report(study, workdir: str, seeds: list[int], cells, meta: dict[str, Any]) -> str:
   """Gathers the runs, writes report.json / report.md into `workdir`, returns the Markdown."""
-  wanted = {}
-  for cell in study.expand():
-    if cells is None or cell.name in cells:
-      args = spec_lib.cell_args(study, cell, seeds[0], workdir, ())
-      wanted[cell.name] = spec_lib.config_from_args(args).to_dict()
+  wanted = {cell.name: spec_lib.config_from_args(
+      spec_lib.cell_args(study, cell, seeds[0], workdir, ())).to_dict()
+            for cell in study.expand(cells)}
   gathered = report_lib.gather(study, workdir, seeds, wanted, cells=cells)
   table = report_lib.build(study, gathered, meta)
   text = report_lib.markdown(table)
@@ -217,7 +213,7 @@ def main(argv):
           jobs, lambda j: launchers.main_command(j) + extra, parallel=f.parallel,
           log_dir=_log_dir(workdir), slot_env=slots)
     failed = {k: v for k, v in result['exit_codes'].items()
-              if v not in (0, launchers.EXIT_STOPPED)}
+              if v not in (0, cli.EXIT_STOPPED)}
     if result['stopped']:
       print('Stopped; rerun the same command to resume (finished runs are skipped).',
             file=sys.stderr)
