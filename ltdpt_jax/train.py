@@ -73,6 +73,13 @@ class Setup:
     trainable, frozen = self._pretraining(key) if self.pretraining else self._ltdpt(key)
     self.frozen = jax.device_put(frozen, self.replicated)
     self.state = jax.device_put(step_lib.init_train_state(trainable, self.tx), self.replicated)
+    # The schedule as one jitted program: run op by op, each train record would dispatch (the
+    # first one compile) a dozen small programs.
+    o = config.optim
+    self._schedule = jax.jit(
+        optim.pretrain_learning_rate(o, self.total_steps, self.steps_per_epoch)
+        if self.pretraining else
+        optim.learning_rate(o, self.total_steps, int(config.data.batch_size)))
 
   def _ltdpt(self, key) -> tuple[Any, Any]:
     """LT-DPT and the linear probe: the backbone from its checkpoint (or a seeded random init),
@@ -120,10 +127,7 @@ class Setup:
 
   def learning_rate(self, step: int) -> float:
     """The optimiser's learning rate at `step` (what the train records log)."""
-    o, total = self.config.optim, self.total_steps
-    if self.pretraining:
-      return float(optim.pretrain_learning_rate(o, total, self.steps_per_epoch)(step))
-    return float(optim.learning_rate(o, total, int(self.config.data.batch_size))(step))
+    return float(self._schedule(step))
 
   def meta(self, epoch: int, **extra) -> dict[str, Any]:
     """What each checkpoint stores beside the state."""

@@ -67,14 +67,16 @@ def cli_command(config, workdir, *extra: str, worker: bool = False) -> list[str]
 
 
 def run_cli(args, *, timeout=600, **extra_env):
-  """Runs a command (e.g. `cli_command(...)`); the CompletedProcess gets `.seconds`."""
-  import subprocess  # pylint: disable=g-import-not-at-top
+  """Runs a command (e.g. `cli_command(...)`) as `subprocess.run` would, a Python command forked
+  from tests/fork_server.py's server (its libraries imported once); the CompletedProcess gets
+  `.seconds`."""
   import time  # pylint: disable=g-import-not-at-top
+  import fork_server  # pylint: disable=g-import-not-at-top
   import train_utils  # pylint: disable=g-import-not-at-top
   env = train_utils.subprocess_env()
   env.update({k: str(v) for k, v in extra_env.items()})
   t0 = time.perf_counter()
-  out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  out = fork_server.run(args, env=env, cwd=REPO, timeout=timeout)
   out.seconds = time.perf_counter() - t0
   return out
 

@@ -36,10 +36,11 @@ def pytest_configure(config):
 # `--dist loadfile --no-loadscope-reorder` hands whole files to the two workers in collection
 # order, so these start early and the short files fill in at the end: neither worker waits alone
 # on a long file while the other has finished.
-LONG_FILES = ('test_run_dir.py', 'test_train_step.py', 'test_multihost.py', 'test_pretrain.py',
-              'test_vit.py', 'test_main.py', 'test_bench.py', 'test_ltdpt.py', 'test_visualize.py',
-              'test_maps.py', 'test_studies.py', 'test_benchmark_files.py', 'test_train.py',
-              'test_losses.py', 'test_own_data.py', 'test_device_crop.py')
+LONG_FILES = ('test_multihost.py', 'test_run_dir.py', 'test_studies.py', 'test_benchmark_files.py',
+              'test_train_step.py', 'test_pretrain.py', 'test_ltdpt.py', 'test_train.py',
+              'test_main.py', 'test_own_data.py', 'test_visualize.py', 'test_bench.py',
+              'test_bf16.py', 'test_maps.py', 'test_vit.py', 'test_demo.py',
+              'test_config_drift.py', 'test_device_crop.py', 'test_commands.py', 'test_losses.py')
 
 
 def pytest_collection_modifyitems(items):

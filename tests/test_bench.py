@@ -4,7 +4,6 @@ passed, the synthetic stand-in for a dataset, and the CLI on configs/demo.py."""
 
 import json
 import math
-import subprocess
 import sys
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
+import fork_server
 import train_utils
 from ltdpt_jax import models
 from ltdpt_jax import train
@@ -43,8 +43,8 @@ def _tiny(**kw):
 def _cli(*args):
   env = train_utils.subprocess_env()
   env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
-  return subprocess.run([sys.executable, '-m', 'ltdpt_jax.bench', *args], cwd=train_utils.REPO,
-                        env=env, capture_output=True, text=True, timeout=300)
+  return fork_server.run([sys.executable, '-m', 'ltdpt_jax.bench', *args], cwd=train_utils.REPO,
+                         env=env, timeout=300)
 
 
 @pytest.fixture(scope='module')

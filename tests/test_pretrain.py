@@ -225,18 +225,22 @@ def test_demo_config_has_head_medium_and_tail_classes():
 # The pretraining command, a few steps.
 # ---------------------------------------------------------------------------------------------
 
-# configs/pretrain_synthetic.py with 2 images per class: 4 steps of 32, evaluated once.
+# configs/pretrain_synthetic.py with 2 images per class and 2 of the ViT's 4 blocks: 4 steps of
+# 32, evaluated once.
 TOY = {'data.num_train_max': 2, 'data.num_test_per_class': 1, 'data.batch_size': 32,
        'data.eval_batch_size': 64, 'data.num_workers': 0, 'train.epochs': 1,
        'optim.warmup_epochs': 0.5, 'train.checkpoint_every_steps': 2,
-       'train.log_every_steps': 1, 'train.eval_every_epochs': 1}
+       'train.log_every_steps': 1, 'train.eval_every_epochs': 1, 'model.vit.num_layers': 2}
 
 
 def _toy_config():
   c = train_utils.load_config('pretrain_synthetic')
   for key, value in TOY.items():
-    section, field = key.split('.')
-    c[section][field] = value
+    *parents, field = key.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[field] = value
   return c
 
 
@@ -254,15 +258,16 @@ def straight(tmp_path_factory):
 
 def test_pretraining_command_writes_an_official_npz_with_head(straight):
   out, workdir, log = straight
-  for needle in ('Pretraining ViT(patch 4, width 64, depth 4', '64-class head', 'all trained',
+  for needle in ('Pretraining ViT(patch 4, width 64, depth 2', '64-class head', 'all trained',
                  '[step 4/4, epoch 1.00] loss', '[eval step 4, epoch 1] top-1', 'Wrote '):
     assert needle in log, needle
   model, params = vit_checkpoint.from_npz(str(out))
   assert model.num_classes == 64
   keys = set(vit_checkpoint.flatten(params))
   assert {'embedding/kernel', 'cls', 'Transformer/posembed_input/pos_embedding', 'head/bias',
-          'Transformer/encoderblock_3/MultiHeadDotProductAttention_1/query/kernel',
+          'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel',
           'Transformer/encoder_norm/scale'} <= keys
+  assert not any(k.startswith('Transformer/encoderblock_2/') for k in keys)  # the 2 blocks run
   side = json.loads((out.parent / 'vit.json').read_text())
   assert side['sha256'] == fetch.sha256_of(out) and side['steps'] == 4
   assert side['command'].startswith('python -m ltdpt_jax.tools.pretrain --config=configs/')
