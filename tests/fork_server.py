@@ -7,8 +7,10 @@ that ended it) and interpreter shutdown; only the libraries are imported already
 pytest worker imports them (jax, flax, optax, Orbax, grain and the package's own library
 modules, `PRELOAD`), then forks a process per command. A command of any other form, or whose
 environment differs from the server's where imports read it (JAX_*, PYTHON*, TF_*: JAX reads
-its options from the environment when it is imported), runs as a real subprocess, and so does
-everything when the server cannot start.
+its options from the environment when it is imported), runs as a real subprocess. One difference
+remains: absl's `--helpfull` also lists the flags of the libraries the server imported (grain's,
+Orbax's), which a fresh Python running that command might not import; tests of what
+`--helpfull` lists run a fresh Python.
 
 As a script, `python tests/fork_server.py SOCKET` is the server: it listens on the Unix socket
 SOCKET; per connection it forks a handler that reads one request (a JSON line: argv, env, cwd and

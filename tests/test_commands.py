@@ -17,7 +17,6 @@ import sys
 
 import pytest
 
-import fork_server
 import train_utils
 
 REPO = pathlib.Path(train_utils.REPO)
@@ -78,8 +77,10 @@ def _help(module: str) -> str:
     path = REPO / module.replace('.', '/') / '__main__.py'
   assert path.is_file(), f'no module {module}'
   flag = '--helpfull' if 'absl' in path.read_text() else '--help'
-  out = fork_server.run([sys.executable, '-m', module, flag], cwd=REPO,
-                        env=train_utils.subprocess_env(), timeout=300)
+  # A fresh Python, not tests/fork_server.py: there --helpfull would also list the absl flags of
+  # the libraries the server imported, which this command may not import.
+  out = subprocess.run([sys.executable, '-m', module, flag], capture_output=True, text=True,
+                       cwd=REPO, env=train_utils.subprocess_env(), timeout=300)
   # absl's help exits with 1, argparse's with 0; anything else is a module that does not start.
   assert out.returncode in (0, 1), f'{module} {flag}: {out.stderr[-2000:]}'
   return out.stdout + out.stderr
