@@ -1,16 +1,19 @@
 """Command-line runs of the tests without paying for Python's imports each time.
 
 `run(args, env, cwd, timeout)` behaves as `subprocess.run(args, capture_output=True, text=True)`
-for `python -m module ...` and `python script.py ...`: the command runs in a process of its own,
-with its own arguments, environment, working directory, output, exit code (negative: the signal
-that ended it) and interpreter shutdown; only the libraries are imported already. One server per
-pytest worker imports them (jax, flax, optax, Orbax, grain and the package's own library
-modules, `PRELOAD`), then forks a process per command. A command of any other form, or whose
-environment differs from the server's where imports read it (JAX_*, PYTHON*, TF_*: JAX reads
-its options from the environment when it is imported), runs as a real subprocess. One difference
-remains: absl's `--helpfull` also lists the flags of the libraries the server imported (grain's,
-Orbax's), which a fresh Python running that command might not import; tests of what
-`--helpfull` lists run a fresh Python.
+and `start(args, env, cwd, log)` as `subprocess.Popen(args, stdout=log, stderr=STDOUT)` for
+`python -m module ...`, `python script.py ...` and `python -c code ...`: the command runs in a
+process of its own, with its own arguments, environment, working directory, output, exit code
+(negative: the signal that ended it) and interpreter shutdown; only the libraries are imported
+already. A server imports them (jax, flax, optax, Orbax, grain, tensorboardX and the package's
+own library modules, `PRELOAD`), then forks a process per command. JAX reads some of its options
+from the environment when it is imported, so each pytest worker has one server per environment
+of those variables (JAX_*, PYTHON*, TF_*; at most `MAX_SERVERS`, the least recently used stops):
+a command with PYTHONPATH=blocker:... or JAX_ENABLE_X64=1 is forked from a server that was
+started with it. A command of any other form runs as a real subprocess. One difference remains:
+absl's `--helpfull` also lists the flags of the libraries the server imported (grain's, Orbax's),
+which a fresh Python running that command might not import; tests of what `--helpfull` lists
+run a fresh Python.
 
 As a script, `python tests/fork_server.py SOCKET` is the server: it listens on the Unix socket
 SOCKET; per connection it forks a handler that reads one request (a JSON line: argv, env, cwd and
@@ -24,6 +27,9 @@ import atexit
 import json
 import os
 import pathlib
+import select
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,89 +42,182 @@ import time
 # again, it would define them twice.
 PRELOAD = ('numpy', 'jax', 'jax.numpy', 'flax.linen', 'optax', 'orbax.checkpoint', 'grain',
            'ml_collections.config_flags', 'absl.app', 'PIL.Image', 'matplotlib.pyplot',
-           'ltdpt_jax.train', 'ltdpt_jax.cli', 'ltdpt_jax.maps', 'ltdpt_jax.plot',
+           'tensorboardX', 'ltdpt_jax.train', 'ltdpt_jax.cli', 'ltdpt_jax.maps', 'ltdpt_jax.plot',
            'ltdpt_jax.studies.report', 'ltdpt_jax.studies.launchers')
 # Environment variables that modules read when imported.
 IMPORT_TIME_ENV = ('JAX_', 'PYTHON', 'TF_')
+MAX_SERVERS = 3  # per pytest worker; each holds the imported libraries (a few hundred MB)
 
 
-def _import_time_env(env) -> dict[str, str]:
-  return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+def _import_time_env(env) -> tuple[tuple[str, str], ...]:
+  return tuple(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)))
 
 
 # --- The client (a pytest worker) ---
 
 _lock = threading.Lock()
-_server: dict = {}
+_servers: dict = {}  # import-time environment -> {'socket', 'proc', 'folder'}, oldest use first
 
 
-def _start(env, cwd) -> str | None:
-  """The socket of this process's server (started on first use); None if it has ended."""
+def _stop(server):
+  server['proc'].terminate()
+  server['proc'].wait()
+  shutil.rmtree(server['folder'], ignore_errors=True)
+
+
+def _stop_all():
+  while _servers:
+    _stop(_servers.pop(next(iter(_servers))))
+
+
+atexit.register(_stop_all)
+
+
+def _socket(env, cwd) -> str | None:
+  """The socket of this process's server for `env` (started on first use); None if it ended."""
+  key = _import_time_env(env)
   with _lock:
-    if 'socket' in _server:
-      return _server['socket'] if _server['proc'].poll() is None else None
+    if key in _servers:
+      server = _servers.pop(key)
+      _servers[key] = server  # the most recently used
+      return server['socket'] if server['proc'].poll() is None else None
+    while len(_servers) >= MAX_SERVERS:
+      _stop(_servers.pop(next(iter(_servers))))
     folder = tempfile.mkdtemp(prefix='ltdpt_fork_server_')
     path = os.path.join(folder, 'socket')
-    log = open(os.path.join(folder, 'server.log'), 'w')  # pylint: disable=consider-using-with
-    proc = subprocess.Popen([sys.executable, __file__, path], env=env, cwd=cwd,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    with open(os.path.join(folder, 'server.log'), 'w') as log:
+      proc = subprocess.Popen([sys.executable, __file__, path], env=env, cwd=cwd,
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300  # a safety net: the wait ends when the socket appears
     while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
       time.sleep(0.02)
     if not os.path.exists(path):
       proc.kill()
-      log.close()
-      raise RuntimeError('tests/fork_server.py did not start:\n' +
-                         pathlib.Path(log.name).read_text()[-3000:])
-    _server.update(socket=path, proc=proc, env=_import_time_env(env))
-
-    def stop():
-      proc.terminate()
       proc.wait()
-    atexit.register(stop)
+      text = pathlib.Path(folder, 'server.log').read_text()[-3000:]
+      shutil.rmtree(folder, ignore_errors=True)
+      raise RuntimeError('tests/fork_server.py did not start:\n' + text)
+    _servers[key] = dict(socket=path, proc=proc, folder=folder)
     return path
 
 
 def _command(args) -> tuple[str, str] | None:
-  """('module', name) or ('script', path) for `python -m name ...` / `python path ...`."""
+  """('module', name), ('script', path) or ('code', code) for `python -m name ...`,
+  `python path ...` or `python -c code ...`."""
   if len(args) < 2 or args[0] != sys.executable:
     return None
-  if args[1] == '-m' and len(args) > 2:
-    return 'module', args[2]
+  if args[1] in ('-m', '-c') and len(args) > 2:
+    return {'-m': 'module', '-c': 'code'}[args[1]], args[2]
   if args[1].endswith('.py') and not args[1].startswith('-'):
     return 'script', args[1]
   return None
 
 
+class Process:
+  """A forked command, used like `subprocess.Popen`: pid, poll(), wait(timeout), send_signal(),
+  kill(), terminate(), returncode."""
+
+  def __init__(self, args, conn: socket.socket, pid: int):
+    self.args, self.pid, self.returncode = args, pid, None
+    self._conn, self._buffer = conn, b''
+
+  def _read(self, timeout: float | None) -> bool:
+    """Reads the exit code if it comes within `timeout` s (None: waits for it)."""
+    if self.returncode is not None:
+      return True
+    ready, _, _ = select.select([self._conn], [], [], timeout)
+    if not ready:
+      return False
+    while not self._buffer.endswith(b'\n'):
+      chunk = self._conn.recv(64)
+      if not chunk:  # the handler ended without reporting: the command's fate is unknown
+        self._signal(signal.SIGKILL)
+        self._conn.close()
+        raise RuntimeError(f'tests/fork_server.py lost process {self.pid} of {self.args}')
+      self._buffer += chunk
+    self.returncode = int(self._buffer)
+    self._conn.close()
+    return True
+
+  def poll(self) -> int | None:
+    self._read(0)
+    return self.returncode
+
+  def wait(self, timeout: float | None = None) -> int:
+    if not self._read(timeout):
+      raise subprocess.TimeoutExpired(self.args, timeout)
+    return self.returncode
+
+  def _signal(self, sig):
+    try:
+      os.kill(self.pid, sig)
+    except ProcessLookupError:
+      pass
+
+  def send_signal(self, sig):
+    if self.returncode is None:
+      self._signal(sig)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
+
+  def terminate(self):
+    self.send_signal(signal.SIGTERM)
+
+
+def _fork(args, env, cwd, out: str, err: str) -> Process | None:
+  """The command forked from the server for its environment; None where it cannot be."""
+  if not _command(args):
+    return None
+  path = _socket(env, cwd)
+  if path is None:
+    return None
+  conn = socket.socket(socket.AF_UNIX)
+  conn.connect(path)
+  conn.sendall(json.dumps(dict(argv=args, env=dict(env), cwd=str(cwd), out=out,
+                               err=err)).encode() + b'\n')
+  line = b''
+  while not line.endswith(b'\n'):
+    chunk = conn.recv(64)
+    if not chunk:
+      conn.close()
+      raise RuntimeError(f'tests/fork_server.py did not start {args}')
+    line += chunk
+  pid, _, rest = line.partition(b'\n')
+  process = Process(args, conn, int(pid))
+  process._buffer = rest  # pylint: disable=protected-access
+  return process
+
+
+def start(args, *, env, cwd, log) -> Process | subprocess.Popen:
+  """`subprocess.Popen(args, env=env, cwd=cwd, stdout=<log>, stderr=subprocess.STDOUT)`, the
+  output written to the file `log`, forked from a server where the command allows it."""
+  args = [str(a) for a in args]
+  process = _fork(args, env, cwd, str(log), str(log))
+  if process is not None:
+    return process
+  with open(log, 'w') as f:
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+
+
 def run(args, *, env, cwd, timeout) -> subprocess.CompletedProcess:
   """`subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)`,
-  forked from the server where the command and environment allow it."""
+  forked from a server where the command allows it."""
   args = [str(a) for a in args]
-  path = _start(env, cwd) if _command(args) else None
-  if path is None or _server['env'] != _import_time_env(env):
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
   with tempfile.TemporaryDirectory(prefix='ltdpt_fork_run_') as folder:
     out, err = os.path.join(folder, 'stdout'), os.path.join(folder, 'stderr')
-    with socket.socket(socket.AF_UNIX) as conn:
-      conn.connect(path)
-      conn.sendall(json.dumps(dict(argv=args, env=dict(env), cwd=str(cwd), out=out,
-                                   err=err)).encode() + b'\n')
-      reply = conn.makefile('r')
-      pid = int(reply.readline())
-      conn.settimeout(timeout)
-      try:
-        line = reply.readline()
-      except TimeoutError:
-        line = None
-      if not line:  # past the timeout, or the handler is gone: the process is killed
-        try:
-          os.kill(pid, 9)
-        except ProcessLookupError:
-          pass
-        raise subprocess.TimeoutExpired(args, timeout, pathlib.Path(out).read_text(),
-                                        pathlib.Path(err).read_text())
-    return subprocess.CompletedProcess(args, int(line), pathlib.Path(out).read_text(),
+    process = _fork(args, env, cwd, out, err)
+    if process is None:
+      return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    try:
+      process.wait(timeout)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+      raise subprocess.TimeoutExpired(args, timeout, pathlib.Path(out).read_text(),
+                                      pathlib.Path(err).read_text()) from None
+    return subprocess.CompletedProcess(args, process.returncode, pathlib.Path(out).read_text(),
                                        pathlib.Path(err).read_text())
 
 
@@ -126,9 +225,9 @@ def run(args, *, env, cwd, timeout) -> subprocess.CompletedProcess:
 
 def _exec(request):
   """In the forked process: becomes the command (never returns; the interpreter exits as after
-  `python -m ...` once the module's code ends)."""
+  `python -m ...` once the command's code ends)."""
   import runpy  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
   signal.signal(signal.SIGCHLD, signal.SIG_DFL)
   os.chdir(request['cwd'])
   os.environ.clear()
@@ -137,25 +236,33 @@ def _exec(request):
   ltdpt_jax.apply_xla_cpu_flags()  # what importing it does, in this environment
   null = os.open(os.devnull, os.O_RDONLY)
   os.dup2(null, 0)
-  for fd, name in ((1, 'out'), (2, 'err')):
-    target = os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(target, fd)
+  target = os.open(request['out'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+  os.dup2(target, 1)
+  if request['err'] != request['out']:
     os.close(target)
-  kind, name = _command(request['argv'])
-  sys.argv = request['argv'][2 if kind == 'module' else 1:]
+    target = os.open(request['err'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+  os.dup2(target, 2)
+  os.close(target)
+  kind, what = _command(request['argv'])
+  sys.argv = {'module': request['argv'][2:], 'script': request['argv'][1:],
+              'code': ['-c', *request['argv'][3:]]}[kind]
   if kind == 'module':
     sys.path[0] = request['cwd']
-    runpy.run_module(name, run_name='__main__', alter_sys=True)
-  else:
-    sys.path[0] = os.path.dirname(os.path.abspath(name))
-    runpy.run_path(name, run_name='__main__')
+    runpy.run_module(what, run_name='__main__', alter_sys=True)
+  elif kind == 'script':
+    sys.path[0] = os.path.dirname(os.path.abspath(what))
+    runpy.run_path(what, run_name='__main__')
+  else:  # python -c: an empty __main__ module, the working directory ('') first on the path
+    sys.path[0] = ''
+    main = types.ModuleType('__main__')
+    sys.modules['__main__'] = main
+    exec(compile(what, '<string>', 'exec'), main.__dict__)  # pylint: disable=exec-used
   sys.exit(0)
 
 
 def _handle(conn):
   """In a process forked per connection: forks the command's process, reports its pid and then
   its exit code, and exits. Returns the request in the command's process only."""
-  import signal  # pylint: disable=g-import-not-at-top
   import traceback  # pylint: disable=g-import-not-at-top
   try:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -177,7 +284,6 @@ def serve(path: str) -> dict:
   """Imports PRELOAD, then serves on the socket `path`. Returns a request, in the process that
   is to run it."""
   import importlib  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   for name in PRELOAD:
     importlib.import_module(name)

@@ -188,12 +188,20 @@ def test_wrong_roots_fail_in_one_line(tmp_path, cache):
   assert not list((cache / 'cifar100').glob('*/.*'))  # no half-extracted folder left behind
 
 
-def train_without_tfds(tmp_path, spec: str, workdir, *flags: str, batch_size: int):
-  """`python -m ltdpt_jax.main --config=configs/<spec>` with a tiny ViT for one epoch, in a
-  process where tensorflow_datasets cannot be imported (a package of that name that refuses)."""
-  blocker = tmp_path / 'no_tfds' / 'tensorflow_datasets'
-  blocker.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope='module')
+def no_tfds(tmp_path_factory) -> pathlib.Path:
+  """A folder whose package `tensorflow_datasets` refuses to import: first on PYTHONPATH, it
+  makes a process one without tfds (one folder for the module, so its runs share one
+  environment: tests/fork_server.py forks them from one server)."""
+  blocker = tmp_path_factory.mktemp('no_tfds') / 'tensorflow_datasets'
+  blocker.mkdir()
   (blocker / '__init__.py').write_text("raise ImportError('tensorflow_datasets is blocked')\n")
+  return blocker.parent
+
+
+def train_without_tfds(tmp_path, no_tfds, spec: str, workdir, *flags: str, batch_size: int):
+  """`python -m ltdpt_jax.main --config=configs/<spec>` with a tiny ViT for one epoch, in a
+  process where tensorflow_datasets cannot be imported (`no_tfds` first on its PYTHONPATH)."""
   tiny = train_utils.tiny_config()
   model = [f'--config.model.{k}={v}' for k, v in (
       ('backbone', 'custom'), ('checkpoint', ''), ('num_fr_prompts', 2), ('num_br_prompts', 2),
@@ -205,21 +213,21 @@ def train_without_tfds(tmp_path, spec: str, workdir, *flags: str, batch_size: in
   return cli_worker.run_cli(
       [sys.executable, '-m', 'ltdpt_jax.main', f'--config=configs/{spec}', f'--workdir={workdir}',
        *model, *run, *flags], timeout=300,
-      PYTHONPATH=f'{blocker.parent}:{train_utils.REPO}', **{fetch.CACHE_ENV: tmp_path / 'cache'})
+      PYTHONPATH=f'{no_tfds}:{train_utils.REPO}', **{fetch.CACHE_ENV: tmp_path / 'cache'})
 
 
-def test_cifar100_lt_config_trains_from_the_archive_without_tfds(tmp_path):
+def test_cifar100_lt_config_trains_from_the_archive_without_tfds(tmp_path, no_tfds):
   """`configs/cifar100_lt.py:ratio=10,source=files,image_root=DIR` (a tiny ViT) trains and
   evaluates without tensorflow_datasets; a missing root is one line and exit 2 before any
   step."""
   written = write_cifar100_binary(tmp_path / 'tree')
   make_archive(tmp_path / 'tree', tmp_path / 'data')
   spec = 'cifar100_lt.py:ratio=10,source=files,image_root={}'
-  out = train_without_tfds(tmp_path, spec.format(tmp_path / 'missing'), tmp_path / 'refused',
-                           batch_size=256)
+  out = train_without_tfds(tmp_path, no_tfds, spec.format(tmp_path / 'missing'),
+                           tmp_path / 'refused', batch_size=256)
   cli_worker.one_error_line(out, 2, f"image_root='{tmp_path / 'missing'}'", 'is not a directory')
   assert not (tmp_path / 'refused').exists()
-  out = train_without_tfds(tmp_path, spec.format(tmp_path / 'data'), tmp_path / 'run',
+  out = train_without_tfds(tmp_path, no_tfds, spec.format(tmp_path / 'data'), tmp_path / 'run',
                            batch_size=256)
   assert out.returncode == 0, out.stderr[-3000:]
   config = json.loads((tmp_path / 'run' / 'config.json').read_text())
@@ -420,7 +428,8 @@ def test_the_published_split_files_name_tfds_classes_and_read_from_a_tree(tmp_pa
 
 
 @pytest.mark.parametrize('config', ['imagenet_lt', 'places', 'inat2018'])
-def test_paper_configs_train_from_image_trees_without_tfds(fake, trees, tmp_path, config):
+def test_paper_configs_train_from_image_trees_without_tfds(fake, trees, tmp_path, no_tfds,
+                                                          config):
   """`configs/<config>.py:source=files,image_root=DIR` (a tiny ViT) trains one epoch and
   evaluates on the tree without tensorflow_datasets, with the training images the lists name;
   a tree of another dataset is one line and exit 2 before any step."""
@@ -430,11 +439,11 @@ def test_paper_configs_train_from_image_trees_without_tfds(fake, trees, tmp_path
   wrong = trees.inat if config != 'inat2018' else trees.places[0]
   split_dir = f'--config.data.split_dir={fake["split_dir"]}'
   via_tfds = sources.get_sources(config_for(fake, dataset).data)
-  out = train_without_tfds(tmp_path, f'{config}.py:source=files,image_root={wrong}',
+  out = train_without_tfds(tmp_path, no_tfds, f'{config}.py:source=files,image_root={wrong}',
                            tmp_path / 'refused', split_dir, batch_size=4)
   cli_worker.one_error_line(out, 2, str(wrong))
   assert not (tmp_path / 'refused').exists()
-  out = train_without_tfds(tmp_path, f'{config}.py:source=files,image_root={root}',
+  out = train_without_tfds(tmp_path, no_tfds, f'{config}.py:source=files,image_root={root}',
                            tmp_path / 'run', split_dir, batch_size=4)
   assert out.returncode == 0, out.stderr[-3000:]
   info = json.loads((tmp_path / 'run' / 'run_info.json').read_text())

@@ -1,7 +1,8 @@
 """tests/fork_server.py, which runs the tests' command-line runs: a forked command gives what
 `subprocess.run` gives for the same command (output, exit code, signal, environment, working
-directory), a timeout kills it, and an environment that imports would read differently runs as
-a real subprocess."""
+directory) for scripts, modules and `-c` code; `start` is a process to poll, wait for and kill;
+a timeout kills it; an environment that imports read differently (JAX_*, PYTHONPATH) gets a
+server started with it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ print('to stderr', file=sys.stderr)
 if sys.argv[1] == 'x64':
   import jax
   print('x64', jax.config.jax_enable_x64)
+if sys.argv[1] == 'tfds':
+  try:
+    import tensorflow_datasets
+    print('tfds imported')
+  except ImportError as e:
+    print('tfds', e)
 if sys.argv[1] == 'term':
   os.kill(os.getpid(), signal.SIGTERM)
 if sys.argv[1] == 'sleep':
@@ -82,10 +89,60 @@ def test_a_module_command_runs_as_python_dash_m():
   assert not [k for k in mine.keys() - theirs.keys() if 'ltdpt_jax' in k]
 
 
-def test_an_environment_imports_read_differently_runs_in_a_fresh_python(script, tmp_path):
+def test_an_environment_imports_read_differently_gets_a_server_of_its_own(script, tmp_path):
+  """JAX_ENABLE_X64 is read when JAX is imported: the command forks from a server started with
+  it, and the server of the default environment still has float32."""
   forked, fresh = _both([sys.executable, str(script), 'x64'], tmp_path, JAX_ENABLE_X64='1')
-  assert forked.stdout.splitlines()[0] == 'fresh'  # not forked: JAX read its options at import
-  assert 'x64 True' in forked.stdout and forked.stdout == fresh.stdout
+  assert forked.stdout.splitlines()[0] == 'preloaded'
+  assert 'x64 True' in forked.stdout
+  assert forked.stdout.splitlines()[1:] == fresh.stdout.splitlines()[1:]
+  default, _ = _both([sys.executable, str(script), 'x64'], tmp_path)
+  assert default.stdout.splitlines()[0] == 'preloaded' and 'x64 False' in default.stdout
+
+
+def test_a_pythonpath_that_blocks_a_package_blocks_it_in_the_forked_command(script, tmp_path):
+  """The benchmark-files tests block tensorflow_datasets with a package of that name first on
+  PYTHONPATH; the forked command must fail to import it as a fresh Python does."""
+  blocker = tmp_path / 'blocker' / 'tensorflow_datasets'
+  blocker.mkdir(parents=True)
+  (blocker / '__init__.py').write_text("raise ImportError('blocked')\n")
+  path = f'{blocker.parent}{os.pathsep}{train_utils.subprocess_env()["PYTHONPATH"]}'
+  forked, fresh = _both([sys.executable, str(script), 'tfds'], tmp_path, PYTHONPATH=path)
+  assert forked.stdout.splitlines()[0] == 'preloaded'
+  assert 'tfds blocked' in forked.stdout
+  assert forked.stdout.splitlines()[1:] == fresh.stdout.splitlines()[1:]
+
+
+def test_python_dash_c_runs_as_in_a_fresh_python(tmp_path):
+  code = ('import sys; print(sys.argv, repr(sys.path[0]), __name__, "__file__" in globals());'
+          'sys.exit(4)')
+  forked, fresh = _both([sys.executable, '-c', code, 'a', 'b c'], tmp_path)
+  assert forked.returncode == fresh.returncode == 4
+  assert forked.stdout == fresh.stdout == "['-c', 'a', 'b c'] '' __main__ False\n"
+
+
+def test_a_started_command_is_a_process_to_wait_for_poll_and_kill(script, tmp_path):
+  """`start` as `subprocess.Popen` with stdout and stderr to one file: poll() is None while it
+  runs, kill() ends it with -SIGKILL; a command that ends reports its exit code."""
+  env = train_utils.subprocess_env()
+  pid_file, log = tmp_path / 'pid', tmp_path / 'log'
+  proc = fork_server.start([sys.executable, str(script), 'sleep', str(pid_file)], env=env,
+                           cwd=tmp_path, log=log)
+  assert isinstance(proc, fork_server.Process)
+  deadline = time.monotonic() + 120  # a safety net: the loop ends once the pid is written
+  while not pid_file.exists() or not pid_file.read_text():
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.05)
+  assert int(pid_file.read_text()) == proc.pid
+  with pytest.raises(subprocess.TimeoutExpired):
+    proc.wait(timeout=0.1)
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  assert log.read_text().splitlines()[0] == 'preloaded'
+  done = fork_server.start([sys.executable, str(script), '3'], env=env, cwd=tmp_path, log=log)
+  assert done.wait() == 3
+  lines = log.read_text().splitlines()
+  assert lines[0] == 'preloaded' and 'to stderr' in lines
 
 
 def test_a_timeout_kills_the_forked_command(script, tmp_path):

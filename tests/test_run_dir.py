@@ -21,6 +21,7 @@ import time
 import pytest
 
 import cli_worker
+import fork_server
 import npz_utils
 import train_utils
 from ltdpt_jax import run_dir
@@ -73,17 +74,20 @@ def _tensorboard_view(tb_dir) -> dict[str, dict[int, float]]:
   return shown
 
 
-def _popen(args, **extra_env):
+def _popen(args, log, **extra_env):
+  """`args` started as by subprocess.Popen (forked by tests/fork_server.py), its output to
+  the file `log`."""
   env = train_utils.subprocess_env()
   env.update({k: str(v) for k, v in extra_env.items()})
-  return subprocess.Popen(args, env=env, cwd=train_utils.REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = fork_server.start(args, env=env, cwd=train_utils.REPO, log=log)
+  proc.log = log
+  return proc
 
 
 def _wait_for(predicate, proc, what, timeout=240):
   deadline = time.time() + timeout
   while not predicate():
-    assert proc.poll() is None, f'ended before {what}: ' + proc.communicate()[0][-3000:]
+    assert proc.poll() is None, f'ended before {what}: ' + proc.log.read_text()[-3000:]
     assert time.time() < deadline, f'no {what} within {timeout} s'
     time.sleep(0.05)
 
@@ -123,8 +127,8 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, t
   with it) the same command resumes from step 7 and ends like the straight run, each step once
   in metrics.jsonl."""
   workdir, marker = tmp_path / 'run', tmp_path / 'saving'
-  first = _popen(_cli(workdir, worker=True), LTDPT_TEST_HANG_IN_SAVE=9,
-                 LTDPT_TEST_MARKER=marker)
+  first = _popen(_cli(workdir, worker=True), tmp_path / 'first.log',
+                 LTDPT_TEST_HANG_IN_SAVE=9, LTDPT_TEST_MARKER=marker)
   try:
     _wait_for(marker.exists, first, 'the save of step 9')
     second = cli_worker.run_cli(_cli(workdir), timeout=120)
@@ -137,7 +141,7 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, t
     assert first.poll() is None  # neither the refused run nor the evaluation disturbed it
   finally:
     first.send_signal(signal.SIGKILL)
-    first.communicate()
+    first.wait()
   assert _steps(workdir) == [3, 6, 7]  # 9 was never completed
   assert any('orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
   out = cli_worker.run_cli(_cli(workdir))

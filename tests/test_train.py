@@ -12,7 +12,6 @@ import os
 import pathlib
 import shutil
 import struct
-import subprocess
 import sys
 import textwrap
 import types
@@ -30,6 +29,7 @@ from ltdpt_jax import train
 
 import cli_worker
 import fake_gcs
+import fork_server
 import train_utils
 
 STEPS = 14          # 2 epochs of 7 steps
@@ -194,10 +194,9 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly_then_resumes(straight, tmp_p
   parameters."""
   workdir = tmp_path / 'sigterm'
   cmd = cli_worker.cli_command(straight.config, workdir, worker=True)
-  proc = subprocess.run(cmd, env=_env(LTDPT_TEST_SIGTERM_AT_STEP=3),
-                        cwd=train_utils.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        text=True, timeout=600)
-  out = proc.stdout
+  proc = fork_server.run(cmd, env=_env(LTDPT_TEST_SIGTERM_AT_STEP=3), cwd=train_utils.REPO,
+                         timeout=600)
+  out = proc.stdout + proc.stderr
   assert proc.returncode == 75, out[-3000:]  # stopped by a signal: rerun to resume
   assert 'LTDPT_TEST_SIGTERM_AT_STEP=3: sending SIGTERM' in out
   assert 'Traceback' not in out, out[-3000:]
@@ -346,9 +345,8 @@ def test_checkpoint_of_one_device_restores_onto_four(straight, tmp_path):
       shutil.rmtree(resume_dir / 'checkpoints' / str(step))
   for name in ('eval_14.json', 'results.json'):
     (resume_dir / name).unlink()
-  out = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, str(eval_dir), str(resume_dir)],
-                       env=_env(4), cwd=train_utils.REPO, capture_output=True,
-                       text=True, timeout=600)
+  out = fork_server.run([sys.executable, '-c', _FOUR_DEVICES, str(eval_dir), str(resume_dir)],
+                        env=_env(4), cwd=train_utils.REPO, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
   result = json.loads(out.stdout.split('RESULT ', 1)[1])
   assert result['eval'] == _read_json(straight.workdir / 'eval_14.json')

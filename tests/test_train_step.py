@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
@@ -18,6 +17,7 @@ from ltdpt_jax import train_step as step_lib
 from ltdpt_jax.models import ltdpt
 from ltdpt_jax.models import vit as vit_lib
 
+import fork_server
 import train_utils
 
 
@@ -161,8 +161,8 @@ def test_eight_devices_equal_one_device():
   """4 steps (DRW switching on at step 2) on 8 fake CPU devices == on 1 device."""
   env = train_utils.subprocess_env(8)
   env['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'  # both programs alike: quick compiles
-  proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], capture_output=True, text=True,
-                        env=env, cwd=str(train_utils.REPO / 'tests'), timeout=600)
+  proc = fork_server.run([sys.executable, '-c', _EIGHT_DEVICES], env=env,
+                         cwd=train_utils.REPO / 'tests', timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   assert 'EQUAL' in proc.stdout
 

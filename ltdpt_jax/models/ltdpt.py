@@ -8,7 +8,6 @@ block's logits). `LTDPT` is the model (its token layout: `LTDPT.block_layout`);
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any, Sequence
 
@@ -373,16 +372,26 @@ def _input_shapes(model: LTDPT, image_size: int | Sequence[int]):
           jax.ShapeDtypeStruct((1, gh * gw), jnp.float32))
 
 
-@functools.lru_cache(maxsize=64)
-def _abstract_params(model: LTDPT, images: jax.ShapeDtypeStruct,
-                     saliency: jax.ShapeDtypeStruct) -> dict[str, Any]:
-  return jax.eval_shape(lambda i, s: model.init(jax.random.key(0), i, s)['params'], images,
-                        saliency)
+# (model, image size) -> the parameter tree's ShapeDtypeStructs: from jax.eval_shape, or from
+# the trace of `init_params`, which has them anyway (tracing the model is most of either's cost).
+_ABSTRACT_PARAMS: dict[tuple[LTDPT, tuple[int, ...]], dict[str, Any]] = {}
+_ABSTRACT_PARAMS_MAX = 64
+
+
+def _remember(key, shapes):
+  if len(_ABSTRACT_PARAMS) >= _ABSTRACT_PARAMS_MAX:
+    del _ABSTRACT_PARAMS[next(iter(_ABSTRACT_PARAMS))]  # the oldest
+  _ABSTRACT_PARAMS[key] = shapes
 
 
 def abstract_params(model: LTDPT, image_size: int | Sequence[int]) -> dict[str, Any]:
   """The parameter tree as ShapeDtypeStructs (jax.eval_shape, nothing allocated; cached)."""
-  return jax.tree.map(lambda x: x, _abstract_params(model, *_input_shapes(model, image_size)))
+  images, saliency = _input_shapes(model, image_size)
+  key = (model, images.shape)
+  if key not in _ABSTRACT_PARAMS:
+    _remember(key, jax.eval_shape(
+        lambda i, s: model.init(jax.random.key(0), i, s)['params'], images, saliency))
+  return jax.tree.map(lambda x: x, _ABSTRACT_PARAMS[key])
 
 
 def _init_all(model: LTDPT, rng, images, saliency):
@@ -408,14 +417,27 @@ _JITTED = {(fn.__name__, quick): jax.jit(fn, static_argnums=0,
            for fn in (_init_all, _init_rest) for quick in (False, True)}
 
 
+def _quick(num_params: int) -> bool:
+  return jax.default_backend() == 'cpu' and num_params <= _QUICK_MAX_PARAMS
+
+
 def _run_init(fn, model: LTDPT, num_params: int, *args):
-  quick = jax.default_backend() == 'cpu' and num_params <= _QUICK_MAX_PARAMS
-  if quick:
+  if _quick(num_params):
     try:
       return _JITTED[(fn.__name__, True)](model, *args)
     except Exception:  # pylint: disable=broad-except  # An XLA without that option: default.
       pass
   return _JITTED[(fn.__name__, False)](model, *args)
+
+
+def _init_all_traced_once(model: LTDPT, rng, images, saliency):
+  """`_run_init(_init_all, ...)` tracing the model once: the jitted function's trace gives the
+  parameter shapes (kept for `abstract_params`), and its call reuses that trace (jax.jit caches
+  traces by function and argument types)."""
+  guess = jax.default_backend() == 'cpu'  # `_quick`, unless the model is large
+  shapes = _JITTED[('_init_all', guess)].trace(model, rng, images, saliency).out_info
+  _remember((model, tuple(images.shape)), shapes)
+  return _run_init(_init_all, model, vit_lib.count_params(shapes), rng, images, saliency)
 
 
 def init_params(model: LTDPT, rng: jax.Array, image_size: int | Sequence[int], *,
@@ -426,10 +448,10 @@ def init_params(model: LTDPT, rng: jax.Array, image_size: int | Sequence[int], *
   arrays differ from the model's raises ValueError naming them.
   """
   images, saliency = (jnp.zeros(s.shape, s.dtype) for s in _input_shapes(model, image_size))
+  if backbone is None:
+    return dict(_init_all_traced_once(model, rng, images, saliency))
   shapes = abstract_params(model, image_size)
   num_params = vit_lib.count_params(shapes)
-  if backbone is None:
-    return dict(_run_init(_init_all, model, num_params, rng, images, saliency))
   got = flax.traverse_util.flatten_dict(backbone, sep='/')
   want = flax.traverse_util.flatten_dict(shapes['backbone'], sep='/')
   if got.keys() != want.keys():
