@@ -144,7 +144,11 @@ _EIGHT_DEVICES = textwrap.dedent('''
       step = step_lib.make_train_step(model, tx, loss_config=config.loss,
                                       seed=config.train.seed, class_counts=counts,
                                       drw_start_step=2, mesh=mesh)
-      state = step_lib.init_train_state(tr, tx)
+      # Placed as train.Setup places them, so the step compiles once per mesh (arrays left
+      # where init put them would make the second call compile it again).
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      state = jax.device_put(step_lib.init_train_state(tr, tx), replicated)
+      fr = jax.device_put(fr, replicated)
       rs = np.random.RandomState(1)
       for i in range(4):
         batch = {'image': rs.randint(0, 256, (16, 16, 16, 3)).astype(np.uint8),
