@@ -24,6 +24,7 @@ sends its exit code.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
 import pathlib
@@ -56,7 +57,8 @@ def _import_time_env(env) -> tuple[tuple[str, str], ...]:
 # --- The client (a pytest worker) ---
 
 _lock = threading.Lock()
-_servers: dict = {}  # import-time environment -> {'socket', 'proc', 'folder'}, oldest use first
+# import-time environment -> {'socket', 'proc', 'folder'}, the least recently used first
+_servers: collections.OrderedDict = collections.OrderedDict()
 
 
 def _stop(server):
@@ -67,7 +69,7 @@ def _stop(server):
 
 def _stop_all():
   while _servers:
-    _stop(_servers.pop(next(iter(_servers))))
+    _stop(_servers.popitem(last=False)[1])
 
 
 atexit.register(_stop_all)
@@ -78,11 +80,11 @@ def _socket(env, cwd) -> str | None:
   key = _import_time_env(env)
   with _lock:
     if key in _servers:
-      server = _servers.pop(key)
-      _servers[key] = server  # the most recently used
+      _servers.move_to_end(key)
+      server = _servers[key]
       return server['socket'] if server['proc'].poll() is None else None
     while len(_servers) >= MAX_SERVERS:
-      _stop(_servers.pop(next(iter(_servers))))
+      _stop(_servers.popitem(last=False)[1])
     folder = tempfile.mkdtemp(prefix='ltdpt_fork_server_')
     path = os.path.join(folder, 'socket')
     with open(os.path.join(folder, 'server.log'), 'w') as log:
@@ -113,30 +115,38 @@ def _command(args) -> tuple[str, str] | None:
   return None
 
 
+def _recv_line(conn: socket.socket, buffer: bytes) -> tuple[bytes, bytes] | None:
+  """The next line from the handler (after what `buffer` already holds) and what came after it;
+  None if the handler closed the connection first."""
+  while b'\n' not in buffer:
+    chunk = conn.recv(64)
+    if not chunk:
+      return None
+    buffer += chunk
+  line, _, rest = buffer.partition(b'\n')
+  return line, rest
+
+
 class Process:
   """A forked command, used like `subprocess.Popen`: pid, poll(), wait(timeout), send_signal(),
-  kill(), terminate(), returncode."""
+  kill(), terminate(), returncode. `buffer`: what the handler sent after the pid."""
 
-  def __init__(self, args, conn: socket.socket, pid: int):
+  def __init__(self, args, conn: socket.socket, pid: int, buffer: bytes):
     self.args, self.pid, self.returncode = args, pid, None
-    self._conn, self._buffer = conn, b''
+    self._conn, self._buffer = conn, buffer
 
   def _read(self, timeout: float | None) -> bool:
     """Reads the exit code if it comes within `timeout` s (None: waits for it)."""
     if self.returncode is not None:
       return True
-    ready, _, _ = select.select([self._conn], [], [], timeout)
-    if not ready:
+    if b'\n' not in self._buffer and not select.select([self._conn], [], [], timeout)[0]:
       return False
-    while not self._buffer.endswith(b'\n'):
-      chunk = self._conn.recv(64)
-      if not chunk:  # the handler ended without reporting: the command's fate is unknown
-        self._signal(signal.SIGKILL)
-        self._conn.close()
-        raise RuntimeError(f'tests/fork_server.py lost process {self.pid} of {self.args}')
-      self._buffer += chunk
-    self.returncode = int(self._buffer)
+    got = _recv_line(self._conn, self._buffer)
     self._conn.close()
+    if got is None:  # the handler ended without reporting: the command's fate is unknown
+      self._signal(signal.SIGKILL)
+      raise RuntimeError(f'tests/fork_server.py lost process {self.pid} of {self.args}')
+    self.returncode = int(got[0])
     return True
 
   def poll(self) -> int | None:
@@ -176,17 +186,11 @@ def _fork(args, env, cwd, out: str, err: str) -> Process | None:
   conn.connect(path)
   conn.sendall(json.dumps(dict(argv=args, env=dict(env), cwd=str(cwd), out=out,
                                err=err)).encode() + b'\n')
-  line = b''
-  while not line.endswith(b'\n'):
-    chunk = conn.recv(64)
-    if not chunk:
-      conn.close()
-      raise RuntimeError(f'tests/fork_server.py did not start {args}')
-    line += chunk
-  pid, _, rest = line.partition(b'\n')
-  process = Process(args, conn, int(pid))
-  process._buffer = rest  # pylint: disable=protected-access
-  return process
+  got = _recv_line(conn, b'')
+  if got is None:
+    conn.close()
+    raise RuntimeError(f'tests/fork_server.py did not start {args}')
+  return Process(args, conn, int(got[0]), got[1])
 
 
 def start(args, *, env, cwd, log) -> Process | subprocess.Popen:

@@ -79,15 +79,14 @@ def _popen(args, log, **extra_env):
   the file `log`."""
   env = train_utils.subprocess_env()
   env.update({k: str(v) for k, v in extra_env.items()})
-  proc = fork_server.start(args, env=env, cwd=train_utils.REPO, log=log)
-  proc.log = log
-  return proc
+  return fork_server.start(args, env=env, cwd=train_utils.REPO, log=log)
 
 
-def _wait_for(predicate, proc, what, timeout=240):
+def _wait_for(predicate, proc, log, what, timeout=240):
+  """Waits until `predicate()`; fails if `proc` (its output in the file `log`) ends first."""
   deadline = time.time() + timeout
   while not predicate():
-    assert proc.poll() is None, f'ended before {what}: ' + proc.log.read_text()[-3000:]
+    assert proc.poll() is None, f'ended before {what}: ' + log.read_text()[-3000:]
     assert time.time() < deadline, f'no {what} within {timeout} s'
     time.sleep(0.05)
 
@@ -127,10 +126,11 @@ def test_second_run_refused_and_kill_9_during_a_save_resumes_exactly(straight, t
   with it) the same command resumes from step 7 and ends like the straight run, each step once
   in metrics.jsonl."""
   workdir, marker = tmp_path / 'run', tmp_path / 'saving'
-  first = _popen(_cli(workdir, worker=True), tmp_path / 'first.log',
-                 LTDPT_TEST_HANG_IN_SAVE=9, LTDPT_TEST_MARKER=marker)
+  log = tmp_path / 'first.log'
+  first = _popen(_cli(workdir, worker=True), log, LTDPT_TEST_HANG_IN_SAVE=9,
+                 LTDPT_TEST_MARKER=marker)
   try:
-    _wait_for(marker.exists, first, 'the save of step 9')
+    _wait_for(marker.exists, first, log, 'the save of step 9')
     second = cli_worker.run_cli(_cli(workdir), timeout=120)
     line = cli_worker.one_error_line(second, 2, 'is in use by another run',
                                      f'PID {first.pid}', socket.gethostname())

@@ -417,12 +417,9 @@ _JITTED = {(fn.__name__, quick): jax.jit(fn, static_argnums=0,
            for fn in (_init_all, _init_rest) for quick in (False, True)}
 
 
-def _quick(num_params: int) -> bool:
-  return jax.default_backend() == 'cpu' and num_params <= _QUICK_MAX_PARAMS
-
-
 def _run_init(fn, model: LTDPT, num_params: int, *args):
-  if _quick(num_params):
+  quick = jax.default_backend() == 'cpu' and num_params <= _QUICK_MAX_PARAMS
+  if quick:
     try:
       return _JITTED[(fn.__name__, True)](model, *args)
     except Exception:  # pylint: disable=broad-except  # An XLA without that option: default.
@@ -434,7 +431,7 @@ def _init_all_traced_once(model: LTDPT, rng, images, saliency):
   """`_run_init(_init_all, ...)` tracing the model once: the jitted function's trace gives the
   parameter shapes (kept for `abstract_params`), and its call reuses that trace (jax.jit caches
   traces by function and argument types)."""
-  guess = jax.default_backend() == 'cpu'  # `_quick`, unless the model is large
+  guess = jax.default_backend() == 'cpu'  # `_run_init`'s choice, unless the model is large
   shapes = _JITTED[('_init_all', guess)].trace(model, rng, images, saliency).out_info
   _remember((model, tuple(images.shape)), shapes)
   return _run_init(_init_all, model, vit_lib.count_params(shapes), rng, images, saliency)
