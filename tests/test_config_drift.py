@@ -44,12 +44,7 @@ def test_every_allowed_key_may_change_on_resume(cli_straight, tmp_path):
   straight = cli_straight.workdir
   resumed = cli_worker.copy_killed_after(straight, 6, tmp_path / 'resumed')
   config = train_utils.run_config()
-  for key, value in CHANGES.items():
-    section, *path = key.split('.')
-    node = config[section]
-    for part in path[:-1]:
-      node = node[part]
-    node[path[-1]] = value
+  config.update_from_flattened_dict(CHANGES)
   results = train.train_and_evaluate(config, str(resumed))  # refused changes would raise
   assert results['last']['step'] == STEPS
   [record] = [json.loads(line) for line in (resumed / 'config_changes.jsonl').read_text()

@@ -235,12 +235,7 @@ TOY = {'data.num_train_max': 2, 'data.num_test_per_class': 1, 'data.batch_size':
 
 def _toy_config():
   c = train_utils.load_config('pretrain_synthetic')
-  for key, value in TOY.items():
-    *parents, field = key.split('.')
-    node = c
-    for p in parents:
-      node = node[p]
-    node[field] = value
+  c.update_from_flattened_dict(TOY)
   return c
 
 
