@@ -42,7 +42,7 @@ def _tiny(**kw):
 
 def _cli(*args):
   env = train_utils.subprocess_env()
-  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
+  env['XLA_FLAGS'] = train_utils.TEST_XLA_FLAGS
   return fork_server.run([sys.executable, '-m', 'ltdpt_jax.bench', *args], cwd=train_utils.REPO,
                          env=env, timeout=300)
 

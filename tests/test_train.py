@@ -61,15 +61,19 @@ def _records(workdir, split):
     return [r for r in map(json.loads, f) if r['split'] == split]
 
 
-def _assert_states_equal(a, b, *, rtol=0.0, atol=0.0):
+def _assert_states_equal(a, b, *, rtol=0.0, atol=0.0, of_largest=0.0):
+  """Equal trees of equal arrays; or within rtol/atol of each other; or (of_largest) each leaf
+  within that fraction of its largest magnitude."""
   leaves_a, tree_a = jax.tree.flatten(a)
   leaves_b, tree_b = jax.tree.flatten(b)
   assert tree_a == tree_b
   for x, y in zip(leaves_a, leaves_b):
-    if rtol == atol == 0.0:
-      np.testing.assert_array_equal(x, y)
-    else:
+    if of_largest:
+      np.testing.assert_allclose(x, y, rtol=0, atol=of_largest * float(np.max(np.abs(y))))
+    elif rtol or atol:
       np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    else:
+      np.testing.assert_array_equal(x, y)
 
 
 @pytest.fixture(scope='module')
@@ -149,17 +153,25 @@ def test_resume_mid_epoch_and_across_drw_equals_straight_run(straight, tmp_path,
   assert any(fetched == latest - 1 for fetched, latest in fetches), fetches
 
 
+# The run with the crop on the device against the straight run, each leaf within this fraction of
+# its largest value. Measured with the tests' XLA flags: 3e-6 after 9 steps, 6e-6 after 14 (0 with
+# XLA's default emitters); one pixel per image one level brighter: 6e-2 after 9 steps.
+CROP_TOLERANCE = dict(of_largest=1e-4)
+
+
 def test_crop_on_device_run_equals_straight_run(straight, tmp_path, monkeypatch):
   """config.data.crop_on_device: the workers ship the stored images and the step crops them;
-  the crops are Pillow's to the bit, so the run is the straight run (states, evaluations), and
-  a resume may move the crop back to the host (steps 1-10 on the device, 11-14 on the host)."""
+  the crops are Pillow's to the bit, so the run is the straight run (the same evaluations, the
+  states to float32 rounding: the step with the crop is another program, whose arithmetic XLA
+  may fuse in another order), and a resume may move the crop back to the host (steps 1-10 on
+  the device, 11-14 on the host)."""
   config = _config()
   config.data.crop_on_device = True
   workdir = str(tmp_path / 'device_crop')
   monkeypatch.setattr(run_dir.Preemption, 'should_stop', lambda self, step: step == 10)
   assert train.train_and_evaluate(config, workdir) == {'stopped_at': 10}
   _assert_states_equal(cli_worker.restore_state(workdir, 9)[0],
-                       cli_worker.restore_state(straight.workdir, 9)[0])
+                       cli_worker.restore_state(straight.workdir, 9)[0], **CROP_TOLERANCE)
   assert _read_json(os.path.join(workdir, 'eval_7.json')) == _read_json(
       straight.workdir / 'eval_7.json')
   monkeypatch.undo()
@@ -167,7 +179,7 @@ def test_crop_on_device_run_equals_straight_run(straight, tmp_path, monkeypatch)
   results = train.train_and_evaluate(config, workdir)
   assert results['last'] == straight.results['last']
   _assert_states_equal(cli_worker.restore_state(workdir, STEPS)[0],
-                       cli_worker.restore_state(straight.workdir, STEPS)[0])
+                       cli_worker.restore_state(straight.workdir, STEPS)[0], **CROP_TOLERANCE)
 
 
 def test_rerun_of_finished_run_does_not_train(straight, tmp_path, monkeypatch):

@@ -164,7 +164,6 @@ _EIGHT_DEVICES = textwrap.dedent('''
 def test_eight_devices_equal_one_device():
   """4 steps (DRW switching on at step 2) on 8 fake CPU devices == on 1 device."""
   env = train_utils.subprocess_env(8)
-  env['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'  # both programs alike: quick compiles
   proc = fork_server.run([sys.executable, '-c', _EIGHT_DEVICES], env=env,
                          cwd=train_utils.REPO / 'tests', timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
