@@ -6,7 +6,6 @@ script, flag or config key fails here."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import os
 import pathlib
@@ -17,6 +16,7 @@ import sys
 
 import pytest
 
+import fork_server
 import train_utils
 
 REPO = pathlib.Path(train_utils.REPO)
@@ -70,27 +70,40 @@ def test_the_commands_are_found():
           'ltdpt_jax.bench.cpu_vs_torch'} <= modules, modules
 
 
+def _own_flags(helpfull: str) -> str:
+  """absl's --helpfull text without the sections of the libraries: only the flags this project's
+  modules (headed by their path or name) and absl itself define. A command forked from
+  tests/fork_server.py lists the flags of every library the server imported, which the command
+  itself may not import."""
+  keep, lines = True, []
+  for line in helpfull.splitlines():
+    if line and not line[0].isspace() and line.endswith(':'):  # a module's section
+      header = line[:-1]
+      keep = (header.startswith(('absl.', 'ltdpt_jax')) or
+              pathlib.Path(header).is_relative_to(REPO / 'ltdpt_jax'))
+    elif keep:
+      lines.append(line)
+  return '\n'.join(lines)
+
+
 def _help(module: str) -> str:
-  """What `python -m module --helpfull` (absl) or `--help` (argparse) prints."""
+  """The flags `python -m module --helpfull` (absl: this project's and absl's sections) or
+  `--help` (argparse) lists."""
   path = REPO / (module.replace('.', '/') + '.py')
   if not path.is_file():
     path = REPO / module.replace('.', '/') / '__main__.py'
   assert path.is_file(), f'no module {module}'
-  flag = '--helpfull' if 'absl' in path.read_text() else '--help'
-  # A fresh Python, not tests/fork_server.py: there --helpfull would also list the absl flags of
-  # the libraries the server imported, which this command may not import.
-  out = subprocess.run([sys.executable, '-m', module, flag], capture_output=True, text=True,
-                       cwd=REPO, env=train_utils.subprocess_env(), timeout=300)
+  absl = 'absl' in path.read_text()
+  out = fork_server.run([sys.executable, '-m', module, '--helpfull' if absl else '--help'],
+                        cwd=REPO, env=train_utils.subprocess_env(), timeout=300)
   # absl's help exits with 1, argparse's with 0; anything else is a module that does not start.
-  assert out.returncode in (0, 1), f'{module} {flag}: {out.stderr[-2000:]}'
-  return out.stdout + out.stderr
+  assert out.returncode in (0, 1), f'{module}: {out.stderr[-2000:]}'
+  return _own_flags(out.stdout + out.stderr) if absl else out.stdout + out.stderr
 
 
 @functools.lru_cache(maxsize=None)
 def _helps() -> dict[str, str]:
-  modules = sorted({m for _, m, _ in _python_commands()})
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    return dict(zip(modules, pool.map(_help, modules)))
+  return {m: _help(m) for m in sorted({m for _, m, _ in _python_commands()})}
 
 
 def _config_of(args: list[str]):

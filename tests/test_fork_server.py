@@ -149,7 +149,7 @@ def test_a_timeout_kills_the_forked_command(script, tmp_path):
   pid_file = tmp_path / 'pid'
   with pytest.raises(subprocess.TimeoutExpired):
     fork_server.run([sys.executable, str(script), 'sleep', str(pid_file)],
-                    env=train_utils.subprocess_env(), cwd=tmp_path, timeout=10)
+                    env=train_utils.subprocess_env(), cwd=tmp_path, timeout=3)
   pid = int(pid_file.read_text())
   deadline = time.monotonic() + 60  # a safety net: the loop ends once the process is gone
   while time.monotonic() < deadline:
